@@ -1,0 +1,704 @@
+//! The wire protocol: frames, their JSON codec, error codes and close codes.
+//!
+//! Every frame is one JSON object in one WebSocket text frame, with its kind in the field `"t"`.
+//! `docs/PROTOCOL.md` is the normative description; this module is its implementation, shared by
+//! the server and the client core. It has no async code and no clock.
+//!
+//! Application payloads (`msg`, `q`) travel as raw JSON ([`RawValue`]): the codec never parses
+//! them into a tree, so a publication is encoded once and its payload bytes are copied, not
+//! re-serialized.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The protocol version this crate speaks. A client announces it in its `hello` frame.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest accepted channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 255;
+/// Longest accepted topic, in bytes.
+pub const MAX_TOPIC_LEN: usize = 128;
+/// Channels whose name starts with this prefix are reserved for the server (user and session
+/// channels); a client may subscribe only to its own.
+pub const RESERVED_PREFIX: char = '#';
+/// Prefix of a user's channel: `#user:<user id>`.
+pub const USER_CHANNEL_PREFIX: &str = "#user:";
+/// Prefix of a browser session's channel: `#session:<session id>`.
+pub const SESSION_CHANNEL_PREFIX: &str = "#session:";
+
+/// A place in a channel's stream of publications.
+///
+/// `seq` increases by exactly one per publication on a channel. `epoch` names one life of the
+/// channel's history: when the history is lost (a scaler restarted without its data), the epoch
+/// changes and positions from the old epoch can no longer be recovered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The history's epoch.
+    #[serde(rename = "e")]
+    pub epoch: String,
+    /// The publication's sequence number in that epoch (the first publication has 1).
+    #[serde(rename = "s")]
+    pub seq: u64,
+}
+
+impl Position {
+    /// A position from its parts.
+    pub fn new(epoch: impl Into<String>, seq: u64) -> Self {
+        Self {
+            epoch: epoch.into(),
+            seq,
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.seq)
+    }
+}
+
+/// Stable error codes carried by `rej` and `subrej` frames (and used by the clients for errors
+/// they raise themselves). Applications may use their own codes too.
+pub mod codes {
+    /// No handler is registered for the topic.
+    pub const UNKNOWN_TOPIC: &str = "unknown_topic";
+    /// The message did not deserialize into the handler's request type.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The inbound middleware or a parser refused the ask, tell or subscription.
+    pub const REFUSED: &str = "refused";
+    /// The channel name is empty, too long or has characters outside the allowed set.
+    pub const INVALID_CHANNEL: &str = "invalid_channel";
+    /// The channel is reserved for the server (`#...`) and is not this socket's own.
+    pub const RESERVED_CHANNEL: &str = "reserved_channel";
+    /// The handler failed unexpectedly (it panicked); details are in the server log.
+    pub const INTERNAL: &str = "internal";
+    /// The scaler could not be reached; try again later.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// The server was removed from the channel by the server (`boot` of a channel).
+    pub const BOOTED: &str = "booted";
+    /// Client side: no reply arrived within the ask timeout.
+    pub const TIMEOUT: &str = "timeout";
+    /// Client side: the connection dropped after the ask was sent; its outcome is unknown.
+    pub const DISCONNECTED: &str = "disconnected";
+    /// Client side: the offline queue is full.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// Client side: the client was closed.
+    pub const CLOSED: &str = "closed";
+    /// Client side: the frame could not be encoded (message or topic invalid).
+    pub const INVALID: &str = "invalid";
+}
+
+/// WebSocket close codes used by the server and understood by the clients.
+pub mod close {
+    /// Normal closure: the peer closed on purpose. Clients do not reconnect.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down; reconnect (to another instance).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The connection dropped without a close frame (never sent, only reported).
+    pub const ABNORMAL: u16 = 1006;
+    /// A message larger than the server's maximum was received.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server hit an internal error.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The peer sent a frame that is not valid protocol (bad JSON, unknown kind, missing field,
+    /// binary frame, or anything before `hello`). Clients do not reconnect.
+    pub const PROTOCOL_ERROR: u16 = 4000;
+    /// The client's protocol version is not supported. Clients do not reconnect.
+    pub const UNSUPPORTED_VERSION: u16 = 4001;
+    /// The socket was booted by the server (`boot` of a socket, user or session). Clients do not
+    /// reconnect.
+    pub const BOOTED: u16 = 4003;
+    /// The socket's outbound queue overflowed: it read too slowly. Clients reconnect and resync.
+    pub const SLOW_CONSUMER: u16 = 4004;
+    /// No frame arrived within the heartbeat timeout. Clients reconnect and resync.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4005;
+    /// The handshake did not complete in time (`hello` missing). Clients reconnect.
+    pub const HANDSHAKE_TIMEOUT: u16 = 4006;
+
+    /// Whether a client should reconnect after the connection closed with `code`.
+    ///
+    /// Normal closure, protocol violations, unsupported versions and boots are final; every
+    /// other code (including codes this version does not know) is treated as transient.
+    pub fn should_reconnect(code: u16) -> bool {
+        !matches!(code, NORMAL | PROTOCOL_ERROR | UNSUPPORTED_VERSION | BOOTED)
+    }
+}
+
+/// Why a peer's frame could not be decoded. The receiver of such a frame closes the connection
+/// with [`close::PROTOCOL_ERROR`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The frame is not a JSON object of the expected shape.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The frame's kind (`"t"`) is unknown to this version.
+    #[error("unknown frame kind {0:?}")]
+    UnknownKind(String),
+    /// A field the frame kind requires is missing.
+    #[error("frame {kind:?} is missing field {field:?}")]
+    MissingField {
+        /// The frame kind.
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// The frame arrived in a state where it is not allowed.
+    #[error("unexpected frame {0:?}")]
+    Unexpected(&'static str),
+}
+
+/// Frames a client sends.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ClientFrame {
+    /// First frame on every connection: the client's protocol version.
+    Hello {
+        /// Protocol version ([`PROTOCOL_VERSION`]).
+        v: u32,
+    },
+    /// A request; the server answers with `res` or `rej` carrying the same id.
+    Ask {
+        /// Client-chosen id, unique among the connection's pending asks.
+        id: u64,
+        /// Handler topic.
+        topic: String,
+        /// Request payload (any JSON).
+        msg: Box<RawValue>,
+    },
+    /// A fire-and-forget message to the server's tell handler for `topic`.
+    Tell {
+        /// Handler topic.
+        topic: String,
+        /// Payload (any JSON).
+        msg: Box<RawValue>,
+    },
+    /// Subscribe to a channel (or resync it when `since` is given).
+    Sub {
+        /// Client-chosen id echoed in `subok` / `subrej`.
+        id: u64,
+        /// Channel name.
+        ch: String,
+        /// Query for the server's subscription parser.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        q: Option<Box<RawValue>>,
+        /// Last position the client has seen; the server replays what followed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Position>,
+    },
+    /// Leave a channel.
+    Unsub {
+        /// Channel name.
+        ch: String,
+    },
+    /// Heartbeat request; the peer answers `pong`.
+    Ping {},
+    /// Heartbeat answer.
+    Pong {},
+}
+
+/// Frames a server sends.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// Answer to `hello`: the connection is ready.
+    Welcome {
+        /// Protocol version the server speaks on this connection.
+        v: u32,
+        /// This socket's cluster-wide id.
+        socket: String,
+        /// The user id the session parser gave, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The session id the session parser gave, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+        /// Heartbeat interval in milliseconds: the server pings this often, and a client that
+        /// hears nothing for longer than twice this may consider the connection dead.
+        hb: u64,
+    },
+    /// Successful answer to `ask`.
+    Res {
+        /// The ask's id.
+        id: u64,
+        /// Response payload.
+        msg: Box<RawValue>,
+    },
+    /// Failed answer to `ask`.
+    Rej {
+        /// The ask's id.
+        id: u64,
+        /// Stable error code (see [`codes`]) or an application code.
+        code: String,
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// A message told to this socket by the server.
+    Tell {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        msg: Box<RawValue>,
+    },
+    /// The subscription is active. Replayed publications (if `since` was given) follow this frame,
+    /// then live ones.
+    Subok {
+        /// The `sub` frame's id.
+        id: u64,
+        /// Channel.
+        ch: String,
+        /// The channel's position when the subscription started: the last replayed publication,
+        /// or the current head when nothing was replayed.
+        pos: Position,
+        /// Present when `since` was given: `true` if every publication after `since` follows,
+        /// `false` if the history no longer reaches back that far (or its epoch changed).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    /// The subscription was refused.
+    Subrej {
+        /// The `sub` frame's id.
+        id: u64,
+        /// Channel.
+        ch: String,
+        /// Error code.
+        code: String,
+        /// Reason.
+        reason: String,
+    },
+    /// A publication on a subscribed channel.
+    Pub {
+        /// Channel.
+        ch: String,
+        /// Topic.
+        topic: String,
+        /// Position of this publication.
+        pos: Position,
+        /// Payload.
+        msg: Box<RawValue>,
+    },
+    /// The server ended a subscription (the channel was booted).
+    Unsubbed {
+        /// Channel.
+        ch: String,
+        /// Error code.
+        code: String,
+        /// Reason.
+        reason: String,
+    },
+    /// A fatal error, sent just before the server closes the connection.
+    Error {
+        /// Error code.
+        code: String,
+        /// Reason.
+        reason: String,
+    },
+    /// Heartbeat request.
+    Ping {},
+    /// Heartbeat answer.
+    Pong {},
+}
+
+/// The flat shape every frame is decoded through (serde cannot put [`RawValue`]s inside
+/// internally tagged enums).
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    t: Cow<'a, str>,
+    v: Option<u32>,
+    id: Option<u64>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    msg: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ch: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    q: Option<&'a RawValue>,
+    since: Option<Position>,
+    pos: Option<Position>,
+    recovered: Option<bool>,
+    #[serde(borrow)]
+    socket: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    session: Option<Cow<'a, str>>,
+    hb: Option<u64>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+}
+
+fn null() -> Box<RawValue> {
+    // "null" is valid JSON; this cannot fail.
+    RawValue::from_string("null".to_owned()).unwrap_or_else(|_| unreachable!())
+}
+
+fn raw(v: Option<&RawValue>) -> Box<RawValue> {
+    v.map_or_else(null, RawValue::to_owned)
+}
+
+fn req<T>(v: Option<T>, kind: &'static str, field: &'static str) -> Result<T, ProtocolError> {
+    v.ok_or(ProtocolError::MissingField { kind, field })
+}
+
+fn text(
+    v: Option<Cow<'_, str>>,
+    kind: &'static str,
+    field: &'static str,
+) -> Result<String, ProtocolError> {
+    req(v, kind, field).map(Cow::into_owned)
+}
+
+fn parse_wire(text: &str) -> Result<Wire<'_>, ProtocolError> {
+    serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+impl ClientFrame {
+    /// Decodes one frame sent by a client.
+    pub fn decode(frame: &str) -> Result<Self, ProtocolError> {
+        let w = parse_wire(frame)?;
+        Ok(match &*w.t {
+            "hello" => Self::Hello {
+                v: req(w.v, "hello", "v")?,
+            },
+            "ask" => Self::Ask {
+                id: req(w.id, "ask", "id")?,
+                topic: text(w.topic, "ask", "topic")?,
+                msg: raw(w.msg),
+            },
+            "tell" => Self::Tell {
+                topic: text(w.topic, "tell", "topic")?,
+                msg: raw(w.msg),
+            },
+            "sub" => Self::Sub {
+                id: req(w.id, "sub", "id")?,
+                ch: text(w.ch, "sub", "ch")?,
+                q: w.q.map(RawValue::to_owned),
+                since: w.since,
+            },
+            "unsub" => Self::Unsub {
+                ch: text(w.ch, "unsub", "ch")?,
+            },
+            "ping" => Self::Ping {},
+            "pong" => Self::Pong {},
+            other => return Err(ProtocolError::UnknownKind(other.to_owned())),
+        })
+    }
+
+    /// Encodes the frame as the JSON text of one WebSocket text frame.
+    pub fn encode(&self) -> String {
+        encode(self)
+    }
+}
+
+impl ServerFrame {
+    /// Decodes one frame sent by a server.
+    pub fn decode(frame: &str) -> Result<Self, ProtocolError> {
+        let w = parse_wire(frame)?;
+        Ok(match &*w.t {
+            "welcome" => Self::Welcome {
+                v: req(w.v, "welcome", "v")?,
+                socket: text(w.socket, "welcome", "socket")?,
+                user: w.user.map(Cow::into_owned),
+                session: w.session.map(Cow::into_owned),
+                hb: req(w.hb, "welcome", "hb")?,
+            },
+            "res" => Self::Res {
+                id: req(w.id, "res", "id")?,
+                msg: raw(w.msg),
+            },
+            "rej" => Self::Rej {
+                id: req(w.id, "rej", "id")?,
+                code: text(w.code, "rej", "code")?,
+                reason: w.reason.map(Cow::into_owned).unwrap_or_default(),
+            },
+            "tell" => Self::Tell {
+                topic: text(w.topic, "tell", "topic")?,
+                msg: raw(w.msg),
+            },
+            "subok" => Self::Subok {
+                id: req(w.id, "subok", "id")?,
+                ch: text(w.ch, "subok", "ch")?,
+                pos: req(w.pos, "subok", "pos")?,
+                recovered: w.recovered,
+            },
+            "subrej" => Self::Subrej {
+                id: req(w.id, "subrej", "id")?,
+                ch: text(w.ch, "subrej", "ch")?,
+                code: text(w.code, "subrej", "code")?,
+                reason: w.reason.map(Cow::into_owned).unwrap_or_default(),
+            },
+            "pub" => Self::Pub {
+                ch: text(w.ch, "pub", "ch")?,
+                topic: text(w.topic, "pub", "topic")?,
+                pos: req(w.pos, "pub", "pos")?,
+                msg: raw(w.msg),
+            },
+            "unsubbed" => Self::Unsubbed {
+                ch: text(w.ch, "unsubbed", "ch")?,
+                code: text(w.code, "unsubbed", "code")?,
+                reason: w.reason.map(Cow::into_owned).unwrap_or_default(),
+            },
+            "error" => Self::Error {
+                code: text(w.code, "error", "code")?,
+                reason: w.reason.map(Cow::into_owned).unwrap_or_default(),
+            },
+            "ping" => Self::Ping {},
+            "pong" => Self::Pong {},
+            other => return Err(ProtocolError::UnknownKind(other.to_owned())),
+        })
+    }
+
+    /// Encodes the frame as the JSON text of one WebSocket text frame.
+    pub fn encode(&self) -> String {
+        encode(self)
+    }
+}
+
+fn encode<T: Serialize>(frame: &T) -> String {
+    // Frames hold only strings, integers, booleans and already-valid raw JSON, so serializing
+    // them cannot fail.
+    serde_json::to_string(frame).unwrap_or_else(|e| unreachable!("frame serialization: {e}"))
+}
+
+/// Parses `json` as a raw JSON payload, checking only that it is valid JSON.
+pub fn raw_json(json: impl Into<String>) -> Result<Box<RawValue>, ProtocolError> {
+    RawValue::from_string(json.into()).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Serializes any value as a raw JSON payload.
+pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Result<Box<RawValue>, serde_json::Error> {
+    serde_json::value::to_raw_value(value)
+}
+
+/// What kind of channel a valid channel name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind<'a> {
+    /// An ordinary channel, checked by the server's subscription parser.
+    Public,
+    /// `#user:<id>`: the channel of one user id.
+    User(&'a str),
+    /// `#session:<id>`: the channel of one browser session.
+    Session(&'a str),
+    /// Any other `#...` name: reserved, never subscribable by clients.
+    Reserved,
+}
+
+/// Why a channel name was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// Empty name.
+    #[error("channel name is empty")]
+    Empty,
+    /// Longer than [`MAX_CHANNEL_LEN`] bytes.
+    #[error("channel name is longer than {MAX_CHANNEL_LEN} bytes")]
+    TooLong,
+    /// A character outside `A-Z a-z 0-9 _ - . : @ / = + ! ~ #`.
+    #[error("channel name has the character {0:?}, outside A-Z a-z 0-9 and _-.:@/=+!~#")]
+    BadChar(char),
+}
+
+/// Whether `c` may appear in a channel name.
+fn channel_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_-.:@/=+!~#".contains(c)
+}
+
+/// Validates a channel name and says what kind of channel it is.
+///
+/// Names are 1 to [`MAX_CHANNEL_LEN`] bytes of `A-Z a-z 0-9 _ - . : @ / = + ! ~ #`. Names
+/// starting with `#` are reserved for the server: `#user:<id>` and `#session:<id>` are the
+/// automatic user and session channels.
+pub fn classify_channel(name: &str) -> Result<ChannelKind<'_>, ChannelError> {
+    if name.is_empty() {
+        return Err(ChannelError::Empty);
+    }
+    if name.len() > MAX_CHANNEL_LEN {
+        return Err(ChannelError::TooLong);
+    }
+    if let Some(c) = name.chars().find(|&c| !channel_char(c)) {
+        return Err(ChannelError::BadChar(c));
+    }
+    if !name.starts_with(RESERVED_PREFIX) {
+        return Ok(ChannelKind::Public);
+    }
+    if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
+        if !user.is_empty() {
+            return Ok(ChannelKind::User(user));
+        }
+    }
+    if let Some(session) = name.strip_prefix(SESSION_CHANNEL_PREFIX) {
+        if !session.is_empty() {
+            return Ok(ChannelKind::Session(session));
+        }
+    }
+    Ok(ChannelKind::Reserved)
+}
+
+/// The channel of a user id.
+pub fn user_channel(user: &str) -> String {
+    format!("{USER_CHANNEL_PREFIX}{user}")
+}
+
+/// The channel of a session id.
+pub fn session_channel(session: &str) -> String {
+    format!("{SESSION_CHANNEL_PREFIX}{session}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_client(f: ClientFrame) -> ClientFrame {
+        ClientFrame::decode(&f.encode()).expect("decodes")
+    }
+
+    #[test]
+    fn client_frames_roundtrip() {
+        let msg = raw_json(r#"{"a":[1,2,"x"]}"#).expect("json");
+        match roundtrip_client(ClientFrame::Ask {
+            id: 7,
+            topic: "add".into(),
+            msg: msg.clone(),
+        }) {
+            ClientFrame::Ask { id, topic, msg: m } => {
+                assert_eq!((id, topic.as_str(), m.get()), (7, "add", msg.get()));
+            }
+            other => panic!("{other:?}"),
+        }
+        match roundtrip_client(ClientFrame::Sub {
+            id: 3,
+            ch: "room:1".into(),
+            q: Some(msg.clone()),
+            since: Some(Position::new("ep", 41)),
+        }) {
+            ClientFrame::Sub { id, ch, q, since } => {
+                assert_eq!(id, 3);
+                assert_eq!(ch, "room:1");
+                assert_eq!(q.map(|q| q.get().to_owned()), Some(msg.get().to_owned()));
+                assert_eq!(since, Some(Position::new("ep", 41)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            roundtrip_client(ClientFrame::Hello { v: 1 }),
+            ClientFrame::Hello { v: 1 }
+        ));
+    }
+
+    #[test]
+    fn documented_examples_decode() {
+        let f = ServerFrame::decode(
+            r#"{"t":"pub","ch":"room:1","topic":"msg","pos":{"e":"k3x","s":12},"msg":{"text":"hi"}}"#,
+        )
+        .expect("pub");
+        match f {
+            ServerFrame::Pub {
+                ch,
+                topic,
+                pos,
+                msg,
+            } => {
+                assert_eq!(ch, "room:1");
+                assert_eq!(topic, "msg");
+                assert_eq!(pos, Position::new("k3x", 12));
+                assert_eq!(msg.get(), r#"{"text":"hi"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        let f = ServerFrame::decode(r#"{"t":"rej","id":4,"code":"unknown_topic","reason":"no"}"#)
+            .expect("rej");
+        assert!(matches!(f, ServerFrame::Rej { id: 4, ref code, .. } if code == "unknown_topic"));
+    }
+
+    #[test]
+    fn missing_msg_is_null() {
+        match ClientFrame::decode(r#"{"t":"tell","topic":"x"}"#).expect("tell") {
+            ClientFrame::Tell { msg, .. } => assert_eq!(msg.get(), "null"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        for bad in [
+            "",
+            "nope",
+            "[]",
+            "{}",
+            r#"{"t":1}"#,
+            r#"{"t":"ask","topic":"x"}"#,
+            r#"{"t":"ask","id":-1,"topic":"x"}"#,
+            r#"{"t":"sub","id":1}"#,
+            r#"{"t":"what"}"#,
+            r#"{"t":"ask","id":1,"topic":"x","msg":{"#,
+        ] {
+            assert!(
+                ClientFrame::decode(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+            assert!(
+                ServerFrame::decode(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        assert_eq!(
+            ClientFrame::decode(r#"{"t":"what"}"#).unwrap_err(),
+            ProtocolError::UnknownKind("what".into())
+        );
+        assert_eq!(
+            ClientFrame::decode(r#"{"t":"ask","topic":"x"}"#).unwrap_err(),
+            ProtocolError::MissingField {
+                kind: "ask",
+                field: "id"
+            }
+        );
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        match ClientFrame::decode(r#"{"t":"tell","topic":"a\"b\u00e9","msg":"x"}"#).expect("tell") {
+            ClientFrame::Tell { topic, .. } => assert_eq!(topic, "a\"bé"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn channel_names() {
+        assert_eq!(classify_channel("room:1"), Ok(ChannelKind::Public));
+        assert_eq!(classify_channel("#user:ann"), Ok(ChannelKind::User("ann")));
+        assert_eq!(
+            classify_channel("#session:s1"),
+            Ok(ChannelKind::Session("s1"))
+        );
+        assert_eq!(classify_channel("#user:"), Ok(ChannelKind::Reserved));
+        assert_eq!(classify_channel("#admin"), Ok(ChannelKind::Reserved));
+        assert_eq!(classify_channel(""), Err(ChannelError::Empty));
+        assert_eq!(classify_channel("a b"), Err(ChannelError::BadChar(' ')));
+        assert_eq!(
+            classify_channel(&"x".repeat(MAX_CHANNEL_LEN + 1)),
+            Err(ChannelError::TooLong)
+        );
+        assert!(classify_channel(&"x".repeat(MAX_CHANNEL_LEN)).is_ok());
+    }
+
+    #[test]
+    fn reconnect_policy() {
+        assert!(close::should_reconnect(close::GOING_AWAY));
+        assert!(close::should_reconnect(close::ABNORMAL));
+        assert!(close::should_reconnect(close::SLOW_CONSUMER));
+        assert!(close::should_reconnect(4999));
+        assert!(!close::should_reconnect(close::NORMAL));
+        assert!(!close::should_reconnect(close::BOOTED));
+        assert!(!close::should_reconnect(close::UNSUPPORTED_VERSION));
+        assert!(!close::should_reconnect(close::PROTOCOL_ERROR));
+    }
+}
