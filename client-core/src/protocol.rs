@@ -463,6 +463,36 @@ impl ServerFrame {
     }
 }
 
+/// Encodes a `pub` frame from borrowed parts: the server's fan-out path encodes each publication
+/// once with this and hands the same bytes to every local subscriber.
+pub fn encode_pub(ch: &str, topic: &str, pos: &Position, msg: &RawValue) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "t", rename = "pub")]
+    struct PubRef<'a> {
+        ch: &'a str,
+        topic: &'a str,
+        pos: &'a Position,
+        msg: &'a RawValue,
+    }
+    encode(&PubRef {
+        ch,
+        topic,
+        pos,
+        msg,
+    })
+}
+
+/// Encodes a server `tell` frame from borrowed parts.
+pub fn encode_tell(topic: &str, msg: &RawValue) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "t", rename = "tell")]
+    struct TellRef<'a> {
+        topic: &'a str,
+        msg: &'a RawValue,
+    }
+    encode(&TellRef { topic, msg })
+}
+
 fn encode<T: Serialize>(frame: &T) -> String {
     // Frames hold only strings, integers, booleans and already-valid raw JSON, so serializing
     // them cannot fail.
@@ -617,6 +647,24 @@ mod tests {
         let f = ServerFrame::decode(r#"{"t":"rej","id":4,"code":"unknown_topic","reason":"no"}"#)
             .expect("rej");
         assert!(matches!(f, ServerFrame::Rej { id: 4, ref code, .. } if code == "unknown_topic"));
+    }
+
+    #[test]
+    fn borrowed_encoders_match_the_frames() {
+        let msg = raw_json(r#"{"x":1}"#).expect("json");
+        let pos = Position::new("e1", 9);
+        let owned = ServerFrame::Pub {
+            ch: "c".into(),
+            topic: "t".into(),
+            pos: pos.clone(),
+            msg: msg.clone(),
+        };
+        assert_eq!(encode_pub("c", "t", &pos, &msg), owned.encode());
+        let tell = ServerFrame::Tell {
+            topic: "t".into(),
+            msg: msg.clone(),
+        };
+        assert_eq!(encode_tell("t", &msg), tell.encode());
     }
 
     #[test]

@@ -1,0 +1,263 @@
+//! This instance's sockets, and which of them are subscribed to which channel.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use sss_core::protocol::{close, encode_pub, encode_tell};
+use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::scaler::{Control, Record, Scaler, ScalerError};
+use crate::socket::{Out, SocketShared};
+
+const SHARDS: usize = 64;
+
+type Sockets = HashMap<u64, Arc<SocketShared>>;
+
+struct ChannelSubs {
+    subs: Sockets,
+    /// Held while this instance's interest in the channel changes at the scaler; `true` once
+    /// the scaler delivers the channel here.
+    interest: Arc<AsyncMutex<bool>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Channels are sharded over 64 locks; fan-out takes one shard's read lock.
+pub(crate) struct Registry {
+    channels: Vec<RwLock<HashMap<Arc<str>, ChannelSubs>>>,
+    hasher: RandomState,
+    sockets: RwLock<HashMap<Arc<str>, Arc<SocketShared>>>,
+    users: RwLock<HashMap<String, Sockets>>,
+    sessions: RwLock<HashMap<String, Sockets>>,
+    count: watch::Sender<usize>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            channels: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            sockets: RwLock::default(),
+            users: RwLock::default(),
+            sessions: RwLock::default(),
+            count: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Registry {
+    fn shard(&self, channel: &str) -> &RwLock<HashMap<Arc<str>, ChannelSubs>> {
+        &self.channels[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    pub(crate) fn add_socket(&self, s: &Arc<SocketShared>) {
+        let n = {
+            let mut sockets = write(&self.sockets);
+            sockets.insert(s.id.clone(), s.clone());
+            sockets.len()
+        };
+        if let Some(u) = s.session.user.as_deref() {
+            write(&self.users)
+                .entry(u.to_owned())
+                .or_default()
+                .insert(s.key, s.clone());
+        }
+        if let Some(id) = s.session.session.as_deref() {
+            write(&self.sessions)
+                .entry(id.to_owned())
+                .or_default()
+                .insert(s.key, s.clone());
+        }
+        self.count.send_replace(n);
+    }
+
+    pub(crate) fn remove_socket(&self, s: &SocketShared) {
+        let n = {
+            let mut sockets = write(&self.sockets);
+            sockets.remove(&s.id);
+            sockets.len()
+        };
+        let forget = |map: &RwLock<HashMap<String, Sockets>>, id: Option<&str>| {
+            if let Some(id) = id {
+                let mut map = write(map);
+                if let Some(set) = map.get_mut(id) {
+                    set.remove(&s.key);
+                    if set.is_empty() {
+                        map.remove(id);
+                    }
+                }
+            }
+        };
+        forget(&self.users, s.session.user.as_deref());
+        forget(&self.sessions, s.session.session.as_deref());
+        self.count.send_replace(n);
+    }
+
+    pub(crate) fn socket_count(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    pub(crate) fn watch_count(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
+    /// Adds a subscriber, and makes sure the scaler delivers the channel to this instance before
+    /// returning.
+    pub(crate) async fn join(
+        &self,
+        channel: &str,
+        s: &Arc<SocketShared>,
+        scaler: &dyn Scaler,
+    ) -> Result<(), ScalerError> {
+        let interest = {
+            let mut shard = write(self.shard(channel));
+            let entry = shard
+                .entry(Arc::from(channel))
+                .or_insert_with(|| ChannelSubs {
+                    subs: HashMap::new(),
+                    interest: Arc::default(),
+                });
+            entry.subs.insert(s.key, s.clone());
+            entry.interest.clone()
+        };
+        let mut subscribed = interest.lock().await;
+        if !*subscribed {
+            scaler.subscribe(channel).await?;
+            *subscribed = true;
+        }
+        Ok(())
+    }
+
+    /// Removes a subscriber; when it was the channel's last, drops this instance's interest at
+    /// the scaler (unless someone joined meanwhile).
+    pub(crate) async fn leave(&self, channel: &str, key: u64, scaler: &dyn Scaler) {
+        let interest = {
+            let mut shard = write(self.shard(channel));
+            let Some(entry) = shard.get_mut(channel) else {
+                return;
+            };
+            entry.subs.remove(&key);
+            if !entry.subs.is_empty() {
+                return;
+            }
+            entry.interest.clone()
+        };
+        let mut subscribed = interest.lock().await;
+        let still_empty = read(self.shard(channel))
+            .get(channel)
+            .is_some_and(|e| e.subs.is_empty());
+        if !still_empty {
+            return;
+        }
+        if *subscribed {
+            // If this fails the scaler keeps delivering a channel nobody here reads: harmless.
+            let _ = scaler.unsubscribe(channel).await;
+            *subscribed = false;
+        }
+        let mut shard = write(self.shard(channel));
+        if shard.get(channel).is_some_and(|e| e.subs.is_empty()) {
+            shard.remove(channel);
+        }
+    }
+
+    /// Hands one publication to every local subscriber of its channel, encoded once.
+    pub(crate) fn fan_out(&self, channel: &Arc<str>, record: &Record) {
+        let shard = read(self.shard(channel));
+        let Some(entry) = shard.get(&**channel) else {
+            return;
+        };
+        if entry.subs.is_empty() {
+            return;
+        }
+        let frame = Utf8Bytes::from(encode_pub(
+            channel,
+            &record.topic,
+            &record.position,
+            &record.msg,
+        ));
+        for s in entry.subs.values() {
+            s.push(Out::Pub {
+                channel: channel.clone(),
+                seq: record.position.seq,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    /// Acts on a cluster-wide control message for the sockets of this instance.
+    pub(crate) fn control(&self, c: Control) {
+        let tell = |sockets: &mut dyn Iterator<Item = &Arc<SocketShared>>, topic: &str, msg| {
+            let frame = Utf8Bytes::from(encode_tell(topic, msg));
+            for s in sockets {
+                s.push(Out::Frame(frame.clone()));
+            }
+        };
+        let booted = "booted by the server";
+        match c {
+            Control::Broadcast { topic, msg } => {
+                tell(&mut read(&self.sockets).values(), &topic, &msg);
+            }
+            Control::TellUser { user, topic, msg } => {
+                if let Some(set) = read(&self.users).get(&user) {
+                    tell(&mut set.values(), &topic, &msg);
+                }
+            }
+            Control::TellSession {
+                session,
+                topic,
+                msg,
+            } => {
+                if let Some(set) = read(&self.sessions).get(&session) {
+                    tell(&mut set.values(), &topic, &msg);
+                }
+            }
+            Control::BootSocket { socket } => {
+                if let Some(s) = read(&self.sockets).get(socket.as_str()) {
+                    s.kill(close::BOOTED, booted);
+                }
+            }
+            Control::BootUser { user } => {
+                for s in read(&self.users)
+                    .get(&user)
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                {
+                    s.kill(close::BOOTED, booted);
+                }
+            }
+            Control::BootSession { session } => {
+                for s in read(&self.sessions)
+                    .get(&session)
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                {
+                    s.kill(close::BOOTED, booted);
+                }
+            }
+            Control::BootChannel { channel } => {
+                let channel: Arc<str> = Arc::from(channel);
+                if let Some(entry) = read(self.shard(&channel)).get(&channel) {
+                    for s in entry.subs.values() {
+                        s.push(Out::BootChannel(channel.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes every socket of this instance.
+    pub(crate) fn close_all(&self, code: u16, reason: &str) {
+        for s in read(&self.sockets).values() {
+            s.kill(code, reason);
+        }
+    }
+}

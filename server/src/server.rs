@@ -1,0 +1,544 @@
+//! The server value, its builder, and the cluster-wide operations.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sss_core::protocol::{classify_channel, codes, ChannelKind};
+use sss_core::Position;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::warn;
+
+use crate::handshake::{Body, HandshakeRequest, Refusal};
+use crate::registry::Registry;
+use crate::scaler::{Control, Scaler, ScalerError, ScalerEvent};
+use crate::socket::Socket;
+use crate::{Rejection, Session};
+
+/// Tunables of a server. `ServerOptions::default()` is a sensible production start.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// When set, handshakes whose `Origin` header is present and not in this list are refused
+    /// with 403. Non-browser clients send no `Origin` and are not affected.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Largest accepted inbound message in bytes (default 1 MiB). A larger one closes the socket
+    /// with 1009.
+    pub max_message_size: usize,
+    /// Frames a socket's outbound queue holds (default 1024). A socket whose queue is full is a
+    /// slow consumer and is closed with 4004.
+    pub outbound_queue: usize,
+    /// How often the server pings each socket (default 25 s). A socket silent for twice this is
+    /// closed with 4005.
+    pub heartbeat: Duration,
+    /// Time a new socket has to send `hello` (default 10 s), else it is closed with 4006.
+    pub handshake_timeout: Duration,
+    /// Time a write to a socket may take (default 10 s) before the socket is dropped.
+    pub write_timeout: Duration,
+    /// Publications buffered per subscription while its history is being read (default 1024);
+    /// past that the socket is a slow consumer.
+    pub sync_buffer: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            allowed_origins: None,
+            max_message_size: 1 << 20,
+            outbound_queue: 1024,
+            heartbeat: Duration::from_secs(25),
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            sync_buffer: 1024,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Sets [`allowed_origins`](Self::allowed_origins).
+    pub fn allowed_origins<I: IntoIterator<Item = S>, S: Into<String>>(mut self, o: I) -> Self {
+        self.allowed_origins = Some(o.into_iter().map(Into::into).collect());
+        self
+    }
+    /// Sets [`max_message_size`](Self::max_message_size).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+    /// Sets [`outbound_queue`](Self::outbound_queue).
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.outbound_queue = frames.max(1);
+        self
+    }
+    /// Sets [`heartbeat`](Self::heartbeat).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+    /// Sets [`handshake_timeout`](Self::handshake_timeout).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake_timeout = t;
+        self
+    }
+}
+
+/// What the inbound middleware sees: one ask, tell or subscription of a socket, before its
+/// handler or parser. The middleware returns it (possibly changed) to let it through.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// An ask.
+    Ask {
+        /// Topic.
+        topic: String,
+        /// Request payload.
+        msg: Box<RawValue>,
+    },
+    /// A tell.
+    Tell {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        msg: Box<RawValue>,
+    },
+    /// A subscription (also a resubscription after a reconnect).
+    Subscribe {
+        /// Channel.
+        channel: String,
+        /// The client's query.
+        query: Option<Box<RawValue>>,
+    },
+}
+
+pub(crate) type SessionParser =
+    Arc<dyn Fn(HandshakeRequest) -> BoxFuture<'static, Result<Session, Refusal>> + Send + Sync>;
+pub(crate) type SubscriptionParser = Arc<
+    dyn Fn(Socket, String, Option<Box<RawValue>>) -> BoxFuture<'static, Result<(), Rejection>>
+        + Send
+        + Sync,
+>;
+pub(crate) type Middleware =
+    Arc<dyn Fn(Socket, Inbound) -> BoxFuture<'static, Result<Inbound, Rejection>> + Send + Sync>;
+pub(crate) type AskHandler = Arc<
+    dyn Fn(Socket, Box<RawValue>) -> BoxFuture<'static, Result<Box<RawValue>, Rejection>>
+        + Send
+        + Sync,
+>;
+pub(crate) type TellHandler =
+    Arc<dyn Fn(Socket, Box<RawValue>) -> BoxFuture<'static, ()> + Send + Sync>;
+pub(crate) type HttpFallback =
+    Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync>;
+
+/// Builds a [`Server`]: `Server::builder(scaler)`, then parsers and handlers, then `build()`.
+pub struct ServerBuilder {
+    scaler: Arc<dyn Scaler>,
+    options: ServerOptions,
+    session_parser: Option<SessionParser>,
+    subscription_parser: Option<SubscriptionParser>,
+    middleware: Option<Middleware>,
+    asks: HashMap<String, AskHandler>,
+    tells: HashMap<String, TellHandler>,
+    http_fallback: Option<HttpFallback>,
+}
+
+fn bad_request(e: serde_json::Error) -> Rejection {
+    Rejection::new(codes::BAD_REQUEST, e.to_string())
+}
+
+impl ServerBuilder {
+    /// Sets the options.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the session parser, run on every handshake. It sees the HTTP upgrade request and
+    /// returns the socket's [`Session`] or a [`Refusal`] (the client gets its HTTP status).
+    /// Without one, every connection is accepted anonymously.
+    pub fn session_parser<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HandshakeRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Session, Refusal>> + Send + 'static,
+    {
+        self.session_parser = Some(Arc::new(move |r| Box::pin(f(r))));
+        self
+    }
+
+    /// Sets the subscription parser: it accepts or refuses each subscription to an ordinary
+    /// channel, given the socket, the channel and the client's query. Without one, every valid
+    /// channel is accepted. (User and session channels are never passed to it: a socket may
+    /// subscribe to its own and to no one else's.)
+    pub fn subscription_parser<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Socket, String, Option<Box<RawValue>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Rejection>> + Send + 'static,
+    {
+        self.subscription_parser = Some(Arc::new(move |s, c, q| Box::pin(f(s, c, q))));
+        self
+    }
+
+    /// Sets the inbound middleware: it sees every ask, tell and subscription of every socket
+    /// before its handler or parser, and may refuse it (the client gets a `refused` error, or
+    /// the middleware's own code).
+    pub fn middleware<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Socket, Inbound) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Inbound, Rejection>> + Send + 'static,
+    {
+        self.middleware = Some(Arc::new(move |s, i| Box::pin(f(s, i))));
+        self
+    }
+
+    /// Registers the handler of asks on `topic`. The request is deserialized into `Req` (a
+    /// failure answers `bad_request`); the handler's `Ok` is serialized as the response, its
+    /// `Err` reaches the client as a typed error.
+    pub fn on_ask<Req, Resp, F, Fut>(mut self, topic: impl Into<String>, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Socket, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Rejection>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: AskHandler = Arc::new(move |socket, msg| {
+            let f = f.clone();
+            Box::pin(async move {
+                let req: Req = serde_json::from_str(msg.get()).map_err(bad_request)?;
+                let resp = f(socket, req).await?;
+                serde_json::value::to_raw_value(&resp)
+                    .map_err(|e| Rejection::new(codes::INTERNAL, e.to_string()))
+            })
+        });
+        self.asks.insert(topic.into(), handler);
+        self
+    }
+
+    /// Registers the handler of tells on `topic`. A message that does not deserialize into
+    /// `Msg` is dropped and logged.
+    pub fn on_tell<Msg, F, Fut>(mut self, topic: impl Into<String>, f: F) -> Self
+    where
+        Msg: DeserializeOwned + Send + 'static,
+        F: Fn(Socket, Msg) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let topic = topic.into();
+        let name = topic.clone();
+        let handler: TellHandler = Arc::new(move |socket, msg| {
+            let f = f.clone();
+            let name = name.clone();
+            Box::pin(async move {
+                match serde_json::from_str::<Msg>(msg.get()) {
+                    Ok(m) => f(socket, m).await,
+                    Err(e) => warn!(topic = name, error = %e, "tell dropped: bad message"),
+                }
+            })
+        });
+        self.tells.insert(topic, handler);
+        self
+    }
+
+    /// Answers plain HTTP requests (those that are not WebSocket upgrades) on the server's own
+    /// listener, e.g. to serve a web app next to the socket endpoint.
+    pub fn http_fallback<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        self.http_fallback = Some(Arc::new(move |r| Box::pin(f(r))));
+        self
+    }
+
+    /// Starts the server: connects it to the scaler and starts dispatching what the scaler
+    /// delivers. Listen with [`Server::listen`] or mount [`Server::upgrade`] in an HTTP app.
+    pub async fn build(self) -> Result<Server, ScalerError> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        self.scaler.start(events_tx).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            instance: new_instance_id(),
+            scaler: self.scaler,
+            options: self.options,
+            session_parser: self.session_parser,
+            subscription_parser: self.subscription_parser,
+            middleware: self.middleware,
+            asks: self.asks,
+            tells: self.tells,
+            http_fallback: self.http_fallback,
+            registry: Registry::default(),
+            stop_tx,
+            stop_rx,
+        });
+        tokio::spawn(dispatch(Arc::downgrade(&inner), events_rx));
+        Ok(Server { inner })
+    }
+}
+
+fn new_instance_id() -> String {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    std::time::SystemTime::now().hash(&mut h);
+    std::process::id().hash(&mut h);
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+pub(crate) struct Inner {
+    pub(crate) instance: String,
+    pub(crate) scaler: Arc<dyn Scaler>,
+    pub(crate) options: ServerOptions,
+    pub(crate) session_parser: Option<SessionParser>,
+    pub(crate) subscription_parser: Option<SubscriptionParser>,
+    pub(crate) middleware: Option<Middleware>,
+    pub(crate) asks: HashMap<String, AskHandler>,
+    pub(crate) tells: HashMap<String, TellHandler>,
+    pub(crate) http_fallback: Option<HttpFallback>,
+    pub(crate) registry: Registry,
+    stop_tx: watch::Sender<bool>,
+    pub(crate) stop_rx: watch::Receiver<bool>,
+}
+
+impl Inner {
+    pub(crate) fn shutting_down(&self) -> bool {
+        *self.stop_rx.borrow()
+    }
+
+    pub(crate) fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(4096)
+            .max_message_size(Some(self.options.max_message_size))
+            .max_frame_size(Some(self.options.max_message_size))
+    }
+
+    /// Whether `socket` may subscribe to `channel`, by the rules for reserved channels, the
+    /// middleware and the subscription parser.
+    pub(crate) async fn check_subscription(
+        &self,
+        socket: &Socket,
+        channel: &str,
+        query: Option<Box<RawValue>>,
+    ) -> Result<(), Rejection> {
+        let own = |id: &str, mine: Option<&str>| mine == Some(id);
+        match classify_channel(channel) {
+            Err(e) => Err(Rejection::new(codes::INVALID_CHANNEL, e.to_string())),
+            Ok(ChannelKind::User(u)) if own(u, socket.user()) => Ok(()),
+            Ok(ChannelKind::Session(s)) if own(s, socket.session()) => Ok(()),
+            Ok(ChannelKind::User(_) | ChannelKind::Session(_) | ChannelKind::Reserved) => Err(
+                Rejection::new(codes::RESERVED_CHANNEL, "reserved channel of someone else"),
+            ),
+            Ok(ChannelKind::Public) => {
+                let query = match &self.middleware {
+                    Some(mw) => {
+                        let ev = Inbound::Subscribe {
+                            channel: channel.to_owned(),
+                            query,
+                        };
+                        match mw(socket.clone(), ev).await? {
+                            Inbound::Subscribe { query, .. } => query,
+                            _ => return Err(Rejection::new(codes::REFUSED, "middleware")),
+                        }
+                    }
+                    None => query,
+                };
+                match &self.subscription_parser {
+                    Some(parser) => parser(socket.clone(), channel.to_owned(), query).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the scaler delivers and fans it out to this instance's sockets. Each publication
+/// is encoded once; every subscriber gets the same bytes.
+async fn dispatch(inner: std::sync::Weak<Inner>, mut events: mpsc::UnboundedReceiver<ScalerEvent>) {
+    while let Some(event) = events.recv().await {
+        let Some(inner) = inner.upgrade() else { break };
+        match event {
+            ScalerEvent::Publication { channel, record } => {
+                inner.registry.fan_out(&channel, &record);
+            }
+            ScalerEvent::Control(c) => inner.registry.control(c),
+        }
+    }
+}
+
+/// A running server. Cheap to clone; every clone is the same server.
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("instance", &self.inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raw<T: Serialize + ?Sized>(msg: &T) -> Result<Box<RawValue>, ServerError> {
+    serde_json::value::to_raw_value(msg).map_err(|e| ServerError::Encode(e.to_string()))
+}
+
+/// Why a server-side operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The message could not be serialized as JSON.
+    #[error("message does not serialize: {0}")]
+    Encode(String),
+    /// The channel name is invalid.
+    #[error("invalid channel: {0}")]
+    InvalidChannel(#[from] sss_core::protocol::ChannelError),
+    /// The scaler failed.
+    #[error(transparent)]
+    Scaler(#[from] ScalerError),
+}
+
+impl Server {
+    /// Starts building a server on a scaler.
+    pub fn builder(scaler: impl Scaler) -> ServerBuilder {
+        ServerBuilder {
+            scaler: Arc::new(scaler),
+            options: ServerOptions::default(),
+            session_parser: None,
+            subscription_parser: None,
+            middleware: None,
+            asks: HashMap::new(),
+            tells: HashMap::new(),
+            http_fallback: None,
+        }
+    }
+
+    /// This instance's id (a prefix of every socket id it hands out).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Publishes on a channel, cluster-wide: appended to its history, delivered to every
+    /// subscriber on every instance, in order. Returns the publication's position.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        topic: &str,
+        msg: &T,
+    ) -> Result<Position, ServerError> {
+        classify_channel(channel)?;
+        let msg = raw(msg)?;
+        Ok(self.inner.scaler.publish(channel, topic, &msg).await?)
+    }
+
+    async fn control(&self, c: Control) -> Result<(), ServerError> {
+        Ok(self.inner.scaler.control(c).await?)
+    }
+
+    /// Tells every socket of the cluster.
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        msg: &T,
+    ) -> Result<(), ServerError> {
+        let msg = raw(msg)?;
+        self.control(Control::Broadcast {
+            topic: topic.to_owned(),
+            msg,
+        })
+        .await
+    }
+
+    /// Tells every socket of a user, cluster-wide.
+    pub async fn tell_user<T: Serialize + ?Sized>(
+        &self,
+        user: &str,
+        topic: &str,
+        msg: &T,
+    ) -> Result<(), ServerError> {
+        let msg = raw(msg)?;
+        self.control(Control::TellUser {
+            user: user.to_owned(),
+            topic: topic.to_owned(),
+            msg,
+        })
+        .await
+    }
+
+    /// Tells every socket of a browser session, cluster-wide.
+    pub async fn tell_session<T: Serialize + ?Sized>(
+        &self,
+        session: &str,
+        topic: &str,
+        msg: &T,
+    ) -> Result<(), ServerError> {
+        let msg = raw(msg)?;
+        self.control(Control::TellSession {
+            session: session.to_owned(),
+            topic: topic.to_owned(),
+            msg,
+        })
+        .await
+    }
+
+    /// Closes one socket, wherever it is, with close code 4003 (the client does not reconnect).
+    pub async fn boot_socket(&self, socket_id: &str) -> Result<(), ServerError> {
+        self.control(Control::BootSocket {
+            socket: socket_id.to_owned(),
+        })
+        .await
+    }
+
+    /// Closes every socket of a user, cluster-wide, with close code 4003.
+    pub async fn boot_user(&self, user: &str) -> Result<(), ServerError> {
+        self.control(Control::BootUser {
+            user: user.to_owned(),
+        })
+        .await
+    }
+
+    /// Closes every socket of a session, cluster-wide, with close code 4003.
+    pub async fn boot_session(&self, session: &str) -> Result<(), ServerError> {
+        self.control(Control::BootSession {
+            session: session.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes every subscriber of a channel, cluster-wide; each gets an `unsubbed` frame with
+    /// code `booted`.
+    pub async fn boot_channel(&self, channel: &str) -> Result<(), ServerError> {
+        self.control(Control::BootChannel {
+            channel: channel.to_owned(),
+        })
+        .await
+    }
+
+    /// Number of sockets connected to this instance.
+    pub fn local_sockets(&self) -> usize {
+        self.inner.registry.socket_count()
+    }
+
+    /// Graceful shutdown: stops accepting, closes every socket with 1001 so clients reconnect
+    /// (to another instance) and resync, waits up to `grace` for them to go, and detaches from
+    /// the scaler.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stop_tx.send_replace(true);
+        self.inner.registry.close_all(
+            sss_core::protocol::close::GOING_AWAY,
+            "server shutting down",
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.registry.socket_count() > 0 && tokio::time::Instant::now() < deadline {
+            let mut changed = self.inner.registry.watch_count();
+            let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+        }
+        self.inner.scaler.stop().await;
+    }
+}
