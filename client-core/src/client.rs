@@ -1,1 +1,792 @@
-//! The sans-IO client state machine (being written).
+//! The sans-IO client state machine (modelled on `quinn-proto`).
+//!
+//! [`Client`] holds everything a Super Scaled Sockets client knows — pending asks, the offline
+//! queue, subscriptions and their last positions, the reconnect backoff — and does no I/O and
+//! reads no clock. A driver owns the WebSocket and the timer:
+//!
+//! - it feeds in what happens: [`Client::handle_open`], [`Client::handle_frame`],
+//!   [`Client::handle_close`], and [`Client::handle_timeout`] once [`Client::poll_timeout`] is
+//!   reached, always with the current [`Instant`];
+//! - it drains the outputs after every call: [`Client::poll_action`] (open or close the socket),
+//!   [`Client::poll_transmit`] (text frames to send, in order) and [`Client::poll_event`] (for
+//!   the application).
+//!
+//! ```
+//! use sss_core::client::{Action, Client, Config, Instant};
+//!
+//! let config = Config { urls: vec!["ws://localhost:8080/ws".into()], ..Config::default() };
+//! let mut client = Client::new(config, Instant::from_millis(0));
+//! assert_eq!(
+//!     client.poll_action(),
+//!     Some(Action::Connect { url: "ws://localhost:8080/ws".into() })
+//! );
+//! client.handle_open(Instant::from_millis(5));
+//! assert_eq!(client.poll_transmit().as_deref(), Some(r#"{"t":"hello","v":1}"#));
+//! ```
+
+mod config;
+mod error;
+mod event;
+mod time;
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::protocol::{
+    classify_channel, close, ClientFrame, Position, ServerFrame, MAX_TOPIC_LEN, PROTOCOL_VERSION,
+};
+use config::Rng;
+
+pub use config::{backoff_delay, Config, Reconnect};
+pub use error::{AskError, ClientError};
+pub use event::{Action, AskId, Event, Recovery, Status};
+pub use time::Instant;
+
+/// The socket, as the core sees it.
+#[derive(Debug)]
+enum Conn {
+    /// No socket; the next connection attempt starts at `at`.
+    Backoff { at: Instant },
+    /// A socket was asked for (`opened` once it opened and `hello` was sent); `welcome` is due
+    /// by `deadline`.
+    Connecting { deadline: Instant, opened: bool },
+    /// Welcomed. The connection is dead if no frame arrives within `liveness` (twice the
+    /// server's heartbeat interval; `None` when the server sends no heartbeats) of `last_rx`.
+    Open {
+        liveness: Option<Duration>,
+        last_rx: Instant,
+    },
+    /// Closed for good.
+    Closed,
+}
+
+/// What the current connection's `welcome` said.
+#[derive(Debug)]
+struct Welcome {
+    socket: String,
+    user: Option<String>,
+    session: Option<String>,
+}
+
+/// An ask that has not completed: queued offline (`sent: false`) or sent on the current
+/// connection.
+#[derive(Debug)]
+struct PendingAsk {
+    deadline: Instant,
+    sent: bool,
+}
+
+/// An ask or tell waiting in the offline queue.
+#[derive(Debug)]
+enum Queued {
+    Ask {
+        id: u64,
+        topic: String,
+        msg: Box<RawValue>,
+    },
+    Tell {
+        topic: String,
+        msg: Box<RawValue>,
+    },
+}
+
+#[derive(Debug)]
+struct Subscription {
+    query: Option<Box<RawValue>>,
+    /// The last position delivered (or the server's position at the last `subok`).
+    last: Option<Position>,
+    /// The id of the `sub` frame awaiting its `subok` / `subrej`; publications are ignored
+    /// meanwhile. `None`: live, or not sent yet (it is sent at the next `welcome`).
+    awaiting: Option<u64>,
+}
+
+/// A Super Scaled Sockets client connection, as a sans-IO state machine.
+///
+/// See the [module documentation](self) for how a driver runs it. The client connects on
+/// creation, reconnects by itself with [backoff](Reconnect), resubscribes every channel after a
+/// reconnect and recovers what it missed, and never panics on anything the server sends.
+///
+/// `now` must never go backwards from one call to the next.
+#[derive(Debug)]
+pub struct Client {
+    config: Config,
+    rng: Rng,
+    conn: Conn,
+    status: Status,
+    /// Consecutive reconnect attempts since the last `welcome`.
+    attempt: u32,
+    /// Index in `config.urls` of the current (or last) connection attempt.
+    url: usize,
+    /// Whether any connection was ever welcomed: later welcomes are reconnects.
+    welcomed_before: bool,
+    welcome: Option<Welcome>,
+    /// The last server `error` frame on this connection: the reason of the close that follows.
+    server_error: Option<String>,
+    next_ask: u64,
+    next_sub: u64,
+    /// Every ask not completed yet, by id. Ids and deadlines grow together, so the first entry
+    /// has the earliest deadline.
+    asks: BTreeMap<u64, PendingAsk>,
+    queue: VecDeque<Queued>,
+    subs: BTreeMap<String, Subscription>,
+    /// Ids of the subscriptions resent on reconnect still awaiting an answer (while
+    /// [`Status::Syncing`]).
+    syncing: BTreeSet<u64>,
+    transmits: VecDeque<String>,
+    events: VecDeque<Event>,
+    actions: VecDeque<Action>,
+}
+
+impl Client {
+    /// A client that starts connecting at once: the first [`Client::poll_action`] is
+    /// [`Action::Connect`] to the first of `config.urls`, and the status is
+    /// [`Status::Connecting`]. With no URL at all, the client is closed from the start.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let mut client = Self {
+            rng: Rng::new(config.seed),
+            config,
+            conn: Conn::Closed,
+            status: Status::Connecting,
+            attempt: 0,
+            url: 0,
+            welcomed_before: false,
+            welcome: None,
+            server_error: None,
+            next_ask: 1,
+            next_sub: 1,
+            asks: BTreeMap::new(),
+            queue: VecDeque::new(),
+            subs: BTreeMap::new(),
+            syncing: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            actions: VecDeque::new(),
+        };
+        if client.config.urls.is_empty() {
+            client.finish(close::ABNORMAL, "no server URL is configured".to_owned());
+        } else {
+            client.connect(now);
+        }
+        client
+    }
+
+    // ---- Inputs -------------------------------------------------------------------------
+
+    /// The socket asked for by the last [`Action::Connect`] opened: the client sends `hello`.
+    pub fn handle_open(&mut self, _now: Instant) {
+        if let Conn::Connecting { opened, .. } = &mut self.conn {
+            if !*opened {
+                *opened = true;
+                self.send(&ClientFrame::Hello {
+                    v: PROTOCOL_VERSION,
+                });
+            }
+        }
+    }
+
+    /// A text frame arrived on the current socket.
+    ///
+    /// A frame that does not decode, or that the protocol does not allow here, makes the client
+    /// close the socket with [`close::PROTOCOL_ERROR`] and reconnect.
+    pub fn handle_frame(&mut self, now: Instant, text: &str) {
+        let welcomed = match &mut self.conn {
+            Conn::Open { last_rx, .. } => {
+                *last_rx = now;
+                true
+            }
+            Conn::Connecting { .. } => false,
+            Conn::Backoff { .. } | Conn::Closed => return,
+        };
+        let frame = match ServerFrame::decode(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.protocol_error(now, e.to_string()),
+        };
+        if !welcomed {
+            return self.handle_handshake_frame(now, frame);
+        }
+        match frame {
+            ServerFrame::Welcome { .. } => {
+                self.protocol_error(now, "unexpected welcome".to_owned());
+            }
+            ServerFrame::Res { id, msg } => self.complete(id, Ok(msg)),
+            ServerFrame::Rej { id, code, reason } => {
+                self.complete(id, Err(AskError::new(code, reason)));
+            }
+            ServerFrame::Tell { topic, msg } => self.events.push_back(Event::Tell { topic, msg }),
+            ServerFrame::Subok {
+                id,
+                ch,
+                pos,
+                recovered,
+            } => self.handle_subok(id, ch, pos, recovered),
+            ServerFrame::Subrej {
+                id,
+                ch,
+                code,
+                reason,
+            } => self.handle_subrej(id, ch, AskError::new(code, reason)),
+            ServerFrame::Pub {
+                ch,
+                topic,
+                pos,
+                msg,
+            } => self.handle_pub(ch, topic, pos, msg),
+            ServerFrame::Unsubbed { ch, code, reason } => {
+                if let Some(sub) = self.subs.remove(&ch) {
+                    self.settle_sync(sub.awaiting);
+                    self.events.push_back(Event::Unsubscribed {
+                        channel: ch,
+                        code,
+                        reason,
+                    });
+                }
+            }
+            ServerFrame::Error { code, reason } => {
+                self.server_error = Some(format!("{code}: {reason}"));
+            }
+            ServerFrame::Ping {} => self.send(&ClientFrame::Pong {}),
+            ServerFrame::Pong {} => {}
+        }
+    }
+
+    /// The current socket closed, or could not be opened (drivers report that as
+    /// [`close::ABNORMAL`], 1006). Not to be called for a socket the client closed itself with
+    /// [`Action::Close`].
+    ///
+    /// The client reconnects unless [`close::should_reconnect`] says the code is final.
+    pub fn handle_close(&mut self, now: Instant, code: u16, reason: &str) {
+        if matches!(self.conn, Conn::Connecting { .. } | Conn::Open { .. }) {
+            self.lost(now, code, reason.to_owned(), close::should_reconnect(code));
+        }
+    }
+
+    /// Time reached [`Client::poll_timeout`]: asks time out, the next reconnect attempt starts,
+    /// or a connection that is too slow to welcome or went silent is closed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_asks(now);
+        match self.conn {
+            Conn::Backoff { at } if now >= at => {
+                self.url = (self.url + 1) % self.config.urls.len().max(1);
+                self.connect(now);
+            }
+            Conn::Connecting { deadline, .. } if now >= deadline => self.abort(
+                now,
+                close::HANDSHAKE_TIMEOUT,
+                "no welcome within the connect timeout".to_owned(),
+                true,
+            ),
+            Conn::Open {
+                liveness: Some(liveness),
+                last_rx,
+            } if now >= last_rx + liveness => self.abort(
+                now,
+                close::HEARTBEAT_TIMEOUT,
+                "no frame within two heartbeat intervals".to_owned(),
+                true,
+            ),
+            _ => {}
+        }
+    }
+
+    // ---- Commands -----------------------------------------------------------------------
+
+    /// Sends a request to the server's handler for `topic`; its outcome arrives as
+    /// [`Event::AskDone`] with the returned id, within [`Config::ask_timeout`].
+    ///
+    /// While not connected the ask waits in the offline queue. An ask sent on a connection that
+    /// then drops fails with [`codes::DISCONNECTED`](crate::protocol::codes::DISCONNECTED): it
+    /// is never sent twice.
+    pub fn ask(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        msg: Box<RawValue>,
+    ) -> Result<AskId, ClientError> {
+        self.check_open()?;
+        check_topic(topic)?;
+        let id = self.next_ask;
+        let sent = self.is_welcomed();
+        if sent {
+            self.send(&ClientFrame::Ask {
+                id,
+                topic: topic.to_owned(),
+                msg,
+            });
+        } else {
+            self.enqueue(Queued::Ask {
+                id,
+                topic: topic.to_owned(),
+                msg,
+            })?;
+        }
+        self.next_ask += 1;
+        let deadline = now + self.config.ask_timeout;
+        self.asks.insert(id, PendingAsk { deadline, sent });
+        Ok(AskId(id))
+    }
+
+    /// Sends a message to the server's tell handler for `topic`, with no answer. While not
+    /// connected it waits in the offline queue.
+    pub fn tell(
+        &mut self,
+        _now: Instant,
+        topic: &str,
+        msg: Box<RawValue>,
+    ) -> Result<(), ClientError> {
+        self.check_open()?;
+        check_topic(topic)?;
+        let topic = topic.to_owned();
+        if self.is_welcomed() {
+            self.send(&ClientFrame::Tell { topic, msg });
+            Ok(())
+        } else {
+            self.enqueue(Queued::Tell { topic, msg })
+        }
+    }
+
+    /// Subscribes to `channel`, with an optional query for the server's subscription parser.
+    ///
+    /// The server's answer arrives as [`Event::Subscribed`] or [`Event::SubscribeFailed`]. While
+    /// not connected the subscription is sent on the next `welcome`. It lasts, across
+    /// reconnects, until [`Client::unsubscribe`] or the server ends it.
+    pub fn subscribe(
+        &mut self,
+        _now: Instant,
+        channel: &str,
+        query: Option<Box<RawValue>>,
+    ) -> Result<(), ClientError> {
+        self.check_open()?;
+        classify_channel(channel)?;
+        if self.subs.contains_key(channel) {
+            return Err(ClientError::AlreadySubscribed);
+        }
+        let awaiting = self.is_welcomed().then(|| {
+            let id = bump(&mut self.next_sub);
+            self.send(&ClientFrame::Sub {
+                id,
+                ch: channel.to_owned(),
+                q: query.clone(),
+                since: None,
+            });
+            id
+        });
+        self.subs.insert(
+            channel.to_owned(),
+            Subscription {
+                query,
+                last: None,
+                awaiting,
+            },
+        );
+        Ok(())
+    }
+
+    /// Leaves `channel` (nothing happens if the client is not subscribed to it). No event
+    /// follows, and no publication of the channel is delivered any more.
+    pub fn unsubscribe(&mut self, _now: Instant, channel: &str) {
+        if let Some(sub) = self.subs.remove(channel) {
+            self.settle_sync(sub.awaiting);
+            if self.is_welcomed() {
+                self.send(&ClientFrame::Unsub {
+                    ch: channel.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Closes the client for good: the socket is closed with [`close::NORMAL`], every
+    /// pending or queued ask fails with [`codes::CLOSED`](crate::protocol::codes::CLOSED), and
+    /// [`Event::Closed`] follows. Later commands fail with [`ClientError::Closed`].
+    pub fn close(&mut self, _now: Instant) {
+        if matches!(self.conn, Conn::Closed) {
+            return;
+        }
+        let reason = "closed by the client".to_owned();
+        if matches!(self.conn, Conn::Connecting { .. } | Conn::Open { .. }) {
+            self.actions.push_back(Action::Close {
+                code: close::NORMAL,
+                reason: reason.clone(),
+            });
+        }
+        self.finish(close::NORMAL, reason);
+    }
+
+    // ---- Outputs ------------------------------------------------------------------------
+
+    /// The next encoded text frame to send on the current socket.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`Client::handle_timeout`] is next due: the earliest ask deadline, reconnect time,
+    /// connect timeout or heartbeat deadline. `None` when nothing is scheduled.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conn = match self.conn {
+            Conn::Backoff { at } => Some(at),
+            Conn::Connecting { deadline, .. } => Some(deadline),
+            Conn::Open {
+                liveness: Some(liveness),
+                last_rx,
+            } => Some(last_rx + liveness),
+            Conn::Open { liveness: None, .. } | Conn::Closed => None,
+        };
+        let ask = self.asks.values().next().map(|ask| ask.deadline);
+        conn.into_iter().chain(ask).min()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next thing the driver must do with the socket (see [`Action`] for the contract).
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The connection status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// This socket's cluster-wide id, from the current connection's `welcome`.
+    pub fn socket_id(&self) -> Option<&str> {
+        self.welcome.as_ref().map(|w| w.socket.as_str())
+    }
+
+    /// The user id the server's session parser gave this connection, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.welcome.as_ref().and_then(|w| w.user.as_deref())
+    }
+
+    /// The session id the server's session parser gave this connection, if any.
+    pub fn session(&self) -> Option<&str> {
+        self.welcome.as_ref().and_then(|w| w.session.as_deref())
+    }
+
+    /// The last position seen on a subscribed channel: it is where a resync resumes.
+    pub fn position(&self, channel: &str) -> Option<&Position> {
+        self.subs.get(channel).and_then(|sub| sub.last.as_ref())
+    }
+
+    // ---- Connection lifecycle -----------------------------------------------------------
+
+    fn connect(&mut self, now: Instant) {
+        let url = self.config.urls.get(self.url).cloned().unwrap_or_default();
+        self.actions.push_back(Action::Connect { url });
+        self.server_error = None;
+        self.conn = Conn::Connecting {
+            deadline: now + self.config.connect_timeout,
+            opened: false,
+        };
+    }
+
+    fn handle_handshake_frame(&mut self, now: Instant, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Welcome {
+                v,
+                socket,
+                user,
+                session,
+                hb,
+            } if v == PROTOCOL_VERSION => {
+                let welcome = Welcome {
+                    socket,
+                    user,
+                    session,
+                };
+                self.handle_welcome(now, welcome, hb);
+            }
+            ServerFrame::Welcome { v, .. } => self.abort(
+                now,
+                close::UNSUPPORTED_VERSION,
+                format!("the server speaks protocol version {v}, not {PROTOCOL_VERSION}"),
+                false,
+            ),
+            ServerFrame::Error { code, reason } => {
+                self.server_error = Some(format!("{code}: {reason}"));
+            }
+            ServerFrame::Ping {} => self.send(&ClientFrame::Pong {}),
+            _ => self.protocol_error(now, "unexpected frame before welcome".to_owned()),
+        }
+    }
+
+    /// The connection is ready: resubscribe, flush the offline queue.
+    fn handle_welcome(&mut self, now: Instant, welcome: Welcome, hb: u64) {
+        self.conn = Conn::Open {
+            liveness: (hb > 0).then(|| Duration::from_millis(hb).saturating_mul(2)),
+            last_rx: now,
+        };
+        self.welcome = Some(welcome);
+        self.attempt = 0;
+        let reconnect = std::mem::replace(&mut self.welcomed_before, true);
+        for (channel, sub) in &mut self.subs {
+            let id = bump(&mut self.next_sub);
+            sub.awaiting = Some(id);
+            if reconnect {
+                self.syncing.insert(id);
+            }
+            let frame = ClientFrame::Sub {
+                id,
+                ch: channel.clone(),
+                q: sub.query.clone(),
+                since: sub.last.clone(),
+            };
+            self.transmits.push_back(frame.encode());
+        }
+        self.expire_asks(now);
+        while let Some(queued) = self.queue.pop_front() {
+            let frame = match queued {
+                Queued::Ask { id, topic, msg } => match self.asks.get_mut(&id) {
+                    Some(ask) => {
+                        ask.sent = true;
+                        ClientFrame::Ask { id, topic, msg }
+                    }
+                    None => continue,
+                },
+                Queued::Tell { topic, msg } => ClientFrame::Tell { topic, msg },
+            };
+            self.send(&frame);
+        }
+        self.set_status(if self.syncing.is_empty() {
+            Status::Ready
+        } else {
+            Status::Syncing
+        });
+    }
+
+    fn protocol_error(&mut self, now: Instant, reason: String) {
+        self.abort(now, close::PROTOCOL_ERROR, reason, true);
+    }
+
+    /// The client closes the current socket itself.
+    fn abort(&mut self, now: Instant, code: u16, reason: String, reconnect: bool) {
+        self.actions.push_back(Action::Close {
+            code,
+            reason: reason.clone(),
+        });
+        self.lost(now, code, reason, reconnect);
+    }
+
+    /// The current socket is gone: back off and reconnect, or close for good.
+    fn lost(&mut self, now: Instant, code: u16, reason: String, reconnect: bool) {
+        let reason = self.server_error.take().unwrap_or(reason);
+        let attempts_left = self
+            .config
+            .reconnect
+            .max_attempts
+            .is_none_or(|max| self.attempt < max);
+        if !(reconnect && attempts_left) {
+            return self.finish(code, reason);
+        }
+        self.welcome = None;
+        self.transmits.clear();
+        self.syncing.clear();
+        for sub in self.subs.values_mut() {
+            sub.awaiting = None;
+        }
+        let sent: Vec<u64> = (self.asks.iter())
+            .filter(|(_, ask)| ask.sent)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in sent {
+            self.asks.remove(&id);
+            self.ask_done(id, Err(AskError::disconnected()));
+        }
+        let delay = backoff_delay(&self.config.reconnect, self.attempt, self.rng.next_u64());
+        self.set_status(Status::Reconnecting {
+            attempt: self.attempt,
+        });
+        self.attempt = self.attempt.saturating_add(1);
+        self.conn = Conn::Backoff { at: now + delay };
+    }
+
+    /// Closes for good: everything pending fails, then [`Event::Closed`].
+    fn finish(&mut self, code: u16, reason: String) {
+        self.conn = Conn::Closed;
+        self.welcome = None;
+        self.transmits.clear();
+        self.queue.clear();
+        self.subs.clear();
+        self.syncing.clear();
+        for id in std::mem::take(&mut self.asks).into_keys() {
+            self.ask_done(id, Err(AskError::closed()));
+        }
+        self.set_status(Status::Closed);
+        self.events.push_back(Event::Closed { code, reason });
+    }
+
+    // ---- Asks ---------------------------------------------------------------------------
+
+    fn complete(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
+        if let Entry::Occupied(entry) = self.asks.entry(id) {
+            if entry.get().sent {
+                entry.remove();
+                self.ask_done(id, result);
+            }
+        }
+    }
+
+    /// Fails every ask whose deadline passed, queued or sent.
+    fn expire_asks(&mut self, now: Instant) {
+        let mut dropped_queued = false;
+        while let Some(entry) = self.asks.first_entry() {
+            if entry.get().deadline > now {
+                break;
+            }
+            let (id, ask) = entry.remove_entry();
+            dropped_queued |= !ask.sent;
+            self.ask_done(id, Err(AskError::timeout()));
+        }
+        if dropped_queued {
+            let asks = &self.asks;
+            self.queue.retain(
+                |queued| !matches!(queued, Queued::Ask { id, .. } if !asks.contains_key(id)),
+            );
+        }
+    }
+
+    fn ask_done(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
+        self.events.push_back(Event::AskDone {
+            id: AskId(id),
+            result,
+        });
+    }
+
+    fn enqueue(&mut self, queued: Queued) -> Result<(), ClientError> {
+        if self.queue.len() >= self.config.offline_queue {
+            return Err(ClientError::QueueFull);
+        }
+        self.queue.push_back(queued);
+        Ok(())
+    }
+
+    // ---- Subscriptions ------------------------------------------------------------------
+
+    fn handle_subok(&mut self, id: u64, channel: String, pos: Position, recovered: Option<bool>) {
+        let Some(sub) = self.subs.get_mut(&channel) else {
+            return;
+        };
+        if sub.awaiting != Some(id) {
+            return;
+        }
+        sub.awaiting = None;
+        let recovery = match recovered {
+            None => Recovery::New,
+            Some(true) => Recovery::Recovered,
+            Some(false) => Recovery::Unrecoverable,
+        };
+        if recovery != Recovery::Recovered || sub.last.is_none() {
+            sub.last = Some(pos.clone());
+        }
+        self.events.push_back(Event::Subscribed {
+            channel,
+            position: pos,
+            recovery,
+        });
+        self.settle_sync(Some(id));
+    }
+
+    fn handle_subrej(&mut self, id: u64, channel: String, error: AskError) {
+        if self.subs.get(&channel).and_then(|sub| sub.awaiting) != Some(id) {
+            return;
+        }
+        self.subs.remove(&channel);
+        self.events
+            .push_back(Event::SubscribeFailed { channel, error });
+        self.settle_sync(Some(id));
+    }
+
+    /// The hot path: one publication. Delivered if it is the next one, dropped if already seen,
+    /// and a gap makes the client resync the channel.
+    fn handle_pub(
+        &mut self,
+        channel: String,
+        topic: String,
+        position: Position,
+        msg: Box<RawValue>,
+    ) {
+        let Some(sub) = self.subs.get_mut(&channel) else {
+            return;
+        };
+        if sub.awaiting.is_some() {
+            return;
+        }
+        match &mut sub.last {
+            Some(last) if last.epoch == position.epoch && position.seq <= last.seq => return,
+            Some(last) if last.epoch == position.epoch && position.seq == last.seq + 1 => {
+                last.seq = position.seq;
+            }
+            Some(_) => {
+                let id = bump(&mut self.next_sub);
+                sub.awaiting = Some(id);
+                let frame = ClientFrame::Sub {
+                    id,
+                    ch: channel,
+                    q: sub.query.clone(),
+                    since: sub.last.clone(),
+                };
+                self.transmits.push_back(frame.encode());
+                return;
+            }
+            None => sub.last = Some(position.clone()),
+        }
+        self.events.push_back(Event::Publication {
+            channel,
+            topic,
+            msg,
+            position,
+        });
+    }
+
+    /// A subscription awaiting an answer got one (or went away): maybe syncing is over.
+    fn settle_sync(&mut self, id: Option<u64>) {
+        if let Some(id) = id {
+            self.syncing.remove(&id);
+        }
+        if self.status == Status::Syncing && self.syncing.is_empty() {
+            self.set_status(Status::Ready);
+        }
+    }
+
+    // ---- Small helpers ------------------------------------------------------------------
+
+    fn is_welcomed(&self) -> bool {
+        matches!(self.conn, Conn::Open { .. })
+    }
+
+    fn check_open(&self) -> Result<(), ClientError> {
+        match self.conn {
+            Conn::Closed => Err(ClientError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    fn send(&mut self, frame: &ClientFrame) {
+        self.transmits.push_back(frame.encode());
+    }
+
+    fn set_status(&mut self, status: Status) {
+        if self.status != status {
+            self.status = status;
+            self.events.push_back(Event::Status(status));
+        }
+    }
+}
+
+fn check_topic(topic: &str) -> Result<(), ClientError> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+        return Err(ClientError::InvalidTopic);
+    }
+    Ok(())
+}
+
+/// Returns the counter's value and advances it.
+fn bump(counter: &mut u64) -> u64 {
+    let value = *counter;
+    *counter += 1;
+    value
+}

@@ -117,13 +117,20 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4005;
     /// The handshake did not complete in time (`hello` missing). Clients reconnect.
     pub const HANDSHAKE_TIMEOUT: u16 = 4006;
+    /// Never sent on the wire: drivers report a handshake the server refused with an HTTP
+    /// client error (the session parser's refusal, a forbidden origin) with this code. Clients do
+    /// not reconnect.
+    pub const HANDSHAKE_REFUSED: u16 = 4010;
 
     /// Whether a client should reconnect after the connection closed with `code`.
     ///
     /// Normal closure, protocol violations, unsupported versions and boots are final; every
     /// other code (including codes this version does not know) is treated as transient.
     pub fn should_reconnect(code: u16) -> bool {
-        !matches!(code, NORMAL | PROTOCOL_ERROR | UNSUPPORTED_VERSION | BOOTED)
+        !matches!(
+            code,
+            NORMAL | PROTOCOL_ERROR | UNSUPPORTED_VERSION | BOOTED | HANDSHAKE_REFUSED
+        )
     }
 }
 
@@ -748,5 +755,6 @@ mod tests {
         assert!(!close::should_reconnect(close::BOOTED));
         assert!(!close::should_reconnect(close::UNSUPPORTED_VERSION));
         assert!(!close::should_reconnect(close::PROTOCOL_ERROR));
+        assert!(!close::should_reconnect(close::HANDSHAKE_REFUSED));
     }
 }

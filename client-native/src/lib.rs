@@ -1,1 +1,329 @@
-//! placeholder
+//! `sss-client`: the native Rust client of Super Scaled Sockets.
+//!
+//! A thin tokio driver around the sans-IO state machine of [`sss_core::client`]: the same core
+//! runs in the browser package. It reconnects by itself (exponential backoff, full jitter,
+//! rotating over the given URLs), resubscribes every channel and recovers what it missed, or
+//! tells the application plainly that a channel could not be recovered.
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use sss_client::{Client, Options, SubEvent};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect("ws://127.0.0.1:8080/ws", Options::default()).await?;
+//! let sum: i64 = client.ask("add", &(2, 3)).await?;
+//! client.tell("typing", &"room:1")?;
+//! let mut room = client.subscribe("room:1", None::<()>).await?;
+//! while let Some(event) = room.next().await {
+//!     match event {
+//!         SubEvent::Publication(p) => println!("{} {}: {}", p.position, p.topic, p.msg.get()),
+//!         SubEvent::Unrecoverable { .. } => println!("missed messages: reload the room"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod driver;
+mod subscription;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sss_core::client::{AskError, ClientError, Config, Reconnect, Status};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use sss_core::client::{Recovery, Status as ClientStatus};
+pub use sss_core::protocol::{close, codes};
+pub use sss_core::Position;
+pub use subscription::{Publication, SubEvent, Subscription};
+
+use driver::Command;
+
+/// Client settings. `Options::default()` reconnects forever with 250 ms .. 10 s backoff.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// How long an ask waits for its answer (default 10 s).
+    pub ask_timeout: Duration,
+    /// How long a connection attempt may take until the server's welcome (default 10 s).
+    pub connect_timeout: Duration,
+    /// The reconnect policy (backoff base, ceiling, attempts).
+    pub reconnect: Reconnect,
+    /// Asks and tells held while disconnected (default 1024).
+    pub offline_queue: usize,
+    /// TLS settings for `wss://` URLs. Default: the Mozilla root certificates (webpki-roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Jitter seed; default: random.
+    pub seed: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let core = Config::default();
+        Self {
+            ask_timeout: core.ask_timeout,
+            connect_timeout: core.connect_timeout,
+            reconnect: core.reconnect,
+            offline_queue: core.offline_queue,
+            tls: None,
+            seed: None,
+        }
+    }
+}
+
+impl Options {
+    /// Sets the ask timeout.
+    pub fn ask_timeout(mut self, t: Duration) -> Self {
+        self.ask_timeout = t;
+        self
+    }
+    /// Sets the reconnect policy.
+    pub fn reconnect(mut self, r: Reconnect) -> Self {
+        self.reconnect = r;
+        self
+    }
+    /// Sets the TLS client configuration for `wss://`.
+    pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+    /// Sets the offline queue bound.
+    pub fn offline_queue(mut self, n: usize) -> Self {
+        self.offline_queue = n;
+        self
+    }
+}
+
+/// Why [`Client::connect`] failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The server refused the handshake (the session parser, or the allowed origins) with this
+    /// HTTP status and reason.
+    #[error("handshake refused with HTTP {status}: {reason}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The server's reason (response body).
+        reason: String,
+    },
+    /// The connection closed before it was ready (code and reason of the close).
+    #[error("connection closed ({code}): {reason}")]
+    Closed {
+        /// WebSocket close code, or 1006 when the server could not be reached.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+    /// No URL was given.
+    #[error("no server URL given")]
+    NoUrl,
+}
+
+/// Why an ask failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The server refused it, it timed out, or its connection was lost: see the code.
+    #[error(transparent)]
+    Ask(#[from] AskError),
+    /// The client did not accept the command (closed, queue full, invalid topic or channel).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The request did not serialize, or the response did not deserialize into the wanted type.
+    #[error("json: {0}")]
+    Json(String),
+}
+
+impl RequestError {
+    /// The stable code of the failure (see [`codes`]).
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Ask(e) => &e.code,
+            Self::Client(ClientError::Closed) => codes::CLOSED,
+            Self::Client(ClientError::QueueFull) => codes::QUEUE_FULL,
+            Self::Client(ClientError::InvalidChannel(_)) => codes::INVALID_CHANNEL,
+            Self::Client(_) | Self::Json(_) => codes::INVALID,
+        }
+    }
+}
+
+fn to_raw<T: Serialize + ?Sized>(v: &T) -> Result<Box<RawValue>, RequestError> {
+    serde_json::value::to_raw_value(v).map_err(|e| RequestError::Json(e.to_string()))
+}
+
+/// A connection to a Super Scaled Sockets server (or cluster). Cheap to clone; all clones
+/// drive the same connection. Dropping the last clone closes it.
+#[derive(Clone, Debug)]
+pub struct Client {
+    cmd: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<Status>,
+    _owner: Arc<driver::Owner>,
+}
+
+impl Client {
+    /// Connects to `url` and waits until the connection is ready.
+    pub async fn connect(url: impl Into<String>, options: Options) -> Result<Client, ConnectError> {
+        Self::connect_any(vec![url.into()], options).await
+    }
+
+    /// Connects to the first of `urls` and waits until ready. Each reconnect attempt moves to
+    /// the next URL (round-robin), as a client behind no load balancer would.
+    pub async fn connect_any(urls: Vec<String>, options: Options) -> Result<Client, ConnectError> {
+        if urls.is_empty() {
+            return Err(ConnectError::NoUrl);
+        }
+        let (client, first) = Self::start(urls, options);
+        match first.await {
+            Ok(Ok(())) => Ok(client),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConnectError::Closed {
+                code: close::ABNORMAL,
+                reason: "client stopped".into(),
+            }),
+        }
+    }
+
+    /// Starts a client without waiting: it connects (and reconnects) in the background; watch
+    /// [`Client::status_stream`]. Commands issued before it is ready wait in the offline queue.
+    pub fn new(urls: Vec<String>, options: Options) -> Client {
+        Self::start(urls, options).0
+    }
+
+    fn start(
+        urls: Vec<String>,
+        options: Options,
+    ) -> (Client, oneshot::Receiver<Result<(), ConnectError>>) {
+        let s = driver::spawn(urls, options);
+        (
+            Client {
+                cmd: s.cmd,
+                status: s.status,
+                _owner: s.owner,
+            },
+            s.first,
+        )
+    }
+
+    fn command(&self, c: Command) -> Result<(), ClientError> {
+        self.cmd.send(c).map_err(|_| ClientError::Closed)
+    }
+
+    /// Asks the server's handler for `topic` and waits for its answer.
+    pub async fn ask<Req, Resp>(&self, topic: &str, req: &Req) -> Result<Resp, RequestError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let raw = self.ask_raw(topic, to_raw(req)?).await?;
+        serde_json::from_str(raw.get()).map_err(|e| RequestError::Json(e.to_string()))
+    }
+
+    /// [`Client::ask`] with raw JSON in and out.
+    pub async fn ask_raw(
+        &self,
+        topic: &str,
+        msg: Box<RawValue>,
+    ) -> Result<Box<RawValue>, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Ask {
+            topic: topic.to_owned(),
+            msg,
+            reply: tx,
+        })?;
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Closed.into()),
+        }
+    }
+
+    /// Tells the server's handler for `topic` (fire-and-forget). While disconnected, the tell
+    /// waits in the offline queue.
+    pub fn tell<T: Serialize + ?Sized>(&self, topic: &str, msg: &T) -> Result<(), RequestError> {
+        let msg = to_raw(msg)?;
+        self.command(Command::Tell {
+            topic: topic.to_owned(),
+            msg,
+        })?;
+        Ok(())
+    }
+
+    /// Subscribes to a channel with an optional query for the server's subscription parser,
+    /// and waits for the server's answer. The [`Subscription`] streams the channel's
+    /// publications, in order, each once, across reconnects.
+    pub async fn subscribe<Q: Serialize>(
+        &self,
+        channel: &str,
+        query: Option<Q>,
+    ) -> Result<Subscription, RequestError> {
+        let query = query.map(|q| to_raw(&q)).transpose()?;
+        let (tx, rx) = oneshot::channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        self.command(Command::Subscribe {
+            channel: channel.to_owned(),
+            query,
+            events: events_tx,
+            ready: tx,
+        })?;
+        match rx.await {
+            Ok(Ok(recovery)) => Ok(Subscription::new(
+                channel.to_owned(),
+                recovery,
+                events_rx,
+                self.cmd.clone(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed.into()),
+        }
+    }
+
+    /// A stream of the messages the server tells this client on `topic`.
+    pub fn on_tell(&self, topic: &str) -> BoxStream<'static, Box<RawValue>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.command(Command::OnTell {
+            topic: topic.to_owned(),
+            sink: tx,
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+            .boxed()
+    }
+
+    /// The current connection status.
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// The stream of status changes, starting with the current status.
+    pub fn status_stream(&self) -> BoxStream<'static, Status> {
+        let mut rx = self.status.clone();
+        rx.mark_changed();
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            let s = *rx.borrow_and_update();
+            Some((s, rx))
+        })
+        .boxed()
+    }
+
+    /// Waits until the status satisfies `f` (or the client closes).
+    pub async fn wait_status(&self, f: impl Fn(Status) -> bool) -> Status {
+        let mut rx = self.status.clone();
+        let result = rx.wait_for(|s| f(*s) || *s == Status::Closed).await;
+        result.map_or(Status::Closed, |s| *s)
+    }
+
+    /// Closes the connection for good; pending asks fail with `closed`.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.command(Command::Close { done: tx }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}

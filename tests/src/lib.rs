@@ -1,1 +1,102 @@
-//! placeholder
+//! Shared helpers of the end-to-end tests: start servers on loopback, raw WebSocket peers.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use sss_server::{Listening, Server, ServerBuilder};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound on any single wait in a test: a hung test fails instead of blocking CI.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Awaits `f`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Builds the server and listens on a free loopback port; returns it with its ws:// URL.
+pub async fn start(builder: ServerBuilder) -> (Server, Listening, String) {
+    init_tracing();
+    let server = builder.build().await.expect("server starts");
+    let listening = server.listen("127.0.0.1:0").await.expect("listens");
+    let url = format!("ws://{}/ws", listening.local_addr());
+    (server, listening, url)
+}
+
+/// A raw WebSocket peer that speaks the protocol by hand, to send what a real client never
+/// would.
+pub struct RawPeer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl RawPeer {
+    /// Connects without saying hello.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = within("raw connect", tokio_tungstenite::connect_async(url))
+            .await
+            .expect("raw connect");
+        Self { ws }
+    }
+
+    /// Connects and completes the hello/welcome exchange.
+    pub async fn hello(url: &str) -> Self {
+        let mut peer = Self::connect(url).await;
+        peer.send(r#"{"t":"hello","v":1}"#).await;
+        let welcome = peer.next_text().await.expect("welcome");
+        assert!(welcome.contains(r#""t":"welcome""#), "{welcome}");
+        peer
+    }
+
+    /// Sends one text frame.
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("raw send");
+    }
+
+    /// Sends one message of any kind.
+    pub async fn send_message(&mut self, m: Message) {
+        self.ws.send(m).await.expect("raw send");
+    }
+
+    /// The next text frame, or `None` when the connection closed.
+    pub async fn next_text(&mut self) -> Option<String> {
+        loop {
+            match within("raw frame", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match within("close frame", self.ws.next()).await {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (u16::from(f.code), f.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed without a close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Errors of the client state machine.
+
+use crate::protocol::{codes, ChannelError, MAX_TOPIC_LEN};
+
+/// Why an ask (or a subscription) failed.
+///
+/// `code` is one of [`codes`]: from the server (`rej`, `subrej`, `unsubbed`) or raised by the
+/// client itself ([`codes::TIMEOUT`], [`codes::DISCONNECTED`], [`codes::CLOSED`]); applications
+/// may also use codes of their own. It is `Clone` so one failure can reach every pending ask.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {reason}")]
+#[non_exhaustive]
+pub struct AskError {
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl AskError {
+    /// An error from its code and reason.
+    pub fn new(code: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// No answer arrived within the ask timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.code == codes::TIMEOUT
+    }
+
+    /// The connection dropped after the ask was sent: the server may or may not have run it.
+    pub fn is_disconnected(&self) -> bool {
+        self.code == codes::DISCONNECTED
+    }
+
+    /// The client was closed before an answer arrived.
+    pub fn is_closed(&self) -> bool {
+        self.code == codes::CLOSED
+    }
+
+    pub(super) fn timeout() -> Self {
+        Self::new(codes::TIMEOUT, "no answer within the ask timeout")
+    }
+
+    pub(super) fn disconnected() -> Self {
+        Self::new(
+            codes::DISCONNECTED,
+            "the connection dropped before the answer arrived",
+        )
+    }
+
+    pub(super) fn closed() -> Self {
+        Self::new(codes::CLOSED, "the client is closed")
+    }
+}
+
+/// A command the client could not accept (API misuse or local limits; nothing was sent).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The client is closed for good (by [`Client::close`](super::Client::close) or a final
+    /// connection loss). Its wire code is [`codes::CLOSED`].
+    #[error("the client is closed")]
+    Closed,
+    /// The client is not connected and its offline queue is full. Its wire code is
+    /// [`codes::QUEUE_FULL`].
+    #[error("the offline queue is full")]
+    QueueFull,
+    /// The client is already subscribed to this channel.
+    #[error("already subscribed to this channel")]
+    AlreadySubscribed,
+    /// The channel name is not valid.
+    #[error("invalid channel: {0}")]
+    InvalidChannel(#[from] ChannelError),
+    /// The topic is empty or longer than [`MAX_TOPIC_LEN`] bytes.
+    #[error("invalid topic: empty or longer than {MAX_TOPIC_LEN} bytes")]
+    InvalidTopic,
+}

@@ -1,0 +1,511 @@
+//! The tokio task that owns the socket and drives the sans-IO core.
+
+use std::collections::HashMap;
+use std::future::pending;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use sss_core::client::{self as core, AskId, Config, Event, Recovery, Status};
+use sss_core::protocol::close;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{
+    connect_async_tls_with_config, Connector, MaybeTlsStream, WebSocketStream,
+};
+use tracing::{debug, warn};
+
+use crate::subscription::{Publication, SubEvent};
+use crate::{ConnectError, Options, RequestError};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a connection attempt failed: a refusal (HTTP status and body) or anything else.
+enum ConnectFail {
+    Refused(u16, String),
+    Other(String),
+}
+
+/// What client handles ask the driver.
+pub(crate) enum Command {
+    Ask {
+        topic: String,
+        msg: Box<RawValue>,
+        reply: oneshot::Sender<Result<Box<RawValue>, RequestError>>,
+    },
+    Tell {
+        topic: String,
+        msg: Box<RawValue>,
+    },
+    Subscribe {
+        channel: String,
+        query: Option<Box<RawValue>>,
+        events: mpsc::UnboundedSender<SubEvent>,
+        ready: oneshot::Sender<Result<Recovery, RequestError>>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    OnTell {
+        topic: String,
+        sink: mpsc::UnboundedSender<Box<RawValue>>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+    /// The last client handle was dropped.
+    Shutdown,
+}
+
+/// Held by every client handle; when the last goes, the driver closes the connection.
+#[derive(Debug)]
+pub(crate) struct Owner(mpsc::UnboundedSender<Command>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = self.0.send(Command::Shutdown);
+    }
+}
+
+struct SubEntry {
+    events: mpsc::UnboundedSender<SubEvent>,
+    ready: Option<oneshot::Sender<Result<Recovery, RequestError>>>,
+}
+
+type FirstSender = oneshot::Sender<Result<(), ConnectError>>;
+
+struct Driver {
+    core: core::Client,
+    start: Instant,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ws: Option<Ws>,
+    connecting: Option<BoxFuture<'static, Result<Ws, ConnectFail>>>,
+    asks: HashMap<AskId, oneshot::Sender<Result<Box<RawValue>, RequestError>>>,
+    subs: HashMap<String, SubEntry>,
+    tells: HashMap<String, Vec<mpsc::UnboundedSender<Box<RawValue>>>>,
+    status: watch::Sender<Status>,
+    first: Option<FirstSender>,
+    refusal: Option<(u16, String)>,
+    last_failure: (u16, String),
+    done: bool,
+}
+
+/// What [`spawn`] hands to the client handle.
+pub(crate) struct Spawned {
+    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+    pub(crate) status: watch::Receiver<Status>,
+    pub(crate) owner: Arc<Owner>,
+    /// Resolves with the outcome of the first connection.
+    pub(crate) first: oneshot::Receiver<Result<(), ConnectError>>,
+}
+
+pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (status_tx, status_rx) = watch::channel(Status::Connecting);
+    let (first_tx, first_rx) = oneshot::channel();
+    let seed = options.seed.unwrap_or_else(random_seed);
+    let config = Config {
+        urls,
+        ask_timeout: options.ask_timeout,
+        connect_timeout: options.connect_timeout,
+        reconnect: options.reconnect,
+        offline_queue: options.offline_queue,
+        seed,
+    };
+    let start = Instant::now();
+    let driver = Driver {
+        core: core::Client::new(config, core::Instant::from_millis(0)),
+        start,
+        tls: options.tls,
+        ws: None,
+        connecting: None,
+        asks: HashMap::new(),
+        subs: HashMap::new(),
+        tells: HashMap::new(),
+        status: status_tx,
+        first: Some(first_tx),
+        refusal: None,
+        last_failure: (close::ABNORMAL, String::new()),
+        done: false,
+    };
+    tokio::spawn(driver.run(cmd_rx));
+    let owner = Arc::new(Owner(cmd_tx.clone()));
+    Spawned {
+        cmd: cmd_tx,
+        status: status_rx,
+        owner,
+        first: first_rx,
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+}
+
+async fn open(url: String, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Ws, ConnectFail> {
+    let connector = tls.map(Connector::Rustls);
+    match connect_async_tls_with_config(url.as_str(), Some(ws_config()), true, connector).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(res)) if res.status().is_client_error() => {
+            let body = res
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err(ConnectFail::Refused(res.status().as_u16(), body))
+        }
+        Err(e) => Err(ConnectFail::Other(e.to_string())),
+    }
+}
+
+async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, WsError>> {
+    match ws {
+        Some(ws) => ws.next().await,
+        None => pending().await,
+    }
+}
+
+async fn connected(
+    c: &mut Option<BoxFuture<'static, Result<Ws, ConnectFail>>>,
+) -> Result<Ws, ConnectFail> {
+    match c {
+        Some(f) => f.await,
+        None => pending().await,
+    }
+}
+
+impl Driver {
+    fn now(&self) -> core::Instant {
+        core::Instant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.core
+            .poll_timeout()
+            .map(|t| self.start + std::time::Duration::from_millis(t.as_millis()))
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            self.pump().await;
+            if self.done {
+                break;
+            }
+            let deadline = self.deadline();
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => self.shutdown(),
+                },
+                r = connected(&mut self.connecting) => {
+                    self.connecting = None;
+                    let now = self.now();
+                    match r {
+                        Ok(ws) => {
+                            self.ws = Some(ws);
+                            self.core.handle_open(now);
+                        }
+                        Err(ConnectFail::Refused(status, body)) => {
+                            self.refusal = Some((status, body.clone()));
+                            self.failed(close::HANDSHAKE_REFUSED, body);
+                        }
+                        Err(ConnectFail::Other(e)) => self.failed(close::ABNORMAL, e),
+                    }
+                }
+                msg = next_message(&mut self.ws) => self.message(msg),
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, code: u16, reason: String) {
+        debug!(code, reason, "connection failed");
+        self.last_failure = (code, reason.clone());
+        let now = self.now();
+        self.core.handle_close(now, code, &reason);
+    }
+
+    fn message(&mut self, msg: Option<Result<Message, WsError>>) {
+        let now = self.now();
+        match msg {
+            Some(Ok(Message::Text(text))) => self.core.handle_frame(now, &text),
+            Some(Ok(Message::Close(frame))) => {
+                self.ws = None;
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                self.failed(code, reason);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                self.ws = None;
+                self.failed(close::ABNORMAL, e.to_string());
+            }
+            None => {
+                self.ws = None;
+                self.failed(close::ABNORMAL, "connection closed".into());
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Ask { topic, msg, reply } => match self.core.ask(now, &topic, msg) {
+                Ok(id) => {
+                    self.asks.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::Tell { topic, msg } => {
+                if let Err(e) = self.core.tell(now, &topic, msg) {
+                    warn!(topic, error = %e, "tell dropped");
+                }
+            }
+            Command::Subscribe {
+                channel,
+                query,
+                events,
+                ready,
+            } => match self.core.subscribe(now, &channel, query) {
+                Ok(()) => {
+                    self.subs.insert(
+                        channel,
+                        SubEntry {
+                            events,
+                            ready: Some(ready),
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.into()));
+                }
+            },
+            Command::Unsubscribe { channel } => {
+                self.core.unsubscribe(now, &channel);
+                self.subs.remove(&channel);
+            }
+            Command::OnTell { topic, sink } => self.tells.entry(topic).or_default().push(sink),
+            Command::Close { done } => {
+                self.core.close(now);
+                let _ = done.send(());
+            }
+            Command::Shutdown => self.shutdown(),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let now = self.now();
+        self.core.close(now);
+        self.done = true;
+    }
+
+    /// Carries out what the core asks for: socket actions, frames to send, events to deliver.
+    async fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(action) = self.core.poll_action() {
+                progressed = true;
+                self.action(action);
+            }
+            if let Some(ws) = self.ws.as_mut() {
+                let mut wrote = false;
+                let mut failed = None;
+                while let Some(frame) = self.core.poll_transmit() {
+                    progressed = true;
+                    wrote = true;
+                    if let Err(e) = ws.feed(Message::Text(frame.into())).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if wrote && failed.is_none() {
+                    failed = ws.flush().await.err();
+                }
+                if let Some(e) = failed {
+                    self.ws = None;
+                    self.failed(close::ABNORMAL, e.to_string());
+                }
+            } else {
+                // No socket: the core only transmits on an open one, but never keep stale frames.
+                while self.core.poll_transmit().is_some() {}
+            }
+            while let Some(event) = self.core.poll_event() {
+                progressed = true;
+                self.event(event);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn action(&mut self, action: core::Action) {
+        match action {
+            core::Action::Connect { url } => {
+                debug!(url, "connecting");
+                self.ws = None;
+                self.connecting = Some(open(url, self.tls.clone()).boxed());
+            }
+            core::Action::Close { code, reason } => {
+                self.connecting = None;
+                if let Some(mut ws) = self.ws.take() {
+                    tokio::spawn(async move {
+                        let frame = CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        };
+                        let close = ws.close(Some(frame));
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_secs(1), close).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Status(s) => {
+                self.status.send_replace(s);
+                match s {
+                    Status::Ready => {
+                        if let Some(first) = self.first.take() {
+                            let _ = first.send(Ok(()));
+                        }
+                    }
+                    // The first connection failed: `connect` reports it instead of retrying.
+                    Status::Reconnecting { .. } if self.first.is_some() => {
+                        let (code, reason) = self.last_failure.clone();
+                        if let Some(first) = self.first.take() {
+                            let _ = first.send(Err(ConnectError::Closed { code, reason }));
+                        }
+                        self.shutdown();
+                    }
+                    _ => {}
+                }
+            }
+            Event::AskDone { id, result } => {
+                if let Some(reply) = self.asks.remove(&id) {
+                    let _ = reply.send(result.map_err(Into::into));
+                }
+            }
+            Event::Tell { topic, msg } => {
+                if let Some(sinks) = self.tells.get_mut(&topic) {
+                    sinks.retain(|s| s.send(msg.clone()).is_ok());
+                }
+            }
+            Event::Subscribed {
+                channel,
+                position,
+                recovery,
+            } => {
+                if let Some(entry) = self.subs.get_mut(&channel) {
+                    match entry.ready.take() {
+                        Some(ready) => {
+                            let _ = ready.send(Ok(recovery));
+                        }
+                        None => {
+                            let ev = match recovery {
+                                Recovery::Unrecoverable => SubEvent::Unrecoverable { position },
+                                Recovery::Recovered | Recovery::New => {
+                                    SubEvent::Recovered { position }
+                                }
+                            };
+                            let _ = entry.events.send(ev);
+                        }
+                    }
+                }
+            }
+            Event::SubscribeFailed { channel, error } => {
+                if let Some(entry) = self.subs.remove(&channel) {
+                    match entry.ready {
+                        Some(ready) => {
+                            let _ = ready.send(Err(error.into()));
+                        }
+                        None => {
+                            let _ = entry.events.send(SubEvent::Ended {
+                                code: error.code,
+                                reason: error.reason,
+                            });
+                        }
+                    }
+                }
+            }
+            Event::Publication {
+                channel,
+                topic,
+                msg,
+                position,
+            } => {
+                if let Some(entry) = self.subs.get(&channel) {
+                    let _ = entry.events.send(SubEvent::Publication(Publication {
+                        channel,
+                        topic,
+                        msg,
+                        position,
+                    }));
+                }
+            }
+            Event::Unsubscribed {
+                channel,
+                code,
+                reason,
+            } => {
+                if let Some(entry) = self.subs.remove(&channel) {
+                    let _ = entry.events.send(SubEvent::Ended { code, reason });
+                }
+            }
+            Event::Closed { code, reason } => {
+                if let Some(first) = self.first.take() {
+                    let err = match self.refusal.take() {
+                        Some((status, reason)) if code == close::HANDSHAKE_REFUSED => {
+                            ConnectError::Refused { status, reason }
+                        }
+                        _ => ConnectError::Closed {
+                            code,
+                            reason: reason.clone(),
+                        },
+                    };
+                    let _ = first.send(Err(err));
+                }
+                for (_, entry) in self.subs.drain() {
+                    let err = RequestError::Ask(core::AskError::new(
+                        sss_core::protocol::codes::CLOSED,
+                        reason.clone(),
+                    ));
+                    match entry.ready {
+                        Some(ready) => {
+                            let _ = ready.send(Err(err));
+                        }
+                        None => {
+                            let _ = entry.events.send(SubEvent::Ended {
+                                code: sss_core::protocol::codes::CLOSED.into(),
+                                reason: reason.clone(),
+                            });
+                        }
+                    }
+                }
+                self.done = true;
+            }
+            _ => {}
+        }
+    }
+}
