@@ -35,7 +35,7 @@ die() { printf '[wasm-toolchain] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Our own shim dir must not be first on PATH while we work (cargo install must use rustup's cargo),
 # and nothing from a caller's wasm environment may leak into the builds below.
-PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$BIN" | paste -sd: -)
+PATH=$(printf '%s' "$PATH" | tr ':' '\n' | { grep -vxF "$BIN" || true; } | paste -sd: -)
 export PATH="$HOME/.cargo/bin:$PATH"
 unset RUSTC RUSTDOC RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER RUSTFLAGS RUSTDOCFLAGS CARGO_ENCODED_RUSTFLAGS \
       RUSTC_BOOTSTRAP CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_BUILD_TARGET_DIR CARGO_BUILD_RUSTC_WRAPPER \

@@ -9,7 +9,10 @@
 #     ( source scripts/wasm-env.sh && cargo build -p sss-wasm --target wasm32-unknown-unknown --release )
 # Sourcing it twice is harmless.
 
-SSS_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+_sss_dir=${BASH_SOURCE[0]%/*}
+[ "$_sss_dir" = "${BASH_SOURCE[0]}" ] && _sss_dir=.
+SSS_REPO=$(cd "$_sss_dir/.." && pwd)
+unset _sss_dir
 export SSS_WASM_TOOLS="$SSS_REPO/.tools/wasm"
 
 if [ ! -x "$SSS_WASM_TOOLS/bin/cargo" ] || [ ! -e "$SSS_WASM_TOOLS/bin/wasm-bindgen" ]; then
@@ -17,8 +20,13 @@ if [ ! -x "$SSS_WASM_TOOLS/bin/cargo" ] || [ ! -e "$SSS_WASM_TOOLS/bin/wasm-bind
 fi
 
 # .tools/wasm/bin first (moved to the front if it is already on PATH).
-PATH="$SSS_WASM_TOOLS/bin:$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$SSS_WASM_TOOLS/bin" | paste -sd: -)"
-export PATH
+_sss_path=":$PATH:"
+while [[ $_sss_path == *":$SSS_WASM_TOOLS/bin:"* ]]; do
+  _sss_path=${_sss_path/":$SSS_WASM_TOOLS/bin:"/:}
+done
+_sss_path=${_sss_path#:}
+export PATH="$SSS_WASM_TOOLS/bin${_sss_path:+:${_sss_path%:}}"
+unset _sss_path
 # RUSTC/RUSTDOC (e.g. inherited from a rustup cargo) would override the shim's Debian rustc.
 unset RUSTC RUSTDOC RUSTUP_TOOLCHAIN
 

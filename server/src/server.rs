@@ -83,6 +83,16 @@ impl ServerOptions {
         self.heartbeat = every;
         self
     }
+    /// Sets [`write_timeout`](Self::write_timeout).
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.write_timeout = t;
+        self
+    }
+    /// Sets [`sync_buffer`](Self::sync_buffer).
+    pub fn sync_buffer(mut self, publications: usize) -> Self {
+        self.sync_buffer = publications;
+        self
+    }
     /// Sets [`handshake_timeout`](Self::handshake_timeout).
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.handshake_timeout = t;

@@ -286,6 +286,10 @@ where
                 }
             };
             if let Err(end) = step {
+                // Frames produced just before the end (an `error` frame) still go out.
+                if matches!(end, End::Close(..)) {
+                    let _ = self.flush(opts.write_timeout).await;
+                }
                 return end;
             }
             if let Err(end) = self.flush(opts.write_timeout).await {
@@ -310,15 +314,24 @@ where
             }
             ws.flush().await
         };
-        match timeout(limit, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                debug!(error = %e, "write failed");
-                Err(End::Gone)
-            }
-            Err(_) => {
-                debug!("write timed out");
-                Err(End::Gone)
+        let shared = &self.socket.0;
+        // A client that stops reading blocks the write; its queue then overflows and the
+        // socket is killed as a slow consumer, which must not wait for the write timeout.
+        tokio::select! {
+            r = timeout(limit, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "write failed");
+                    Err(End::Gone)
+                }
+                Err(_) => {
+                    debug!("write timed out");
+                    Err(End::Gone)
+                }
+            },
+            () = shared.killed.notified() => {
+                let (code, reason) = shared.kill_reason();
+                Err(End::Close(code, reason))
             }
         }
     }

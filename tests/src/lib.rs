@@ -87,12 +87,20 @@ impl RawPeer {
 
     /// Reads until the server closes; returns the close code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
+        self.until_closed().await.1
+    }
+
+    /// Reads until the server closes; returns the text frames read on the way, and the close
+    /// code and reason.
+    pub async fn until_closed(&mut self) -> (Vec<String>, (u16, String)) {
+        let mut texts = Vec::new();
         loop {
             match within("close frame", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
                 Some(Ok(Message::Close(Some(f)))) => {
-                    return (u16::from(f.code), f.reason.to_string())
+                    return (texts, (u16::from(f.code), f.reason.to_string()))
                 }
-                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(Message::Close(None))) => return (texts, (1005, String::new())),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => panic!("connection failed without a close frame: {e}"),
                 None => panic!("connection ended without a close frame"),
