@@ -37,7 +37,7 @@ pub use handshake::{is_upgrade_request, Body, HandshakeRequest, Listening, Refus
 pub use scaler::{MemoryOptions, MemoryScaler, Scaler};
 pub use server::{Inbound, Server, ServerBuilder, ServerError, ServerOptions};
 pub use socket::Socket;
-pub use sss_core::protocol::{close, codes};
+pub use sss_core::protocol::{close, codes, session_channel, user_channel};
 pub use sss_core::Position;
 
 /// Who a socket belongs to, as the session parser decided.

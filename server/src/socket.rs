@@ -42,6 +42,7 @@ pub(crate) enum Out {
 
 /// The part of a socket other tasks hold.
 pub(crate) struct SocketShared {
+    server: std::sync::Weak<Inner>,
     pub(crate) id: Arc<str>,
     pub(crate) key: u64,
     pub(crate) session: Session,
@@ -109,6 +110,12 @@ impl Socket {
     /// A value the session parser stored in the session's locals.
     pub fn local<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.0.session.locals.get::<T>()
+    }
+
+    /// The server this socket is connected to, to publish or reach other sockets from a
+    /// handler. `None` only once the server is gone.
+    pub fn server(&self) -> Option<crate::Server> {
+        self.0.server.upgrade().map(|inner| crate::Server { inner })
     }
 
     /// Tells this socket a message (fire-and-forget).
@@ -191,6 +198,7 @@ where
     let (tx, mut rx) = mpsc::channel(inner.options.outbound_queue);
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let shared = Arc::new(SocketShared {
+        server: Arc::downgrade(&inner),
         id: Arc::from(format!("{}-{key}", inner.instance)),
         key,
         session,

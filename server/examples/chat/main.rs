@@ -1,0 +1,276 @@
+//! The demo: a chat server on the embedded scaler, serving a small web app that uses the
+//! `super-scaled-sockets` npm package (the WASM client) from plain JS.
+//!
+//! Run it with `scripts/demo.sh` (which builds the package first), or, once `pkg/dist` exists:
+//! `cargo run -p sss-server --example chat -- [--addr 127.0.0.1:8080]`.
+//!
+//! - Log in with a name (a cookie `sss_user` the session parser reads; no cookie, no socket).
+//! - Rooms are channels: `room:lobby`, `room:rust`, `room:random`, and `room:secret`, which the
+//!   subscription parser opens only with the password `letmein`.
+//! - Messages go by ask (`say`), "typing" notices by tell (`typing`), direct messages by ask
+//!   (`dm`) into the recipient's user channel `#user:<name>`.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use sss_server::{Body, MemoryScaler, Refusal, Rejection, Server, Session, Socket};
+
+const ROOMS: [&str; 4] = ["room:lobby", "room:rust", "room:random", "room:secret"];
+const SECRET_PASSWORD: &str = "letmein";
+
+#[derive(Deserialize)]
+struct Say {
+    room: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct Dm {
+    to: String,
+    text: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=24).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn user_of(socket: &Socket) -> Result<String, Rejection> {
+    socket
+        .user()
+        .map(str::to_owned)
+        .ok_or_else(|| Rejection::refused("log in first"))
+}
+
+fn check_text(text: &str) -> Result<(), Rejection> {
+    if text.trim().is_empty() || text.len() > 2000 {
+        return Err(Rejection::new(
+            "bad_message",
+            "messages are 1 to 2000 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn scaler_error(e: sss_server::ServerError) -> Rejection {
+    Rejection::new(sss_server::codes::UNAVAILABLE, e.to_string())
+}
+
+fn build(scaler: MemoryScaler, web: PathBuf, pkg: PathBuf) -> sss_server::ServerBuilder {
+    Server::builder(scaler)
+        .session_parser(|req| async move {
+            let user = req
+                .cookie("sss_user")
+                .filter(|u| valid_name(u))
+                .ok_or_else(|| Refusal::unauthorized("log in first"))?;
+            let session = req.cookie("sss_session").unwrap_or(user).to_owned();
+            Ok(Session::user(user).with_session(session))
+        })
+        .subscription_parser(|_socket, channel, query| async move {
+            if !ROOMS.contains(&channel.as_str()) {
+                return Err(Rejection::new("no_such_room", format!("no room {channel}")));
+            }
+            if channel == "room:secret" {
+                let password = query
+                    .as_deref()
+                    .and_then(|q| serde_json::from_str::<serde_json::Value>(q.get()).ok())
+                    .and_then(|q| {
+                        q.get("password")
+                            .and_then(|p| p.as_str())
+                            .map(str::to_owned)
+                    });
+                if password.as_deref() != Some(SECRET_PASSWORD) {
+                    return Err(Rejection::refused("wrong password"));
+                }
+            }
+            Ok(())
+        })
+        .on_ask("say", |socket: Socket, say: Say| async move {
+            let from = user_of(&socket)?;
+            check_text(&say.text)?;
+            if !ROOMS.contains(&say.room.as_str()) {
+                return Err(Rejection::new("no_such_room", say.room));
+            }
+            let server = socket_server(&socket)?;
+            let msg = json!({ "from": from, "text": say.text, "at": now_ms() });
+            let pos = server
+                .publish(&say.room, "msg", &msg)
+                .await
+                .map_err(scaler_error)?;
+            Ok(pos.seq)
+        })
+        .on_ask("dm", |socket: Socket, dm: Dm| async move {
+            let from = user_of(&socket)?;
+            check_text(&dm.text)?;
+            if !valid_name(&dm.to) {
+                return Err(Rejection::new("bad_user", "no such user name"));
+            }
+            let server = socket_server(&socket)?;
+            let msg = json!({ "from": from, "to": dm.to, "text": dm.text, "at": now_ms() });
+            for user in [&dm.to, &from] {
+                let channel = sss_server::user_channel(user);
+                server
+                    .publish(&channel, "dm", &msg)
+                    .await
+                    .map_err(scaler_error)?;
+            }
+            Ok(())
+        })
+        .on_tell("typing", |socket: Socket, room: String| async move {
+            let (Ok(from), Ok(server)) = (user_of(&socket), socket_server(&socket)) else {
+                return;
+            };
+            if ROOMS.contains(&room.as_str()) {
+                let _ = server
+                    .broadcast("typing", &json!({ "room": room, "from": from }))
+                    .await;
+            }
+        })
+        .http_fallback(move |req| {
+            let (web, pkg) = (web.clone(), pkg.clone());
+            async move { serve_http(req, &web, &pkg).await }
+        })
+}
+
+fn socket_server(socket: &Socket) -> Result<Server, Rejection> {
+    socket
+        .server()
+        .ok_or_else(|| Rejection::new(sss_server::codes::UNAVAILABLE, "shutting down"))
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("wasm") => "application/wasm",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Resolves a URL path under `root`, refusing anything that would leave it.
+fn safe_join(root: &Path, url_path: &str) -> Option<PathBuf> {
+    let rel = Path::new(url_path.trim_start_matches('/'));
+    if rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        Some(root.join(rel))
+    } else {
+        None
+    }
+}
+
+async fn serve_http(req: Request<Incoming>, web: &Path, pkg: &Path) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if path == "/login" {
+        let name = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("name=")))
+            .unwrap_or("");
+        if !valid_name(name) {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                "text/plain; charset=utf-8",
+                "names are 1 to 24 letters, digits, _ or -",
+            );
+        }
+        let session = format!("{name}-{:x}", now_ms());
+        let mut res = respond(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", "");
+        let h = res.headers_mut();
+        h.insert(header::LOCATION, HeaderValue::from_static("/"));
+        for cookie in [format!("sss_user={name}"), format!("sss_session={session}")] {
+            if let Ok(v) = HeaderValue::from_str(&format!("{cookie}; Path=/; SameSite=Strict")) {
+                h.append(header::SET_COOKIE, v);
+            }
+        }
+        return res;
+    }
+    let file = match path.strip_prefix("/pkg/") {
+        Some(rest) => safe_join(pkg, rest),
+        None if path == "/" => Some(web.join("index.html")),
+        None => safe_join(web, &path),
+    };
+    let Some(file) = file else {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            "bad path",
+        );
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => respond(StatusCode::OK, content_type(&file), bytes),
+        Err(_) => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found",
+        ),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut args = std::env::args().skip(1);
+    let mut addr: Option<String> = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => addr = args.next(),
+            other => {
+                return Err(
+                    format!("unknown argument {other}; usage: chat [--addr HOST:PORT]").into(),
+                )
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let web = root.join("examples/chat/web");
+    let pkg = root.join("../pkg/dist/web");
+    if !pkg.join("sss_wasm.js").exists() {
+        tracing::warn!("pkg/dist/web is missing: build the package with scripts/build-pkg.sh");
+    }
+    let server = build(MemoryScaler::default(), web, pkg).build().await?;
+    let listening = match addr {
+        Some(a) => server.listen(a).await?,
+        // The usual port if it is free, else any free one.
+        None => match server.listen("127.0.0.1:8080").await {
+            Ok(l) => l,
+            Err(_) => server.listen("127.0.0.1:0").await?,
+        },
+    };
+    let local: SocketAddr = listening.local_addr();
+    println!("Super Scaled Sockets chat demo: open http://{local}/ in a browser (Ctrl-C stops it)");
+    tokio::signal::ctrl_c().await?;
+    server.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+// The chat demo's front end: plain JS on the super-scaled-sockets package (the WASM client).
+import init, { Client } from '/pkg/sss_wasm.js';
+
+const ROOMS = ['room:lobby', 'room:rust', 'room:random', 'room:secret'];
+const $ = (id) => document.getElementById(id);
+const cookie = (name) =>
+  document.cookie.split('; ').find((c) => c.startsWith(`${name}=`))?.split('=')[1];
+
+const state = { current: 'room:lobby', logs: new Map(), unread: new Map(), subs: new Map() };
+const me = cookie('sss_user');
+if (!me) {
+  $('login').hidden = false;
+  $('status').textContent = 'logged out';
+} else {
+  start().catch((e) => system(`could not start: ${e.message} (${e.code ?? 'error'})`));
+}
+
+function line(list, { from, text, cls }) {
+  const li = document.createElement('li');
+  if (cls) li.className = cls;
+  if (from) {
+    const b = document.createElement('span');
+    b.className = 'from';
+    b.textContent = from;
+    li.append(b);
+  }
+  li.append(document.createTextNode(text));
+  list.append(li);
+  list.scrollTop = list.scrollHeight;
+}
+
+function log(room, entry) {
+  if (!state.logs.has(room)) state.logs.set(room, []);
+  state.logs.get(room).push(entry);
+  if (room === state.current) line($('messages'), entry);
+  else state.unread.set(room, (state.unread.get(room) ?? 0) + 1);
+  renderRooms();
+}
+
+function system(text, room = state.current) {
+  log(room, { text, cls: 'system' });
+}
+
+function renderRooms() {
+  const ul = $('rooms');
+  ul.replaceChildren(
+    ...ROOMS.map((room) => {
+      const li = document.createElement('li');
+      li.textContent = room.slice(5) + (state.subs.has(room) ? '' : ' 🔒');
+      li.dataset.room = room;
+      if (room === state.current) li.className = 'active';
+      const n = state.unread.get(room);
+      if (n) {
+        const u = document.createElement('span');
+        u.className = 'unread';
+        u.textContent = `(${n})`;
+        li.append(u);
+      }
+      li.onclick = () => enter(room);
+      return li;
+    }),
+  );
+}
+
+async function enter(room) {
+  if (!state.subs.has(room)) {
+    const password = room === 'room:secret' ? prompt('Password for the secret room?') : null;
+    if (!(await join(room, password ? { password } : undefined))) return;
+  }
+  state.current = room;
+  state.unread.delete(room);
+  $('room-title').textContent = room;
+  $('messages').replaceChildren();
+  for (const entry of state.logs.get(room) ?? []) line($('messages'), entry);
+  renderRooms();
+}
+
+function watchRecovery(sub, room) {
+  sub.onRecovery((kind) =>
+    system(
+      kind === 'recovered'
+        ? 'reconnected: missed messages recovered'
+        : 'reconnected, but the history is gone: some messages were lost',
+      room,
+    ),
+  );
+}
+
+async function join(room, query) {
+  try {
+    const sub = await state.client.subscribe(room, query);
+    state.subs.set(room, sub);
+    sub.on('msg', (msg) => log(room, { from: msg.from, text: msg.text }));
+    watchRecovery(sub, room);
+    return true;
+  } catch (e) {
+    system(`cannot join ${room}: ${e.message} (${e.code})`);
+    return false;
+  }
+}
+
+async function start() {
+  await init();
+  $('chat').hidden = false;
+  $('me').textContent = `logged in as ${me}`;
+  const client = await Client.connect(`ws://${location.host}/ws`, {
+    reconnect: { baseMs: 200, maxMs: 3000 },
+    askTimeoutMs: 5000,
+  });
+  state.client = client;
+  const status = $('status');
+  const show = (s) => {
+    status.textContent = s;
+    status.dataset.status = s;
+  };
+  show(client.status);
+  client.onStatus(show);
+
+  for (const room of ROOMS.filter((r) => r !== 'room:secret')) await join(room);
+  await enter('room:lobby');
+
+  const inbox = await client.subscribe(`#user:${me}`);
+  inbox.on('dm', (dm) =>
+    line($('dms'), { from: dm.from === me ? `→ ${dm.to}` : dm.from, text: dm.text }),
+  );
+  watchRecovery(inbox, state.current);
+
+  const typing = new Map();
+  client.onTell('typing', ({ room, from }) => {
+    if (from === me) return;
+    typing.set(`${room}/${from}`, Date.now());
+    renderTyping(typing);
+    setTimeout(() => renderTyping(typing), 3100);
+  });
+
+  let lastTyping = 0;
+  $('say-text').addEventListener('input', () => {
+    if (Date.now() - lastTyping > 2000) {
+      lastTyping = Date.now();
+      client.tell('typing', state.current);
+    }
+  });
+  $('say-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const text = $('say-text').value;
+    $('say-text').value = '';
+    try {
+      await client.ask('say', { room: state.current, text });
+    } catch (e) {
+      system(`not sent: ${e.message} (${e.code})`);
+    }
+  });
+  $('dm-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const to = $('dm-to').value;
+    const text = $('dm-text').value;
+    $('dm-text').value = '';
+    try {
+      await client.ask('dm', { to, text });
+    } catch (e) {
+      line($('dms'), { text: `not sent: ${e.message} (${e.code})`, cls: 'system' });
+    }
+  });
+}
+
+function renderTyping(typing) {
+  const now = Date.now();
+  const who = [...typing]
+    .filter(([key, at]) => now - at < 3000 && key.startsWith(`${state.current}/`))
+    .map(([key]) => key.split('/')[1]);
+  $('typing').textContent = who.length ? `${who.join(', ')} typing…` : '';
+}
