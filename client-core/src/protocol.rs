@@ -75,6 +75,8 @@ pub mod codes {
     pub const RESERVED_CHANNEL: &str = "reserved_channel";
     /// The handler failed unexpectedly (it panicked); details are in the server log.
     pub const INTERNAL: &str = "internal";
+    /// Too many asks of this socket are being handled at once; try again later.
+    pub const BUSY: &str = "busy";
     /// The scaler could not be reached; try again later.
     pub const UNAVAILABLE: &str = "unavailable";
     /// The server was removed from the channel by the server (`boot` of a channel).

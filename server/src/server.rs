@@ -46,6 +46,8 @@ pub struct ServerOptions {
     /// Publications buffered per subscription while its history is being read (default 1024);
     /// past that the socket is a slow consumer.
     pub sync_buffer: usize,
+    /// Asks of one socket handled at once (default 128); more are refused with `busy`.
+    pub max_concurrent_asks: usize,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +60,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             sync_buffer: 1024,
+            max_concurrent_asks: 128,
         }
     }
 }
@@ -91,6 +94,11 @@ impl ServerOptions {
     /// Sets [`sync_buffer`](Self::sync_buffer).
     pub fn sync_buffer(mut self, publications: usize) -> Self {
         self.sync_buffer = publications;
+        self
+    }
+    /// Sets [`max_concurrent_asks`](Self::max_concurrent_asks).
+    pub fn max_concurrent_asks(mut self, n: usize) -> Self {
+        self.max_concurrent_asks = n;
         self
     }
     /// Sets [`handshake_timeout`](Self::handshake_timeout).

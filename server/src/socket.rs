@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -47,6 +47,8 @@ pub(crate) struct SocketShared {
     pub(crate) key: u64,
     pub(crate) session: Session,
     tx: mpsc::Sender<Out>,
+    /// Asks being handled.
+    asks: AtomicUsize,
     kill: Mutex<Option<(u16, String)>>,
     killed: Notify,
 }
@@ -203,6 +205,7 @@ where
         key,
         session,
         tx,
+        asks: AtomicUsize::new(0),
         kill: Mutex::new(None),
         killed: Notify::new(),
     });
@@ -437,6 +440,15 @@ where
             });
             return;
         };
+        if self.socket.0.asks.load(Ordering::Relaxed) >= self.inner.options.max_concurrent_asks {
+            self.send(&ServerFrame::Rej {
+                id,
+                code: codes::BUSY.into(),
+                reason: "too many asks in flight on this socket".into(),
+            });
+            return;
+        }
+        self.socket.0.asks.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         let socket = self.socket.clone();
         tokio::spawn(async move {
@@ -467,6 +479,7 @@ where
                     }
                 }
             };
+            socket.0.asks.fetch_sub(1, Ordering::Relaxed);
             socket.0.push(Out::Frame(frame.encode().into()));
         });
     }

@@ -163,3 +163,35 @@ async fn slow_consumer_is_closed_with_4004() {
     }
     still_serves(&ok).await;
 }
+
+#[tokio::test]
+async fn too_many_concurrent_asks_are_refused_with_busy() {
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let builder =
+        app(ServerOptions::default().max_concurrent_asks(4)).on_ask("hold", move |_s, ()| {
+            let entered = entered_tx.clone();
+            async move {
+                let _ = entered.send(());
+                std::future::pending::<()>().await;
+                Ok::<_, Rejection>(())
+            }
+        });
+    let (_server, _l, url) = start(builder).await;
+    let c = bystander(&url).await;
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.ask::<_, ()>("hold", &()).await })
+        })
+        .collect();
+    for _ in 0..4 {
+        within("held ask reaches its handler", entered.recv()).await;
+    }
+    let e = within("ask", c.ask::<_, i64>("add", &(1, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), sss_server::codes::BUSY);
+    for h in held {
+        h.abort();
+    }
+}
