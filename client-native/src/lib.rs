@@ -327,3 +327,47 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    fn sendable<T: Send + 'static>() {}
+
+    #[test]
+    fn handles_cross_tasks() {
+        shareable::<Client>();
+        sendable::<Subscription>();
+        sendable::<RequestError>();
+        sendable::<ConnectError>();
+    }
+
+    #[tokio::test]
+    async fn connect_needs_a_url() {
+        assert!(matches!(
+            Client::connect_any(Vec::new(), Options::default()).await,
+            Err(ConnectError::NoUrl)
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_fails_the_first_connect() {
+        // Bind then drop a listener: nothing listens on that port any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let r = Client::connect(format!("ws://127.0.0.1:{port}/"), Options::default()).await;
+        assert!(
+            matches!(
+                r,
+                Err(ConnectError::Closed {
+                    code: close::ABNORMAL,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}
