@@ -184,9 +184,11 @@ impl Registry {
             &record.position,
             &record.msg,
         ));
+        let epoch: Arc<str> = Arc::from(record.position.epoch.as_str());
         for s in entry.subs.values() {
             s.push(Out::Pub {
                 channel: channel.clone(),
+                epoch: epoch.clone(),
                 seq: record.position.seq,
                 frame: frame.clone(),
             });

@@ -33,6 +33,7 @@ pub(crate) enum Out {
     /// longer) subscribed or already has it, and holds it while the subscription is syncing.
     Pub {
         channel: Arc<str>,
+        epoch: Arc<str>,
         seq: u64,
         frame: Utf8Bytes,
     },
@@ -141,12 +142,39 @@ impl Socket {
 /// Per-channel state of a socket's subscription, owned by its task.
 enum Sub {
     /// Waiting for the parser and the history; publications are held in order.
-    Syncing {
-        id: u64,
-        held: Vec<(u64, Utf8Bytes)>,
-    },
+    Syncing { id: u64, held: Vec<Held> },
     /// Live: publications after `last` are sent.
-    Live { last: u64 },
+    Live { last: Last },
+}
+
+/// A publication held while its subscription syncs.
+struct Held {
+    epoch: Arc<str>,
+    seq: u64,
+    frame: Utf8Bytes,
+}
+
+/// The last publication sent on a live subscription.
+struct Last {
+    epoch: Arc<str>,
+    seq: u64,
+}
+
+impl Last {
+    /// Whether a publication is new to the client: later in the same epoch, or from another
+    /// epoch (the scaler lost its history; the client notices and resyncs).
+    fn admits(&mut self, epoch: &Arc<str>, seq: u64) -> bool {
+        let fresh = if Arc::ptr_eq(&self.epoch, epoch) || *self.epoch == **epoch {
+            seq > self.seq
+        } else {
+            true
+        };
+        if fresh {
+            self.epoch = epoch.clone();
+            self.seq = seq;
+        }
+        fresh
+    }
 }
 
 /// Results of work a socket's task spawned.
@@ -594,19 +622,21 @@ where
                     pos: pos.clone(),
                     recovered,
                 });
-                let mut last = match recovered {
-                    Some(true) => replay.first().map_or(pos.seq, |r| r.position.seq - 1),
-                    _ => pos.seq,
+                let mut last = Last {
+                    epoch: Arc::from(pos.epoch.as_str()),
+                    seq: match recovered {
+                        Some(true) => replay.first().map_or(pos.seq, |r| r.position.seq - 1),
+                        _ => pos.seq,
+                    },
                 };
                 for r in &replay {
                     let frame = encode_pub(&channel, &r.topic, &r.position, &r.msg);
                     self.outgoing.push(Message::Text(frame.into()));
-                    last = r.position.seq;
+                    last.seq = r.position.seq;
                 }
-                for (seq, frame) in held {
-                    if seq > last {
-                        self.outgoing.push(Message::Text(frame));
-                        last = seq;
+                for h in held {
+                    if last.admits(&h.epoch, h.seq) {
+                        self.outgoing.push(Message::Text(h.frame));
                     }
                 }
                 self.subs.insert(channel, Sub::Live { last });
@@ -636,12 +666,14 @@ where
             Out::Frame(frame) => self.outgoing.push(Message::Text(frame)),
             Out::Pub {
                 channel,
+                epoch,
                 seq,
                 frame,
             } => match self.subs.get_mut(&*channel) {
-                Some(Sub::Live { last }) if seq > *last => {
-                    *last = seq;
-                    self.outgoing.push(Message::Text(frame));
+                Some(Sub::Live { last }) => {
+                    if last.admits(&epoch, seq) {
+                        self.outgoing.push(Message::Text(frame));
+                    }
                 }
                 Some(Sub::Syncing { held, .. }) => {
                     if held.len() >= self.inner.options.sync_buffer {
@@ -649,7 +681,7 @@ where
                             .0
                             .kill(close::SLOW_CONSUMER, "too many publications while syncing");
                     } else {
-                        held.push((seq, frame));
+                        held.push(Held { epoch, seq, frame });
                     }
                 }
                 _ => {}
