@@ -265,7 +265,21 @@ impl Server {
         addr: impl tokio::net::ToSocketAddrs,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> std::io::Result<Listening> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = bind(addr).await?;
+        self.serve_listener(listener, tls)
+    }
+
+    /// Serves connections from a listener the application bound itself (ws://), until
+    /// [`Server::shutdown`].
+    pub fn listen_on(&self, listener: TcpListener) -> std::io::Result<Listening> {
+        self.serve_listener(listener, None)
+    }
+
+    fn serve_listener(
+        &self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Listening> {
         let local = listener.local_addr()?;
         let server = self.clone();
         let mut stop = self.inner.stop_rx.clone();
@@ -325,6 +339,41 @@ impl Server {
             debug!(error = %e, "http connection ended with an error");
         }
     }
+}
+
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`). Tokio's
+/// `TcpListener::bind` asks for 1024: when thousands of clients reconnect at once (an instance
+/// died) the queue overflowed, SYNs were dropped and those clients waited a whole SYN
+/// retransmission (1 s, then 3 s) before they could resync.
+const BACKLOG: u32 = 8192;
+
+/// `TcpListener::bind` with a longer accept queue: tries each resolved address in turn.
+async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|s| {
+            // As std and tokio do on Unix: a restarted server can rebind at once.
+            #[cfg(unix)]
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(BACKLOG)
+        });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
+    }))
 }
 
 /// A running listener: its address, and a handle to wait on.

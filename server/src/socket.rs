@@ -39,6 +39,9 @@ pub(crate) enum Out {
     },
     /// The channel was booted: drop the subscription and tell the client.
     BootChannel(Arc<str>),
+    /// The outcome of work the socket's task spawned (boxed: it is rare and large, and the
+    /// queue's blocks are sized by the largest variant).
+    Internal(Box<Internal>),
 }
 
 /// The part of a socket other tasks hold.
@@ -178,7 +181,7 @@ impl Last {
 }
 
 /// Results of work a socket's task spawned.
-enum Internal {
+pub(crate) enum Internal {
     /// The subscription `id` was accepted and its history read.
     Synced {
         id: u64,
@@ -214,7 +217,6 @@ struct Conn<S> {
     socket: Socket,
     subs: HashMap<String, Sub>,
     welcomed: bool,
-    internal: mpsc::UnboundedSender<Internal>,
     ws: WebSocketStream<S>,
     /// Frames produced while handling one event, written together.
     outgoing: Vec<Message>,
@@ -238,17 +240,15 @@ where
         killed: Notify::new(),
     });
     inner.registry.add_socket(&shared);
-    let (itx, mut irx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         inner: inner.clone(),
         socket: Socket(shared.clone()),
         subs: HashMap::new(),
         welcomed: false,
-        internal: itx,
         ws,
         outgoing: Vec::new(),
     };
-    let end = conn.run(&mut rx, &mut irx).await;
+    let end = conn.run(&mut rx).await;
     if let End::Close(code, reason) = &end {
         debug!(socket = %shared.id, code, reason, "closing socket");
         let frame = CloseFrame {
@@ -270,22 +270,25 @@ impl<S> Conn<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(
-        &mut self,
-        rx: &mut mpsc::Receiver<Out>,
-        irx: &mut mpsc::UnboundedReceiver<Internal>,
-    ) -> End {
+    async fn run(&mut self, rx: &mut mpsc::Receiver<Out>) -> End {
         let opts = self.inner.options.clone();
         let shared = self.socket.0.clone();
         let mut last_recv = Instant::now();
         let hello_deadline = last_recv + opts.handshake_timeout;
         let mut next_ping = last_recv + opts.heartbeat;
+        // One timer for the socket's life, moved only when its deadline changes: creating a
+        // `Sleep` per event registered and removed a timer-wheel entry for every message.
+        let timer = sleep_until(hello_deadline);
+        tokio::pin!(timer);
         loop {
             let deadline = if self.welcomed {
                 next_ping.min(last_recv + opts.heartbeat * 2)
             } else {
                 hello_deadline
             };
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let step = tokio::select! {
                 biased;
                 () = shared.killed.notified() => {
@@ -307,11 +310,7 @@ where
                     }
                     Ok(())
                 }
-                Some(ev) = irx.recv() => {
-                    self.on_internal(ev);
-                    Ok(())
-                }
-                () = sleep_until(deadline) => {
+                () = &mut timer => {
                     let now = Instant::now();
                     if !self.welcomed {
                         Err(End::Close(close::HANDSHAKE_TIMEOUT, "no hello in time".into()))
@@ -549,7 +548,6 @@ where
         );
         let inner = self.inner.clone();
         let socket = self.socket.clone();
-        let internal = self.internal.clone();
         tokio::spawn(async move {
             let scaler = inner.scaler.as_ref();
             let unavailable =
@@ -592,7 +590,8 @@ where
                     rejection,
                 },
             };
-            let _ = internal.send(ev);
+            // Waits for room in the queue; fails only once the socket's task is gone.
+            let _ = socket.0.tx.send(Out::Internal(Box::new(ev))).await;
         });
     }
 
@@ -671,7 +670,8 @@ where
                 frame,
             } => match self.subs.get_mut(&*channel) {
                 Some(Sub::Live { last }) => {
-                    if last.admits(&epoch, seq) {
+                    let fresh = last.admits(&epoch, seq);
+                    if fresh {
                         self.outgoing.push(Message::Text(frame));
                     }
                 }
@@ -686,6 +686,7 @@ where
                 }
                 _ => {}
             },
+            Out::Internal(ev) => self.on_internal(*ev),
             Out::BootChannel(channel) => {
                 if self.subs.remove(&*channel).is_some() {
                     self.send(&ServerFrame::Unsubbed {

@@ -1,6 +1,9 @@
 //! Shared helpers of the end-to-end tests: start servers on loopback, raw WebSocket peers.
 #![forbid(unsafe_code)]
 
+pub mod conformance;
+pub mod services;
+
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};

@@ -20,7 +20,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
-use sss_server::{Body, MemoryScaler, Refusal, Rejection, Server, Session, Socket};
+use sss_server::{Body, MemoryScaler, Refusal, Rejection, Scaler, Server, Session, Socket};
+use tokio::net::TcpListener;
 
 const ROOMS: [&str; 4] = ["room:lobby", "room:rust", "room:random", "room:secret"];
 const SECRET_PASSWORD: &str = "letmein";
@@ -71,7 +72,7 @@ fn scaler_error(e: sss_server::ServerError) -> Rejection {
     Rejection::new(sss_server::codes::UNAVAILABLE, e.to_string())
 }
 
-fn build(scaler: MemoryScaler, web: PathBuf, pkg: PathBuf) -> sss_server::ServerBuilder {
+fn build(scaler: impl Scaler, web: PathBuf, pkg: PathBuf) -> sss_server::ServerBuilder {
     Server::builder(scaler)
         .session_parser(|req| async move {
             let user = req
@@ -234,6 +235,70 @@ async fn serve_http(req: Request<Incoming>, web: &Path, pkg: &Path) -> Response<
     }
 }
 
+struct Args {
+    addr: Option<String>,
+    redis: Option<String>,
+    instances: usize,
+}
+
+const USAGE: &str = "usage: chat [--addr HOST:PORT] [--redis URL [--instances N]]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut parsed = Args {
+        addr: None,
+        redis: None,
+        instances: 1,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value; {USAGE}"));
+        match arg.as_str() {
+            "--addr" => parsed.addr = Some(value()?),
+            "--redis" => parsed.redis = Some(value()?),
+            "--instances" => {
+                parsed.instances = value()?.parse().map_err(|e| format!("--instances: {e}"))?
+            }
+            other => return Err(format!("unknown argument {other}; {USAGE}")),
+        }
+    }
+    if parsed.instances == 0 || (parsed.instances > 1 && parsed.redis.is_none()) {
+        return Err(format!("several instances need --redis; {USAGE}"));
+    }
+    Ok(parsed)
+}
+
+/// The front port: the one asked for, else 8080 if free, else any free one.
+async fn bind_front(addr: Option<&str>) -> std::io::Result<TcpListener> {
+    match addr {
+        Some(a) => TcpListener::bind(a).await,
+        None => match TcpListener::bind("127.0.0.1:8080").await {
+            Ok(l) => Ok(l),
+            Err(_) => TcpListener::bind("127.0.0.1:0").await,
+        },
+    }
+}
+
+/// A tiny round-robin TCP proxy, standing in for a load balancer (no sticky sessions).
+async fn proxy(front: TcpListener, backends: Vec<SocketAddr>) {
+    let mut next = 0;
+    while let Ok((mut inbound, _)) = front.accept().await {
+        let backend = backends[next % backends.len()];
+        next += 1;
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_scaler(
+    url: &str,
+) -> Result<sss_server::scaler::RedisScaler, sss_server::scaler::ScalerError> {
+    sss_server::scaler::RedisScaler::connect(url, sss_server::scaler::RedisOptions::default()).await
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -241,36 +306,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let mut args = std::env::args().skip(1);
-    let mut addr: Option<String> = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--addr" => addr = args.next(),
-            other => {
-                return Err(
-                    format!("unknown argument {other}; usage: chat [--addr HOST:PORT]").into(),
-                )
-            }
-        }
-    }
+    let args = parse_args()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let web = root.join("examples/chat/web");
     let pkg = root.join("../pkg/dist/web");
     if !pkg.join("sss_wasm.js").exists() {
         tracing::warn!("pkg/dist/web is missing: build the package with scripts/build-pkg.sh");
     }
-    let server = build(MemoryScaler::default(), web, pkg).build().await?;
-    let listening = match addr {
-        Some(a) => server.listen(a).await?,
-        // The usual port if it is free, else any free one.
-        None => match server.listen("127.0.0.1:8080").await {
-            Ok(l) => l,
-            Err(_) => server.listen("127.0.0.1:0").await?,
-        },
-    };
-    let local: SocketAddr = listening.local_addr();
+    let mut servers = Vec::new();
+    match &args.redis {
+        None => servers.push(build(MemoryScaler::default(), web, pkg).build().await?),
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            for _ in 0..args.instances {
+                let scaler = redis_scaler(url).await?;
+                servers.push(build(scaler, web.clone(), pkg.clone()).build().await?);
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => return Err("--redis needs the example built with --features redis".into()),
+    }
+    let front = bind_front(args.addr.as_deref()).await?;
+    let local: SocketAddr = front.local_addr()?;
+    let mut listenings = Vec::new();
+    if let [server] = servers.as_slice() {
+        listenings.push(server.listen_on(front)?);
+    } else {
+        let mut backends = Vec::new();
+        for server in &servers {
+            let l = server.listen("127.0.0.1:0").await?;
+            backends.push(l.local_addr());
+            listenings.push(l);
+        }
+        println!(
+            "{} instances on {backends:?}, joined by Redis, behind a round-robin proxy",
+            servers.len()
+        );
+        tokio::spawn(proxy(front, backends));
+    }
     println!("Super Scaled Sockets chat demo: open http://{local}/ in a browser (Ctrl-C stops it)");
     tokio::signal::ctrl_c().await?;
-    server.shutdown(Duration::from_secs(2)).await;
+    for server in &servers {
+        server.shutdown(Duration::from_secs(2)).await;
+    }
     Ok(())
 }

@@ -5,9 +5,12 @@
 //! sees the same sequence. It also carries cluster-wide control messages (broadcast, tell a user
 //! or session, boot). One [`Scaler`] value is one server instance's link to the cluster.
 //!
-//! Implementations: [`MemoryScaler`] (embedded, one process). Others plug in through this trait.
+//! Implementations: [`MemoryScaler`] (embedded, one process) and, with the `redis` feature,
+//! `RedisScaler` (a cluster joined through Redis). Others plug in through this trait.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::sync::Arc;
 
@@ -16,6 +19,8 @@ use serde_json::value::RawValue;
 use sss_core::Position;
 use tokio::sync::mpsc;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisOptions, RedisScaler};
 pub use memory::{MemoryOptions, MemoryScaler};
 
 /// One publication as the scaler stores and delivers it.
@@ -44,7 +49,8 @@ pub enum History {
 
 /// A cluster-wide control message: every instance acts on the sockets it holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
+// Externally tagged: serde cannot read a `RawValue` through an internally tagged enum.
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Control {
     /// Tell every socket.
@@ -152,4 +158,43 @@ pub trait Scaler: Send + Sync + 'static {
     async fn control(&self, msg: Control) -> Result<(), ScalerError>;
     /// Stops delivering events; called on server shutdown.
     async fn stop(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_roundtrip_as_json() {
+        let msg = sss_core::protocol::raw_json(r#"{"a":[1,"b"]}"#).expect("json");
+        let all = [
+            Control::Broadcast {
+                topic: "t".into(),
+                msg: msg.clone(),
+            },
+            Control::TellUser {
+                user: "u".into(),
+                topic: "t".into(),
+                msg: msg.clone(),
+            },
+            Control::TellSession {
+                session: "s".into(),
+                topic: "t".into(),
+                msg,
+            },
+            Control::BootSocket { socket: "x".into() },
+            Control::BootUser { user: "u".into() },
+            Control::BootSession {
+                session: "s".into(),
+            },
+            Control::BootChannel {
+                channel: "c".into(),
+            },
+        ];
+        for c in all {
+            let json = serde_json::to_string(&c).expect("serializes");
+            let back: Control = serde_json::from_str(&json).expect("deserializes");
+            assert_eq!(serde_json::to_string(&back).expect("serializes"), json);
+        }
+    }
 }

@@ -1,0 +1,452 @@
+//! The scaler conformance suite: what every [`Scaler`] must do, checked the same way for each.
+//!
+//! A backend implements [`Backend`] (how to make a new, isolated cluster and how to make it
+//! lose a channel's data); [`conformance_tests!`](crate::conformance_tests) then expands to one
+//! `#[tokio::test]` per case:
+//!
+//! ```ignore
+//! async fn backend() -> MyBackend { MyBackend::new().await }
+//! sss_tests::conformance_tests!(backend());
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
+use sss_core::Position;
+use sss_server::scaler::{Control, History, Record, Scaler, ScalerEvent};
+use tokio::sync::mpsc;
+
+use crate::within;
+
+/// What the suite needs from a scaler implementation.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// A new cluster of `instances` scalers, not started, sharing nothing with any other cluster
+    /// made before, keeping `history_size` publications per channel.
+    async fn cluster(&self, instances: usize, history_size: usize) -> Cluster;
+}
+
+/// Makes the backend forget a channel (its history and seq), as a backend that lost its data
+/// would: the channel starts a new epoch.
+pub type Forget = Box<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// One cluster made by a [`Backend`].
+pub struct Cluster {
+    /// Its instances, not started.
+    pub instances: Vec<Arc<dyn Scaler>>,
+    /// Forgets a channel of this cluster.
+    pub forget: Forget,
+}
+
+/// A started instance and what it receives.
+pub struct Node {
+    /// The scaler.
+    pub scaler: Arc<dyn Scaler>,
+    /// What it delivers.
+    pub events: mpsc::UnboundedReceiver<ScalerEvent>,
+}
+
+impl Node {
+    /// The next event, failing the test if none comes in time.
+    pub async fn next(&mut self) -> ScalerEvent {
+        within("a scaler event", self.events.recv())
+            .await
+            .expect("the scaler's event stream ended")
+    }
+
+    /// The next event, which must be a publication.
+    pub async fn next_pub(&mut self) -> (Arc<str>, Arc<Record>) {
+        match self.next().await {
+            ScalerEvent::Publication { channel, record } => (channel, record),
+            other => panic!("expected a publication, got {other:?}"),
+        }
+    }
+
+    /// Proves nothing for `channel` was delivered before now: publishes a marker on a channel
+    /// of its own from `via`, and expects the marker to be this instance's next event.
+    pub async fn expect_quiet(&mut self, via: &dyn Scaler, marker: &str) {
+        self.scaler
+            .subscribe(marker)
+            .await
+            .expect("subscribe marker");
+        via.publish(marker, "marker", &msg(0))
+            .await
+            .expect("publish marker");
+        let (channel, _) = self.next_pub().await;
+        assert_eq!(
+            &*channel, marker,
+            "expected nothing before the marker, got a publication on {channel}"
+        );
+        self.scaler
+            .unsubscribe(marker)
+            .await
+            .expect("unsubscribe marker");
+    }
+}
+
+/// A JSON payload carrying `n`.
+pub fn msg(n: u64) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).expect("json")
+}
+
+/// Makes a cluster and starts every instance.
+pub async fn start(backend: &dyn Backend, instances: usize, history_size: usize) -> Started {
+    let cluster = backend.cluster(instances, history_size).await;
+    let mut nodes = Vec::with_capacity(instances);
+    for scaler in cluster.instances {
+        let (tx, events) = mpsc::unbounded_channel();
+        within("scaler start", scaler.start(tx))
+            .await
+            .expect("scaler starts");
+        nodes.push(Node { scaler, events });
+    }
+    Started {
+        nodes,
+        forget: cluster.forget,
+    }
+}
+
+/// A started cluster.
+pub struct Started {
+    /// Its instances.
+    pub nodes: Vec<Node>,
+    /// Forgets a channel of this cluster.
+    pub forget: Forget,
+}
+
+impl Started {
+    /// Stops every instance.
+    pub async fn stop(self) {
+        for node in &self.nodes {
+            within("scaler stop", node.scaler.stop()).await;
+        }
+    }
+}
+
+async fn recovered(s: &dyn Scaler, channel: &str, since: &Position) -> Vec<Arc<Record>> {
+    match s.history(channel, since).await.expect("history") {
+        History::Recovered(records) => records,
+        History::Unrecoverable { head } => panic!("unrecoverable since {since} (head {head})"),
+    }
+}
+
+async fn unrecoverable(s: &dyn Scaler, channel: &str, since: &Position) -> Position {
+    match s.history(channel, since).await.expect("history") {
+        History::Unrecoverable { head } => head,
+        History::Recovered(r) => panic!("recovered {} records since {since}", r.len()),
+    }
+}
+
+fn seqs(records: &[Arc<Record>]) -> Vec<u64> {
+    records.iter().map(|r| r.position.seq).collect()
+}
+
+/// A publication on one instance reaches another instance subscribed to the channel, in full,
+/// and not an instance that did not subscribe.
+pub async fn pubsub_across_instances(backend: &dyn Backend) {
+    let mut c = start(backend, 2, 100).await;
+    c.nodes[1]
+        .scaler
+        .subscribe("room")
+        .await
+        .expect("subscribe");
+    let mut published = Vec::new();
+    for n in 1..=3 {
+        let p = c.nodes[0]
+            .scaler
+            .publish("room", "said", &msg(n))
+            .await
+            .expect("publish");
+        published.push(p);
+    }
+    for (n, p) in (1..=3).zip(&published) {
+        let (channel, record) = c.nodes[1].next_pub().await;
+        assert_eq!(&*channel, "room");
+        assert_eq!(&record.position, p);
+        assert_eq!(record.topic, "said");
+        assert_eq!(record.msg.get(), msg(n).get());
+    }
+    let (publisher, others) = c.nodes.split_at_mut(1);
+    publisher[0]
+        .expect_quiet(others[0].scaler.as_ref(), "marker")
+        .await;
+    c.stop().await;
+}
+
+/// Positions are strictly increasing by one per channel, across publishing instances, and a
+/// channel never published to has a stable position with seq 0 that its first publication
+/// continues.
+pub async fn positions_increase(backend: &dyn Backend) {
+    let c = start(backend, 2, 100).await;
+    let (a, b) = (&c.nodes[0].scaler, &c.nodes[1].scaler);
+    let p0 = a.position("fresh").await.expect("position");
+    assert_eq!(p0.seq, 0);
+    assert_eq!(b.position("fresh").await.expect("position"), p0);
+    assert_eq!(a.position("fresh").await.expect("position"), p0);
+    for n in 1..=20u64 {
+        let by = if n % 2 == 0 { a } else { b };
+        let p = by.publish("fresh", "t", &msg(n)).await.expect("publish");
+        assert_eq!(p, Position::new(p0.epoch.clone(), n));
+    }
+    assert_eq!(
+        b.position("fresh").await.expect("position"),
+        Position::new(p0.epoch.clone(), 20)
+    );
+    // Channels are independent.
+    let other = a.publish("other", "t", &msg(1)).await.expect("publish");
+    assert_eq!(other.seq, 1);
+    c.stop().await;
+}
+
+/// History since a position returns exactly what followed it, with topics and payloads.
+pub async fn history_since(backend: &dyn Backend) {
+    let c = start(backend, 2, 100).await;
+    let (a, b) = (&c.nodes[0].scaler, &c.nodes[1].scaler);
+    let p0 = a.position("h").await.expect("position");
+    for n in 1..=5 {
+        a.publish("h", &format!("t{n}"), &msg(n))
+            .await
+            .expect("publish");
+    }
+    let at = |seq| Position::new(p0.epoch.clone(), seq);
+    let r = recovered(b.as_ref(), "h", &at(2)).await;
+    assert_eq!(seqs(&r), [3, 4, 5]);
+    for (record, n) in r.iter().zip(3..) {
+        assert_eq!(record.position, at(n));
+        assert_eq!(record.topic, format!("t{n}"));
+        assert_eq!(record.msg.get(), msg(n).get());
+    }
+    assert_eq!(
+        seqs(&recovered(b.as_ref(), "h", &at(0)).await),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(recovered(a.as_ref(), "h", &at(5)).await.is_empty());
+    // From the future, and from another epoch: unrecoverable, with the head.
+    assert_eq!(unrecoverable(a.as_ref(), "h", &at(6)).await, at(5));
+    assert_eq!(
+        unrecoverable(a.as_ref(), "h", &Position::new("not-an-epoch", 2)).await,
+        at(5)
+    );
+    c.stop().await;
+}
+
+/// A position older than the kept history is unrecoverable; newer ones still recover.
+pub async fn trimmed_history_unrecoverable(backend: &dyn Backend) {
+    let c = start(backend, 1, 3).await;
+    let a = &c.nodes[0].scaler;
+    let p0 = a.position("t").await.expect("position");
+    for n in 1..=5 {
+        a.publish("t", "t", &msg(n)).await.expect("publish");
+    }
+    let at = |seq| Position::new(p0.epoch.clone(), seq);
+    for since in [0, 1] {
+        assert_eq!(unrecoverable(a.as_ref(), "t", &at(since)).await, at(5));
+    }
+    assert_eq!(seqs(&recovered(a.as_ref(), "t", &at(2)).await), [3, 4, 5]);
+    c.stop().await;
+}
+
+/// When the backend loses a channel's data, the channel gets a new epoch: old positions are
+/// unrecoverable, seqs start again from 1, and subscribers get the new epoch's publications.
+pub async fn epoch_change_unrecoverable(backend: &dyn Backend) {
+    let mut c = start(backend, 2, 100).await;
+    c.nodes[1].scaler.subscribe("e").await.expect("subscribe");
+    let mut old = None;
+    for n in 1..=3 {
+        old = Some(
+            c.nodes[0]
+                .scaler
+                .publish("e", "t", &msg(n))
+                .await
+                .expect("publish"),
+        );
+    }
+    let old = old.expect("published");
+    for n in 1..=3 {
+        assert_eq!(c.nodes[1].next_pub().await.1.position.seq, n);
+    }
+    (c.forget)("e".to_owned()).await;
+    let head = c.nodes[0].scaler.position("e").await.expect("position");
+    assert_ne!(head.epoch, old.epoch, "a lost channel starts a new epoch");
+    assert_eq!(head.seq, 0);
+    assert_eq!(
+        unrecoverable(c.nodes[1].scaler.as_ref(), "e", &old).await,
+        head
+    );
+    let p = c.nodes[0]
+        .scaler
+        .publish("e", "t", &msg(4))
+        .await
+        .expect("publish");
+    assert_eq!(p, Position::new(head.epoch.clone(), 1));
+    let (_, record) = c.nodes[1].next_pub().await;
+    assert_eq!(
+        record.position, p,
+        "the subscriber gets the new epoch's seq 1"
+    );
+    c.stop().await;
+}
+
+/// Several instances publishing on one channel at once: no seq is skipped or given twice, and
+/// every subscribed instance receives every publication in seq order.
+pub async fn concurrent_publishers(backend: &dyn Backend) {
+    const INSTANCES: usize = 4;
+    const EACH: u64 = 250;
+    let total = INSTANCES as u64 * EACH;
+    let mut c = start(backend, INSTANCES, total as usize).await;
+    for node in &c.nodes {
+        node.scaler.subscribe("busy").await.expect("subscribe");
+    }
+    let epoch = c.nodes[0]
+        .scaler
+        .position("busy")
+        .await
+        .expect("position")
+        .epoch;
+    let tasks: Vec<_> = c
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let scaler = node.scaler.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::with_capacity(EACH as usize);
+                for n in 0..EACH {
+                    let p = scaler
+                        .publish("busy", &format!("from{i}"), &msg(n))
+                        .await
+                        .expect("publish");
+                    got.push(p);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for task in tasks {
+        for p in within("publishers", task).await.expect("publisher task") {
+            assert_eq!(p.epoch, epoch);
+            assert!(seen.insert(p.seq), "seq {} given twice", p.seq);
+        }
+    }
+    assert_eq!(seen, (1..=total).collect::<HashSet<_>>());
+    for (i, node) in c.nodes.iter_mut().enumerate() {
+        for seq in 1..=total {
+            let (channel, record) = node.next_pub().await;
+            assert_eq!(&*channel, "busy");
+            assert_eq!(
+                record.position,
+                Position::new(epoch.clone(), seq),
+                "instance {i} out of order"
+            );
+        }
+    }
+    let r = recovered(
+        c.nodes[1].scaler.as_ref(),
+        "busy",
+        &Position::new(epoch.clone(), 0),
+    )
+    .await;
+    assert_eq!(seqs(&r), (1..=total).collect::<Vec<_>>());
+    c.stop().await;
+}
+
+/// After unsubscribing, an instance receives nothing more from the channel; subscribing again
+/// delivers only what is published afterwards.
+pub async fn unsubscribe_stops_delivery(backend: &dyn Backend) {
+    let mut c = start(backend, 2, 100).await;
+    let a = c.nodes[0].scaler.clone();
+    c.nodes[1].scaler.subscribe("u").await.expect("subscribe");
+    a.publish("u", "t", &msg(1)).await.expect("publish");
+    assert_eq!(c.nodes[1].next_pub().await.1.position.seq, 1);
+    c.nodes[1]
+        .scaler
+        .unsubscribe("u")
+        .await
+        .expect("unsubscribe");
+    a.publish("u", "t", &msg(2)).await.expect("publish");
+    c.nodes[1].expect_quiet(a.as_ref(), "marker").await;
+    c.nodes[1].scaler.subscribe("u").await.expect("subscribe");
+    a.publish("u", "t", &msg(3)).await.expect("publish");
+    let (channel, record) = c.nodes[1].next_pub().await;
+    assert_eq!((&*channel, record.position.seq), ("u", 3));
+    c.stop().await;
+}
+
+/// A control message reaches every instance, the sender included, exactly once.
+pub async fn control_reaches_every_instance(backend: &dyn Backend) {
+    let mut c = start(backend, 3, 100).await;
+    c.nodes[1]
+        .scaler
+        .control(Control::TellUser {
+            user: "ann".into(),
+            topic: "hi".into(),
+            msg: msg(7),
+        })
+        .await
+        .expect("control");
+    c.nodes[2]
+        .scaler
+        .control(Control::BootChannel {
+            channel: "x".into(),
+        })
+        .await
+        .expect("control");
+    for node in &mut c.nodes {
+        match node.next().await {
+            ScalerEvent::Control(Control::TellUser {
+                user,
+                topic,
+                msg: m,
+            }) => {
+                assert_eq!((user.as_str(), topic.as_str()), ("ann", "hi"));
+                assert_eq!(m.get(), msg(7).get());
+            }
+            other => panic!("expected TellUser, got {other:?}"),
+        }
+        match node.next().await {
+            ScalerEvent::Control(Control::BootChannel { channel }) => assert_eq!(channel, "x"),
+            other => panic!("expected BootChannel, got {other:?}"),
+        }
+    }
+    let (a, rest) = c.nodes.split_at_mut(1);
+    for node in rest {
+        node.expect_quiet(a[0].scaler.as_ref(), "marker").await;
+    }
+    c.stop().await;
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each with a backend made by `$make`
+/// (an expression of a future yielding a [`Backend`](crate::conformance::Backend), evaluated
+/// once per test).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            pubsub_across_instances,
+            positions_increase,
+            history_since,
+            trimmed_history_unrecoverable,
+            epoch_change_unrecoverable,
+            concurrent_publishers,
+            unsubscribe_stops_delivery,
+            control_reaches_every_instance,
+        );
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::init_tracing();
+                let backend = $make.await;
+                $crate::within(
+                    stringify!($case),
+                    $crate::conformance::$case(&backend),
+                )
+                .await;
+            }
+        )*
+    };
+}

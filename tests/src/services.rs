@@ -1,0 +1,231 @@
+//! Real backing services for the tests: a `redis-server` of the test's own.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a spawned `redis-server` may take to answer PING.
+const READY: Duration = Duration::from_secs(10);
+
+/// How a spawned `redis-server` keeps its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing on disk (`--save '' --appendonly no`): a hard restart loses everything.
+    #[default]
+    Ephemeral,
+    /// An append-only file synced on every write: even a killed server restarts with its data.
+    AppendOnly,
+}
+
+/// A Redis server for one test.
+///
+/// [`RedisServer::start`] uses `REDIS_URL` when it is set; otherwise, like
+/// [`RedisServer::spawn`], it runs `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    url: String,
+    spawned: Option<Spawned>,
+}
+
+struct Spawned {
+    port: u16,
+    dir: PathBuf,
+    persistence: Persistence,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("spawned", &self.spawned.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisServer {
+    /// The server at `REDIS_URL` if set, else a new `redis-server` without persistence.
+    pub async fn start() -> Self {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self { url, spawned: None },
+            _ => Self::spawn(Persistence::Ephemeral).await,
+        }
+    }
+
+    /// A new `redis-server` on a free loopback port (ignores `REDIS_URL`: the test controls it).
+    pub async fn spawn(persistence: Persistence) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sss-redis-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the redis data directory");
+        // A free port can be taken between probing and binding: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut spawned = Spawned {
+                port,
+                dir: dir.clone(),
+                persistence,
+                child: None,
+            };
+            if spawned.launch().await {
+                return Self {
+                    url: format!("redis://127.0.0.1:{port}/"),
+                    spawned: Some(spawned),
+                };
+            }
+        }
+        panic!("redis-server did not start on any free port");
+    }
+
+    /// Its URL, as `REDIS_URL` would give it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the server: with `keep_data`, saved first (`SHUTDOWN SAVE`) unless it persists on
+    /// its own, in which case it is killed hard like a crash; without, killed and its files
+    /// removed. Panics for a server from `REDIS_URL`.
+    pub async fn stop(&mut self, keep_data: bool) {
+        let s = self.spawned_mut();
+        if keep_data && s.persistence == Persistence::Ephemeral {
+            // The server exits on SHUTDOWN and closes the connection: no reply is expected.
+            let _ = command(s.port, "SHUTDOWN SAVE").await;
+            s.wait_exit().await;
+        } else {
+            s.kill();
+            if !keep_data {
+                let _ = std::fs::remove_dir_all(&s.dir);
+                std::fs::create_dir_all(&s.dir).expect("recreate the redis data directory");
+            }
+        }
+    }
+
+    /// Starts a stopped server again on the same port and waits until it answers.
+    pub async fn resume(&mut self) {
+        let s = self.spawned_mut();
+        assert!(s.child.is_none(), "the redis server is running");
+        assert!(
+            s.launch().await,
+            "redis-server did not restart on port {}",
+            s.port
+        );
+    }
+
+    /// [`stop`](Self::stop), then [`resume`](Self::resume).
+    pub async fn restart(&mut self, keep_data: bool) {
+        self.stop(keep_data).await;
+        self.resume().await;
+    }
+
+    fn spawned_mut(&mut self) -> &mut Spawned {
+        self.spawned
+            .as_mut()
+            .expect("only a spawned redis server (not one from REDIS_URL) can be restarted")
+    }
+}
+
+impl Spawned {
+    /// Runs `redis-server` and waits for PING; `false` if it exited (e.g. the port was taken).
+    async fn launch(&mut self) -> bool {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match self.persistence {
+            Persistence::Ephemeral => cmd.args(["--appendonly", "no"]),
+            Persistence::AppendOnly => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+        };
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not installed; run scripts/test.sh (which installs it) or set \
+                 REDIS_URL"
+            ),
+            Err(e) => panic!("cannot run redis-server: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + READY;
+        let mut delay = Duration::from_millis(5);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(reply) = command(self.port, "PING").await {
+                if reply.starts_with("+PONG") {
+                    return true;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            // Polling with a bounded deadline: the server gives no other sign of readiness.
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+        self.kill();
+        panic!(
+            "redis-server on port {} did not answer PING within {READY:?}",
+            self.port
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_exit(&mut self) {
+        let deadline = tokio::time::Instant::now() + READY;
+        while let Some(child) = self.child.as_mut() {
+            if child.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.kill();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Sends one inline command and reads the first reply chunk.
+async fn command(port: u16, cmd: &str) -> std::io::Result<String> {
+    let io = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(format!("{cmd}\r\n").as_bytes()).await?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), io)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}

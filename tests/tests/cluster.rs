@@ -1,0 +1,299 @@
+//! Several server processes joined by one real Redis: publications from any instance reach
+//! every subscriber on every instance, and killing an instance (SIGKILL) or restarting Redis
+//! mid-stream loses nothing silently.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use sss_client::{Client, Options, SubEvent};
+use sss_core::client::Reconnect;
+use sss_server::scaler::{RedisOptions, RedisScaler};
+use sss_server::Server;
+use sss_tests::services::{Persistence, RedisServer};
+use sss_tests::{init_tracing, within};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// One `sss-node` process.
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Node {
+    async fn spawn(redis: &str, history: usize) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sss-node"))
+            .args(["--redis", redis, "--history", &history.to_string()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sss-node starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = within("node ready", lines.next_line())
+            .await
+            .expect("read stdout")
+            .expect("a line");
+        let addr = line.strip_prefix("listening on ").expect("listening line");
+        Node {
+            url: format!("ws://{addr}/ws"),
+            child,
+        }
+    }
+
+    /// SIGKILL: no goodbye to its clients.
+    async fn kill9(&mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+}
+
+fn options() -> Options {
+    Options::default().reconnect(Reconnect {
+        base: Duration::from_millis(20),
+        max: Duration::from_millis(300),
+        max_attempts: None,
+    })
+}
+
+/// Client `i` starts on node `i % n` and rotates over the others on reconnect, as a client
+/// behind a load balancer would land anywhere.
+async fn spread_clients(nodes: &[Node], count: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for i in 0..count {
+        let urls: Vec<String> = (0..nodes.len())
+            .map(|k| nodes[(i + k) % nodes.len()].url.clone())
+            .collect();
+        let c = within("connect", Client::connect_any(urls, options()))
+            .await
+            .expect("connects");
+        clients.push(c);
+    }
+    clients
+}
+
+/// An in-process instance of the same cluster, used as the publisher.
+async fn publisher(redis: &str) -> Server {
+    let scaler = RedisScaler::connect(redis, RedisOptions::default())
+        .await
+        .expect("redis");
+    Server::builder(scaler).build().await.expect("publisher")
+}
+
+#[tokio::test]
+async fn publications_from_any_instance_reach_every_subscriber() {
+    init_tracing();
+    let redis = RedisServer::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::spawn(redis.url(), 1000).await);
+    }
+    let clients = spread_clients(&nodes, 6).await;
+    let mut subs = Vec::new();
+    for c in &clients {
+        subs.push(
+            within("sub", c.subscribe("room:all", None::<()>))
+                .await
+                .expect("sub"),
+        );
+    }
+    // Each message is published by a different node, through an ask to that node.
+    for n in 0..30u64 {
+        let via = &clients[(n % 3) as usize];
+        let msg = json!({"channel": "room:all", "topic": "n", "msg": n});
+        within("publish", via.ask::<_, serde_json::Value>("publish", &msg))
+            .await
+            .expect("published");
+    }
+    for sub in &mut subs {
+        for n in 0..30u64 {
+            match within("publication", sub.next()).await {
+                Some(SubEvent::Publication(p)) => {
+                    assert_eq!(p.decode::<u64>().expect("n"), n);
+                    assert_eq!(p.position.seq, n + 1);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+/// Per channel, what one client received: `(seq, value)` in arrival order, and whether it was
+/// told the channel was unrecoverable.
+#[derive(Default, Debug)]
+struct Received {
+    got: Vec<(u64, u64)>,
+    unrecoverable: usize,
+}
+
+fn collect(
+    client: &Client,
+    channels: &[&'static str],
+    per_channel: u64,
+) -> Vec<tokio::task::JoinHandle<(String, Received)>> {
+    channels
+        .iter()
+        .map(|&ch| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut sub = within("sub", client.subscribe(ch, None::<()>))
+                    .await
+                    .expect("sub");
+                let mut r = Received::default();
+                while r.got.last().map_or(0, |&(_, v)| v) < per_channel {
+                    match within("publication", sub.next()).await {
+                        Some(SubEvent::Publication(p)) => r
+                            .got
+                            .push((p.position.seq, p.decode::<u64>().expect("value"))),
+                        Some(SubEvent::Unrecoverable { .. }) => r.unrecoverable += 1,
+                        Some(SubEvent::Recovered { .. }) => {}
+                        other => panic!("{ch}: {other:?}"),
+                    }
+                }
+                (ch.to_owned(), r)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_9_an_instance_under_load_loses_nothing() {
+    init_tracing();
+    const CHANNELS: [&str; 3] = ["feed:a", "feed:b", "feed:c"];
+    const PER_CHANNEL: u64 = 3334; // 10,002 publications in all
+    let redis = RedisServer::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::spawn(redis.url(), 20_000).await);
+    }
+    let clients = spread_clients(&nodes, 9).await;
+    let mut receivers = Vec::new();
+    for c in &clients {
+        receivers.extend(collect(c, &CHANNELS, PER_CHANNEL));
+    }
+    let publisher = publisher(redis.url()).await;
+    // Every subscription is live before the first publication.
+    for c in &clients {
+        within(
+            "ready",
+            c.wait_status(|s| s == sss_client::ClientStatus::Ready),
+        )
+        .await;
+    }
+    let (progress_tx, mut progress) = mpsc::unbounded_channel();
+    let publishing = tokio::spawn(async move {
+        for n in 1..=PER_CHANNEL {
+            for ch in CHANNELS {
+                publisher.publish(ch, "n", &n).await.expect("publish");
+            }
+            let _ = progress_tx.send(n);
+            if n % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    while within("progress", progress.recv())
+        .await
+        .expect("publishing")
+        < PER_CHANNEL / 3
+    {}
+    nodes[0].kill9().await;
+    within("publisher", publishing)
+        .await
+        .expect("publisher task");
+
+    for r in receivers {
+        let (ch, r) = within("receiver", r).await.expect("receiver task");
+        assert_eq!(r.unrecoverable, 0, "{ch}: history covered the outage");
+        let want: Vec<(u64, u64)> = (1..=PER_CHANNEL).map(|n| (n, n)).collect();
+        assert!(
+            r.got == want,
+            "{ch}: {} received, not exactly 1..={PER_CHANNEL} once in order",
+            r.got.len()
+        );
+    }
+}
+
+/// Redis restarted mid-stream: with its data every message arrives once, in order; without
+/// it, a client that missed messages is told so (never a silent gap).
+async fn redis_restart(keep_data: bool) {
+    init_tracing();
+    const PER_CHANNEL: u64 = 400;
+    let mut redis = RedisServer::spawn(Persistence::AppendOnly).await;
+    let nodes = vec![
+        Node::spawn(redis.url(), 10_000).await,
+        Node::spawn(redis.url(), 10_000).await,
+    ];
+    let clients = spread_clients(&nodes, 4).await;
+    let mut receivers = Vec::new();
+    for c in &clients {
+        receivers.extend(collect(c, &["feed:r"], PER_CHANNEL));
+    }
+    for c in &clients {
+        within(
+            "ready",
+            c.wait_status(|s| s == sss_client::ClientStatus::Ready),
+        )
+        .await;
+    }
+    let publisher = publisher(redis.url()).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    for n in 1..=PER_CHANNEL {
+        if n == PER_CHANNEL / 2 {
+            redis.restart(keep_data).await;
+        }
+        // While Redis comes back, a publish may fail; retry it (bounded).
+        let mut tries = 0;
+        while publisher.publish("feed:r", "n", &n).await.is_err() {
+            tries += 1;
+            assert!(tries < 200, "Redis did not come back");
+            tick.tick().await;
+        }
+        tick.tick().await;
+    }
+    let mut results: HashMap<usize, Received> = HashMap::new();
+    for (i, r) in receivers.into_iter().enumerate() {
+        let (_, r) = within("receiver", r).await.expect("receiver");
+        results.insert(i, r);
+    }
+    for (i, r) in &results {
+        let values: Vec<u64> = r.got.iter().map(|&(_, v)| v).collect();
+        let complete = values == (1..=PER_CHANNEL).collect::<Vec<_>>();
+        if keep_data {
+            assert!(
+                complete,
+                "client {i}: with Redis's data kept nothing is lost: {values:?}"
+            );
+            assert_eq!(r.unrecoverable, 0, "client {i}");
+        } else {
+            // Values only ever increase, and any value missing was announced.
+            assert!(
+                values.windows(2).all(|w| w[0] < w[1]),
+                "client {i}: duplicates or disorder"
+            );
+            assert!(
+                complete || r.unrecoverable > 0,
+                "client {i} missed messages without being told: {values:?}"
+            );
+        }
+    }
+    if !keep_data {
+        assert!(
+            results.values().any(|r| r.unrecoverable > 0),
+            "Redis lost its data: the epoch changed and clients were told"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_with_its_data_loses_nothing() {
+    redis_restart(true).await;
+}
+
+#[tokio::test]
+async fn redis_restart_without_its_data_is_reported() {
+    redis_restart(false).await;
+}

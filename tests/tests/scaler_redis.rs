@@ -1,0 +1,278 @@
+//! The scaler conformance suite against the Redis scaler on a real `redis-server`, and what a
+//! Redis restart or a dropped connection does to a cluster.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sss_server::scaler::{History, RedisOptions, RedisScaler, Scaler, ScalerError, ScalerEvent};
+use sss_server::Position;
+use sss_tests::conformance::{msg, Backend, Cluster, Node};
+use sss_tests::services::{Persistence, RedisServer};
+use sss_tests::{within, WAIT};
+use tokio::sync::mpsc;
+
+/// A Redis server of the test's own (or `REDIS_URL`); each cluster gets its own key prefix.
+struct Redis {
+    server: RedisServer,
+}
+
+fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "sss-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A plain connection, to play the part of an operator or a failure.
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("redis url");
+    within(
+        "admin connection",
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("admin connection")
+}
+
+#[async_trait::async_trait]
+impl Backend for Redis {
+    async fn cluster(&self, instances: usize, history_size: usize) -> Cluster {
+        let prefix = unique_prefix();
+        let opts = RedisOptions {
+            history_size,
+            prefix: prefix.clone(),
+            ..RedisOptions::default()
+        };
+        let first = within(
+            "redis connect",
+            RedisScaler::connect(self.server.url(), opts),
+        )
+        .await
+        .expect("connects to redis");
+        let mut all: Vec<Arc<dyn Scaler>> = Vec::with_capacity(instances);
+        for _ in 1..instances {
+            all.push(Arc::new(first.instance().expect("instance")));
+        }
+        all.insert(0, Arc::new(first));
+        let url = self.server.url().to_owned();
+        Cluster {
+            instances: all,
+            forget: Box::new(move |channel| {
+                let url = url.clone();
+                let base = format!("{prefix}:{{{channel}}}");
+                Box::pin(async move {
+                    // The scaler's keys for one channel (see the redis module's docs).
+                    let keys = ["epoch", "seq", "hist"].map(|k| format!("{base}:{k}"));
+                    let deleted: u64 = redis::cmd("DEL")
+                        .arg(&keys)
+                        .query_async(&mut admin(&url).await)
+                        .await
+                        .expect("DEL");
+                    assert_eq!(deleted, 3, "the channel's keys existed");
+                })
+            }),
+        }
+    }
+}
+
+async fn backend() -> Redis {
+    Redis {
+        server: RedisServer::start().await,
+    }
+}
+
+sss_tests::conformance_tests!(backend());
+
+/// Publishes, retrying while Redis is unavailable (bounded by [`WAIT`]).
+async fn publish_retrying(s: &dyn Scaler, channel: &str, n: u64) -> Position {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match s.publish(channel, "t", &msg(n)).await {
+            Ok(p) => return p,
+            Err(ScalerError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%e, "publish retried");
+                // Polling until the restarted server is reachable again.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("publish failed: {e}"),
+        }
+    }
+}
+
+/// A publisher instance and a subscriber instance on `url`, started.
+async fn pair(url: &str, command_timeout: Duration) -> (Node, Node) {
+    sss_tests::init_tracing();
+    let opts = RedisOptions {
+        prefix: unique_prefix(),
+        command_timeout,
+        ..RedisOptions::default()
+    };
+    let a = RedisScaler::connect(url, opts).await.expect("connects");
+    let b = a.instance().expect("instance");
+    let mut nodes = Vec::new();
+    for s in [a, b] {
+        let scaler: Arc<dyn Scaler> = Arc::new(s);
+        let (tx, events) = mpsc::unbounded_channel();
+        scaler.start(tx).await.expect("starts");
+        nodes.push(Node { scaler, events });
+    }
+    let b = nodes.pop().expect("b");
+    let a = nodes.pop().expect("a");
+    (a, b)
+}
+
+/// Redis restarts mid-stream; the subscriber instance keeps receiving. With the data kept,
+/// every record arrives exactly once, in order, in one epoch. Without, the channel restarts in
+/// a new epoch that the subscriber is given, and old positions are unrecoverable.
+async fn restart_mid_stream(keep_data: bool) {
+    let persistence = if keep_data {
+        Persistence::AppendOnly
+    } else {
+        Persistence::Ephemeral
+    };
+    let mut server = RedisServer::spawn(persistence).await;
+    let (a, mut b) = pair(server.url(), Duration::from_secs(2)).await;
+    b.scaler.subscribe("s").await.expect("subscribe");
+    let mut before = Position::new("", 0);
+    for n in 1..=5 {
+        before = a.scaler.publish("s", "t", &msg(n)).await.expect("publish");
+    }
+    for seq in 1..=5 {
+        assert_eq!(b.next_pub().await.1.position.seq, seq);
+    }
+    within("redis restart", server.restart(keep_data)).await;
+    let mut after = Vec::new();
+    for n in 6..=15 {
+        after.push(publish_retrying(a.scaler.as_ref(), "s", n).await);
+    }
+    if keep_data {
+        for (p, seq) in after.iter().zip(6..) {
+            assert_eq!(*p, Position::new(before.epoch.clone(), seq));
+        }
+    } else {
+        let epoch = after[0].epoch.clone();
+        assert_ne!(epoch, before.epoch, "the data was lost: a new epoch");
+        for (p, seq) in after.iter().zip(1..) {
+            assert_eq!(*p, Position::new(epoch.clone(), seq));
+        }
+        match a.scaler.history("s", &before).await.expect("history") {
+            History::Unrecoverable { head } => assert_eq!(head, after[9]),
+            History::Recovered(r) => panic!("recovered {} records across epochs", r.len()),
+        }
+    }
+    for p in &after {
+        let (channel, record) = b.next_pub().await;
+        assert_eq!(&*channel, "s");
+        assert_eq!(&record.position, p);
+    }
+    b.expect_quiet(a.scaler.as_ref(), "marker").await;
+    a.scaler.stop().await;
+    b.scaler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_data_delivers_every_record_once() {
+    within("restart with data", restart_mid_stream(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_without_data_starts_a_new_epoch() {
+    within("restart without data", restart_mid_stream(false)).await;
+}
+
+/// The pub/sub connection is cut while Redis stays up and publications continue: the
+/// subscriber instance reconnects and delivers what it missed from the history, exactly once,
+/// then the live stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_pubsub_connection_closes_the_gap() {
+    let server = RedisServer::start().await;
+    let (a, mut b) = pair(server.url(), Duration::from_secs(2)).await;
+    b.scaler.subscribe("g").await.expect("subscribe");
+    a.scaler.publish("g", "t", &msg(1)).await.expect("publish");
+    assert_eq!(b.next_pub().await.1.position.seq, 1);
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut admin(server.url()).await)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed >= 1, "killed the pub/sub connections");
+    // Published while the subscriber instance is (most likely) still reconnecting.
+    for n in 2..=30 {
+        a.scaler.publish("g", "t", &msg(n)).await.expect("publish");
+    }
+    within("gap closed", async {
+        for seq in 2..=30 {
+            let (channel, record) = b.next_pub().await;
+            assert_eq!((&*channel, record.position.seq), ("g", seq));
+        }
+    })
+    .await;
+    // Control messages flow again too.
+    a.scaler
+        .control(sss_server::scaler::Control::BootUser { user: "u".into() })
+        .await
+        .expect("control");
+    assert!(matches!(b.next().await, ScalerEvent::Control(_)));
+    b.expect_quiet(a.scaler.as_ref(), "marker").await;
+    a.scaler.stop().await;
+    b.scaler.stop().await;
+}
+
+/// While Redis is down, commands fail with `Unavailable` within the command timeout instead of
+/// hanging, and subscribing is refused; once it is back, everything works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_while_redis_is_down() {
+    let mut server = RedisServer::spawn(Persistence::Ephemeral).await;
+    let timeout = Duration::from_millis(500);
+    let (a, mut b) = pair(server.url(), timeout).await;
+    b.scaler.subscribe("d").await.expect("subscribe");
+    server.stop(false).await;
+    let bound = timeout * 3;
+    let r = within("publish while down", async {
+        tokio::time::timeout(bound, a.scaler.publish("d", "t", &msg(1))).await
+    })
+    .await;
+    assert!(
+        matches!(r, Ok(Err(ScalerError::Unavailable(_)))),
+        "publish while down: {r:?}"
+    );
+    let r = tokio::time::timeout(bound, a.scaler.position("d")).await;
+    assert!(matches!(r, Ok(Err(ScalerError::Unavailable(_)))), "{r:?}");
+    let r = tokio::time::timeout(bound, a.scaler.history("d", &Position::new("x", 0))).await;
+    assert!(matches!(r, Ok(Err(ScalerError::Unavailable(_)))), "{r:?}");
+    let r = tokio::time::timeout(bound, b.scaler.subscribe("other")).await;
+    assert!(matches!(r, Ok(Err(ScalerError::Unavailable(_)))), "{r:?}");
+    server.resume().await;
+    let p = publish_retrying(a.scaler.as_ref(), "d", 2).await;
+    let (_, record) = b.next_pub().await;
+    assert_eq!(record.position, p);
+    a.scaler.stop().await;
+    b.scaler.stop().await;
+}
+
+/// `connect` refuses a malformed URL and an unreachable server without hanging.
+#[tokio::test]
+async fn connect_errors() {
+    let opts = RedisOptions {
+        command_timeout: Duration::from_millis(500),
+        ..RedisOptions::default()
+    };
+    assert!(matches!(
+        RedisScaler::connect("not a url", opts.clone()).await,
+        Err(ScalerError::Unavailable(_))
+    ));
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let r = within(
+        "connect to nothing",
+        RedisScaler::connect(&format!("redis://127.0.0.1:{port}/"), opts),
+    )
+    .await;
+    assert!(matches!(r, Err(ScalerError::Unavailable(_))), "{r:?}");
+}
