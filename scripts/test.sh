@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. Installs what is missing first; idempotent.
+# Runs every test: lint, unit, end-to-end, multi-instance (real Redis, a MongoDB-wire server),
+# and the browser tests in headless Chromium. Installs what is missing first; idempotent.
+# Exits non-zero on any failure.
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== install (skipped when present)"
+scripts/install-services.sh
 
 echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== unit and end-to-end tests"
+echo "== unit, end-to-end and multi-instance tests"
 cargo test --workspace
