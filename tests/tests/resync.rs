@@ -204,28 +204,42 @@ async fn asks_issued_while_reconnecting_are_sent_after() {
 async fn lost_history_new_epoch_is_reported_live() {
     init_tracing();
     let hub = MemoryScaler::default();
-    let publisher = Server::builder(hub.instance()).build().await.expect("publisher");
+    let publisher = Server::builder(hub.instance())
+        .build()
+        .await
+        .expect("publisher");
     let (_server, listening) = serve(&hub, "127.0.0.1:0").await;
     let url = format!("ws://{}/ws", listening.local_addr());
     let client = within("connect", Client::connect(&url, fast_reconnect()))
         .await
         .expect("connects");
-    let mut sub = within("sub", client.subscribe("room:e", None::<()>)).await.expect("sub");
+    let mut sub = within("sub", client.subscribe("room:e", None::<()>))
+        .await
+        .expect("sub");
     for n in 1..=5 {
         publisher.publish("room:e", "n", &n).await.expect("publish");
     }
     for _ in 1..=5 {
-        assert!(matches!(within("pub", sub.next()).await, Some(SubEvent::Publication(_))));
+        assert!(matches!(
+            within("pub", sub.next()).await,
+            Some(SubEvent::Publication(_))
+        ));
     }
     // The scaler loses the channel's history: seqs restart at 1 in a new epoch, lower than
     // what the client has seen. The client must hear about it, not wait for seq 6.
     hub.reset_channel("room:e");
-    publisher.publish("room:e", "n", &100).await.expect("publish");
+    publisher
+        .publish("room:e", "n", &100)
+        .await
+        .expect("publish");
     match within("resync", sub.next()).await {
         Some(SubEvent::Unrecoverable { position }) => assert_eq!(position.seq, 1),
         other => panic!("expected unrecoverable, got {other:?}"),
     }
-    publisher.publish("room:e", "n", &101).await.expect("publish");
+    publisher
+        .publish("room:e", "n", &101)
+        .await
+        .expect("publish");
     match within("live", sub.next()).await {
         Some(SubEvent::Publication(p)) => {
             assert_eq!((p.position.seq, p.decode::<u64>().expect("n")), (2, 101));
