@@ -1,10 +1,50 @@
 #!/usr/bin/env bash
-# Runs the demo: the chat server on the embedded in-memory scaler, serving a web app that uses
-# the WASM package. Installs and builds what is missing first; idempotent.
-# Usage: scripts/demo.sh [--addr HOST:PORT]
+# Runs the demo: the chat server serving a web app that uses the WASM package. Installs and
+# builds what is missing first; idempotent.
+#
+# Usage:
+#   scripts/demo.sh [--addr HOST:PORT]              one instance on the embedded in-memory scaler
+#   scripts/demo.sh --cluster [N] [--addr HOST:PORT] N instances (default 2) joined by Redis,
+#                                                   behind a round-robin TCP proxy; uses
+#                                                   REDIS_URL, or starts a redis-server of its own
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+cluster=0
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cluster)
+      cluster=2
+      if [[ "${2:-}" =~ ^[0-9]+$ ]]; then cluster="$2"; shift; fi
+      ;;
+    *) args+=("$1") ;;
+  esac
+  shift
+done
+
 scripts/install-wasm-toolchain.sh
 scripts/build-pkg.sh
-exec cargo run --release -p sss-server --example chat -- "$@"
+
+if [ "$cluster" -eq 0 ]; then
+  exec cargo run --release -p sss-server --example chat -- "${args[@]}"
+fi
+
+scripts/install-services.sh
+redis_url="${REDIS_URL:-}"
+if [ -z "$redis_url" ]; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  dir=$(mktemp -d)
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+    --daemonize no >"$dir/redis.log" 2>&1 &
+  redis_pid=$!
+  trap 'kill "$redis_pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+  for _ in $(seq 50); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  redis_url="redis://127.0.0.1:$port/"
+  echo "redis-server on $redis_url (stopped when the demo stops)"
+fi
+cargo run --release -p sss-server --features redis --example chat -- \
+  --redis "$redis_url" --instances "$cluster" "${args[@]}"
