@@ -245,7 +245,9 @@ impl Client {
     }
 
     /// Tells the server's handler for `topic` (fire-and-forget). While disconnected, the tell
-    /// waits in the offline queue.
+    /// waits in the offline queue; when that queue is full the tell is dropped (and logged), as
+    /// a fire-and-forget message may be. An error here means it was never accepted: the client
+    /// is closed or the message does not serialize.
     pub fn tell<T: Serialize + ?Sized>(&self, topic: &str, msg: &T) -> Result<(), RequestError> {
         let msg = to_raw(msg)?;
         self.command(Command::Tell {
