@@ -310,7 +310,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let web = root.join("examples/chat/web");
     let pkg = root.join("../pkg/dist/web");
-    if !pkg.join("sss_wasm.js").exists() {
+    if !pkg.join("sss.js").exists() {
         tracing::warn!("pkg/dist/web is missing: build the package with scripts/build-pkg.sh");
     }
     let mut servers = Vec::new();

@@ -1,5 +1,5 @@
 // The chat demo's front end: plain JS on the super-scaled-sockets package (the WASM client).
-import init, { Client } from '/pkg/sss_wasm.js';
+import init, { Client } from '/pkg/sss.js';
 
 const ROOMS = ['room:lobby', 'room:rust', 'room:random', 'room:secret'];
 const $ = (id) => document.getElementById(id);
@@ -46,7 +46,7 @@ function renderRooms() {
   ul.replaceChildren(
     ...ROOMS.map((room) => {
       const li = document.createElement('li');
-      li.textContent = room.slice(5) + (state.subs.has(room) ? '' : ' 🔒');
+      li.textContent = room.slice(5) + (state.subs.has(room) ? '' : ' (locked)');
       li.dataset.room = room;
       if (room === state.current) li.className = 'active';
       const n = state.unread.get(room);
@@ -94,7 +94,7 @@ async function join(room, query) {
     watchRecovery(sub, room);
     return true;
   } catch (e) {
-    system(`cannot join ${room}: ${e.message} (${e.code})`);
+    system(`cannot join ${room}: ${e.message}`);
     return false;
   }
 }
@@ -147,7 +147,7 @@ async function start() {
     try {
       await client.ask('say', { room: state.current, text });
     } catch (e) {
-      system(`not sent: ${e.message} (${e.code})`);
+      system(`not sent: ${e.message}`);
     }
   });
   $('dm-form').addEventListener('submit', async (ev) => {
@@ -158,7 +158,7 @@ async function start() {
     try {
       await client.ask('dm', { to, text });
     } catch (e) {
-      line($('dms'), { text: `not sent: ${e.message} (${e.code})`, cls: 'system' });
+      line($('dms'), { text: `not sent: ${e.message}`, cls: 'system' });
     }
   });
 }
