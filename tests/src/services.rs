@@ -1,5 +1,7 @@
-//! Real backing services for the tests: a `redis-server` of the test's own.
+//! Real backing services for the tests: a `redis-server` and a MongoDB-wire server of the
+//! test's own.
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,4 +230,194 @@ async fn command(port: u16, cmd: &str) -> std::io::Result<String> {
     tokio::time::timeout(Duration::from_secs(2), io)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// How long a spawned MongoDB-wire server may take to answer a ping.
+const MONGO_READY: Duration = Duration::from_secs(20);
+/// How long a spawned MongoDB-wire server may take to exit on SIGTERM before it is killed.
+const MONGO_EXIT: Duration = Duration::from_secs(10);
+
+/// A MongoDB server for one test.
+///
+/// [`MongoServer::start`] uses `MONGODB_URI` when it is set (a real MongoDB, say); otherwise it
+/// runs SecantusDB, a MongoDB-wire-compatible server installed in `.tools/mongo` by
+/// `scripts/install-services.sh`, on a free loopback port with its data in a temporary
+/// directory, stopped (SIGTERM, then SIGKILL) and removed on drop. The tests use only what both
+/// servers support, so they run unchanged against either.
+pub struct MongoServer {
+    uri: String,
+    spawned: Option<SpawnedMongo>,
+}
+
+struct SpawnedMongo {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for MongoServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoServer")
+            .field("spawned", &self.spawned.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SecantusDB launcher installed by `scripts/install-services.sh`.
+fn secantusd() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(".tools/mongo/bin/secantusd-py")
+}
+
+impl MongoServer {
+    /// The server at `MONGODB_URI` if set, else a new SecantusDB on a free loopback port.
+    pub async fn start() -> Self {
+        match std::env::var("MONGODB_URI") {
+            Ok(uri) if !uri.is_empty() => Self { uri, spawned: None },
+            _ => Self::spawn().await,
+        }
+    }
+
+    /// A new SecantusDB on a free loopback port (ignores `MONGODB_URI`).
+    pub async fn spawn() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let bin = secantusd();
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/install-services.sh (it installs SecantusDB, a \
+             MongoDB-wire test server), or set MONGODB_URI to a MongoDB",
+            bin.display()
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "sss-mongo-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the mongo data directory");
+        // An explicit, empty config: no secantusd.toml found elsewhere changes the server.
+        let config = dir.join("secantusd.toml");
+        std::fs::write(&config, "").expect("write the mongo config");
+        // A free port can be taken between probing and binding: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .arg("--config")
+                .arg(&config)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--log-level", "WARNING", "--storage-path"])
+                .arg(dir.join("data"))
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            let mut spawned = SpawnedMongo {
+                child,
+                dir: dir.clone(),
+            };
+            let uri = format!("mongodb://127.0.0.1:{port}/");
+            if spawned.ready(&uri).await {
+                return Self {
+                    uri,
+                    spawned: Some(spawned),
+                };
+            }
+            // It exited (the port was taken, most likely): keep the directory for the next try.
+            spawned.dir = PathBuf::new();
+        }
+        panic!("the MongoDB-wire server did not start on any free port");
+    }
+
+    /// Its URI, as `MONGODB_URI` would give it.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// A driver client for operator-side work in tests (commands bounded by a few seconds).
+    pub async fn client(&self) -> mongodb::Client {
+        let mut opts = crate::within(
+            "parse MONGODB_URI",
+            mongodb::options::ClientOptions::parse(&self.uri).into_future(),
+        )
+        .await
+        .expect("a valid MongoDB URI");
+        opts.server_selection_timeout = Some(Duration::from_secs(5));
+        mongodb::Client::with_options(opts).expect("a MongoDB client")
+    }
+}
+
+/// Whether a ping on `uri` is answered.
+async fn mongo_ping(uri: &str) -> bool {
+    let Ok(mut opts) = mongodb::options::ClientOptions::parse(uri).await else {
+        return false;
+    };
+    opts.server_selection_timeout = Some(Duration::from_millis(500));
+    opts.connect_timeout = Some(Duration::from_millis(500));
+    let Ok(client) = mongodb::Client::with_options(opts) else {
+        return false;
+    };
+    let admin = client.database("admin");
+    let ping = admin.run_command(mongodb::bson::doc! { "ping": 1 });
+    let ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), ping).await,
+        Ok(Ok(_))
+    );
+    // Closes the pool's connections now rather than from a background task.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.shutdown()).await;
+    ok
+}
+
+impl SpawnedMongo {
+    /// Waits for a ping; `false` if the server exited first.
+    async fn ready(&mut self, uri: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + MONGO_READY;
+        let mut delay = Duration::from_millis(20);
+        while tokio::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if mongo_ping(uri).await {
+                return true;
+            }
+            // Polling with a bounded deadline: the server gives no other sign of readiness.
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+        self.stop();
+        panic!("the MongoDB-wire server at {uri} did not answer a ping within {MONGO_READY:?}");
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within [`MONGO_EXIT`].
+    fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if term.is_ok_and(|s| s.success()) {
+            let deadline = std::time::Instant::now() + MONGO_EXIT;
+            while std::time::Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                // Drop cannot await: a short blocking poll, bounded by MONGO_EXIT.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SpawnedMongo {
+    fn drop(&mut self) {
+        self.stop();
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

@@ -5,10 +5,14 @@
 //! sees the same sequence. It also carries cluster-wide control messages (broadcast, tell a user
 //! or session, boot). One [`Scaler`] value is one server instance's link to the cluster.
 //!
-//! Implementations: [`MemoryScaler`] (embedded, one process) and, with the `redis` feature,
-//! `RedisScaler` (a cluster joined through Redis). Others plug in through this trait.
+//! Implementations: [`MemoryScaler`] (embedded, one process); with the `redis` feature,
+//! `RedisScaler` (a cluster joined through Redis); with the `mongo` feature, `MongoScaler`
+//! (durable history in MongoDB, sequencing and fan-out through Redis). Others plug in through
+//! this trait.
 
 mod memory;
+#[cfg(feature = "mongo")]
+mod mongo;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -19,6 +23,8 @@ use serde_json::value::RawValue;
 use sss_core::Position;
 use tokio::sync::mpsc;
 
+#[cfg(feature = "mongo")]
+pub use self::mongo::{MongoOptions, MongoScaler};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisOptions, RedisScaler};
 pub use memory::{MemoryOptions, MemoryScaler};
@@ -136,7 +142,9 @@ pub enum ScalerError {
 /// live message.
 #[async_trait::async_trait]
 pub trait Scaler: Send + Sync + 'static {
-    /// Starts delivering this instance's events into `events`.
+    /// Starts delivering this instance's events into `events`. The channel is unbounded: the
+    /// server's dispatcher only encodes and queues each publication (it never waits on a
+    /// socket), so it keeps up with any scaler that a network link feeds.
     async fn start(&self, events: mpsc::UnboundedSender<ScalerEvent>) -> Result<(), ScalerError>;
     /// Appends a publication to the channel's history and delivers it to every interested
     /// instance, atomically per channel. Returns its position.

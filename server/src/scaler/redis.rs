@@ -1,4 +1,8 @@
 //! The Redis scaler: history in Redis streams, fan-out over Redis pub/sub. See [`RedisScaler`].
+//!
+//! The same machinery (Lua scripts, interest-based pub/sub, reconnection and gap fill) also runs
+//! in front of a durable [`Store`] (the MongoDB scaler): Redis then allocates seqs, keeps a short
+//! window and fans out, and never invents an epoch on its own. See [`Store`].
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -49,18 +53,27 @@ impl Default for RedisOptions {
     }
 }
 
+/// Every script's start: reads the channel's epoch, or creates it from ARGV[1] (a fresh epoch)
+/// with expiry ARGV[2] (ms). An empty ARGV[1] means a [`Store`] seeds the channel instead: the
+/// script then returns `UNSEEDED` (its own reply with an empty epoch) and changes nothing.
+///
+/// KEYS: epoch, seq, stream.
+const EPOCH_LUA: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  if ARGV[1] == '' then return UNSEEDED end
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+"#;
+
 /// Atomic per channel: reads or creates the epoch, takes the next seq, appends to the stream,
 /// refreshes the three keys' expiry together, publishes the full record.
 ///
 /// KEYS: epoch, seq, stream. ARGV: fresh epoch, ttl (ms), max stream length, pub/sub channel,
 /// topic, msg (raw JSON).
 const PUBLISH_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
 local seq = redis.call('INCR', KEYS[2])
 local s = string.format('%d', seq)
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], s .. '-0', 't', ARGV[5], 'm', ARGV[6])
@@ -76,12 +89,6 @@ return {epoch, seq}
 ///
 /// KEYS: epoch, seq, stream. ARGV: fresh epoch, ttl (ms).
 const POSITION_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
 return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
 "#;
 
@@ -92,12 +99,6 @@ return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
 /// Mode `tail`: whatever is kept after the position (everything kept if the epoch differs).
 /// Otherwise `{epoch, seq, 1, {{seq, topic, msg}, ...}}`.
 const HISTORY_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
 local head = tonumber(redis.call('GET', KEYS[2]) or '0')
 local strict = ARGV[5] == 'strict'
 local since = tonumber(ARGV[4])
@@ -129,9 +130,102 @@ end
 return {epoch, head, 1, out}
 "#;
 
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_LUA));
-static POSITION: LazyLock<Script> = LazyLock::new(|| Script::new(POSITION_LUA));
-static HISTORY: LazyLock<Script> = LazyLock::new(|| Script::new(HISTORY_LUA));
+/// Seeds a channel Redis has no state for with a [`Store`]'s head, unless another instance
+/// seeded it first. Returns the channel's head and whether this seed was applied.
+///
+/// KEYS: epoch, seq, stream. ARGV: epoch, seq, ttl (ms).
+const SEED_LUA: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if epoch then return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0'), 0} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[3])
+return {ARGV[1], tonumber(ARGV[2]), 1}
+"#;
+
+/// Ends a channel's epoch (if it is still ARGV[1]) and starts ARGV[2] at seq 0. Returns the
+/// channel's epoch afterwards (empty if Redis has none).
+///
+/// KEYS: epoch, seq, stream. ARGV: epoch to end, fresh epoch, ttl (ms).
+const RESTART_LUA: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if epoch ~= ARGV[1] then return epoch or '' end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], '0', 'PX', ARGV[3])
+redis.call('DEL', KEYS[3])
+return ARGV[2]
+"#;
+
+/// A script that starts with [`EPOCH_LUA`], answering `unseeded` on a channel without state.
+fn with_epoch(body: &str, unseeded: &str) -> Script {
+    Script::new(&format!(
+        "{}{body}",
+        EPOCH_LUA.replace("UNSEEDED", unseeded)
+    ))
+}
+
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| with_epoch(PUBLISH_LUA, "{'', 0}"));
+static POSITION: LazyLock<Script> = LazyLock::new(|| with_epoch(POSITION_LUA, "{'', 0}"));
+static HISTORY: LazyLock<Script> = LazyLock::new(|| with_epoch(HISTORY_LUA, "{'', 0, 0, {}}"));
+static SEED: LazyLock<Script> = LazyLock::new(|| Script::new(SEED_LUA));
+static RESTART: LazyLock<Script> = LazyLock::new(|| Script::new(RESTART_LUA));
+
+/// How often a script may find its channel unseeded (Redis lost it in between) before the
+/// operation gives up.
+const SEED_ATTEMPTS: usize = 3;
+
+/// What a [`Store`] made of a publication Redis sequenced.
+// Only the `mongo` feature's store makes these.
+#[cfg_attr(not(feature = "mongo"), allow(dead_code))]
+pub(super) enum Appended {
+    /// Written (or already there, identical).
+    Stored,
+    /// The store holds a different publication at this position of this epoch: Redis handed
+    /// the seq out twice (it lost data, or failed over to a lagging replica).
+    Conflict,
+}
+
+/// A durable history tier behind the Redis machinery (the MongoDB scaler's collection).
+///
+/// With a store, Redis allocates seqs (in [`PUBLISH_LUA`], together with the stream append and
+/// the PUBLISH, so live order is exact) and keeps only a short window; the store keeps every
+/// publication and the channel's epoch:
+///
+/// - When Redis has no state for a channel (it lost its data, or the keys expired), the scripts
+///   answer "unseeded" instead of inventing an epoch, and the channel is seeded from
+///   [`head`](Store::head): the same epoch continues at the same seq. Only a channel the store
+///   has nothing (live) of starts a new epoch, and [`retire`](Store::retire) then drops what the
+///   store still holds of older epochs.
+/// - Each publication is [`append`](Store::append)ed after Redis sequenced it, before `publish`
+///   returns. A [`Conflict`](Appended::Conflict) ends the channel's epoch (subscribers resync as
+///   unrecoverable) rather than letting two histories coexist.
+/// - Reads take the Redis window first and ask [`range`](Store::range) only for what is older.
+#[async_trait::async_trait]
+pub(super) trait Store: Send + Sync + 'static {
+    /// The channel's newest kept publication's position, `None` if none is kept.
+    async fn head(&self, channel: &str) -> Result<Option<Position>, ScalerError>;
+    /// Keeps a publication. Returns [`Appended::Conflict`] if the position holds another one.
+    async fn append(
+        &self,
+        channel: &str,
+        position: &Position,
+        topic: &str,
+        msg: &RawValue,
+    ) -> Result<Appended, ScalerError>;
+    /// Every publication of `epoch` with `since < seq <= upto`, oldest first; `None` unless all
+    /// of them are kept.
+    async fn range(
+        &self,
+        channel: &str,
+        epoch: &str,
+        since: u64,
+        upto: u64,
+    ) -> Result<Option<Vec<Record>>, ScalerError>;
+    /// Drops the channel's publications of every epoch but `epoch` (a new epoch began).
+    async fn retire(&self, channel: &str, epoch: &str) -> Result<(), ScalerError>;
+    /// How far behind the head a read may reach (publications), whatever is kept.
+    fn reach(&self) -> u64;
+}
 
 /// First and largest delay between attempts to reconnect the pub/sub connection.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
@@ -175,6 +269,8 @@ struct Shared {
     client: Client,
     conn: ConnectionManager,
     opts: RedisOptions,
+    /// The durable tier, if any (see [`Store`]).
+    store: Option<Arc<dyn Store>>,
     ttl_ms: u64,
     control_channel: String,
     pub_prefix: String,
@@ -238,32 +334,211 @@ impl Shared {
         format!("{}{channel}", self.pub_prefix)
     }
 
-    async fn position(&self, channel: &str) -> Result<Position, ScalerError> {
+    /// The epoch a script may create for a channel without state: none with a store (the
+    /// script answers "unseeded" and the store seeds the channel).
+    fn fresh_epoch(&self) -> String {
+        if self.store.is_some() {
+            String::new()
+        } else {
+            new_epoch()
+        }
+    }
+
+    /// Seeds a channel Redis has no state for from the store: its head, or a new epoch at seq 0
+    /// when the store keeps nothing of the channel.
+    async fn seed(&self, channel: &str) -> Result<(), ScalerError> {
+        let Some(store) = &self.store else {
+            return Err(unavailable("unseeded channel without a store"));
+        };
+        let (epoch, seq, fresh) = match store.head(channel).await? {
+            Some(head) => (head.epoch, head.seq, false),
+            None => (new_epoch(), 0, true),
+        };
         let [epoch_key, seq_key, hist_key] = self.keys(channel);
-        let mut inv = POSITION.prepare_invoke();
+        let mut inv = SEED.prepare_invoke();
         inv.key(epoch_key)
             .key(seq_key)
             .key(hist_key)
+            .arg(&epoch)
+            .arg(seq)
+            .arg(self.ttl_ms);
+        let mut conn = self.conn.clone();
+        let (now, _, applied): (String, u64, i64) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        tracing::debug!(
+            channel,
+            epoch = now,
+            seq,
+            applied,
+            fresh,
+            "seeded from the store"
+        );
+        if applied == 1 && fresh {
+            store.retire(channel, &now).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the channel's epoch `epoch` after the store found it forked, so that every
+    /// subscriber resyncs (as unrecoverable) instead of keeping a history the store disagrees
+    /// with.
+    async fn restart_epoch(&self, channel: &str, epoch: &str) -> Result<(), ScalerError> {
+        let [epoch_key, seq_key, hist_key] = self.keys(channel);
+        let mut inv = RESTART.prepare_invoke();
+        inv.key(epoch_key)
+            .key(seq_key)
+            .key(hist_key)
+            .arg(epoch)
             .arg(new_epoch())
             .arg(self.ttl_ms);
         let mut conn = self.conn.clone();
-        let (epoch, seq): (String, u64) = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(Position::new(epoch, seq))
+        let now: String = self.bounded(inv.invoke_async(&mut conn)).await?;
+        tracing::warn!(channel, old = epoch, new = now, "history forked: new epoch");
+        match &self.store {
+            Some(store) if !now.is_empty() => store.retire(channel, &now).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn position(&self, channel: &str) -> Result<Position, ScalerError> {
+        for _ in 0..SEED_ATTEMPTS {
+            let [epoch_key, seq_key, hist_key] = self.keys(channel);
+            let mut inv = POSITION.prepare_invoke();
+            inv.key(epoch_key)
+                .key(seq_key)
+                .key(hist_key)
+                .arg(self.fresh_epoch())
+                .arg(self.ttl_ms);
+            let mut conn = self.conn.clone();
+            let (epoch, seq): (String, u64) = self.bounded(inv.invoke_async(&mut conn)).await?;
+            if !epoch.is_empty() {
+                return Ok(Position::new(epoch, seq));
+            }
+            self.seed(channel).await?;
+        }
+        Err(unavailable("the channel's state keeps vanishing"))
+    }
+
+    /// Appends and publishes; with a store, also keeps the publication there.
+    async fn publish(
+        &self,
+        channel: &str,
+        topic: &str,
+        msg: &RawValue,
+    ) -> Result<Position, ScalerError> {
+        for _ in 0..SEED_ATTEMPTS {
+            let [epoch_key, seq_key, hist_key] = self.keys(channel);
+            let mut inv = PUBLISH.prepare_invoke();
+            inv.key(epoch_key)
+                .key(seq_key)
+                .key(hist_key)
+                .arg(self.fresh_epoch())
+                .arg(self.ttl_ms)
+                .arg(self.opts.history_size)
+                .arg(self.pub_channel(channel))
+                .arg(topic)
+                .arg(msg.get());
+            let mut conn = self.conn.clone();
+            let (epoch, seq): (String, u64) = self.bounded(inv.invoke_async(&mut conn)).await?;
+            if epoch.is_empty() {
+                self.seed(channel).await?;
+                continue;
+            }
+            let position = Position::new(epoch, seq);
+            let Some(store) = &self.store else {
+                return Ok(position);
+            };
+            return match store.append(channel, &position, topic, msg).await? {
+                Appended::Stored => Ok(position),
+                Appended::Conflict => {
+                    self.restart_epoch(channel, &position.epoch).await?;
+                    Err(unavailable(format!(
+                        "seq {position} of {channel} was handed out twice (Redis lost data); \
+                         the channel restarted in a new epoch"
+                    )))
+                }
+            };
+        }
+        Err(unavailable("the channel's state keeps vanishing"))
     }
 
     /// The head and the records after `since` (`None` when unrecoverable in `Strict` mode).
+    /// With a store: the Redis window, preceded by what the store keeps of older positions.
     async fn read(
         &self,
         channel: &str,
         since: &Position,
         mode: Read,
     ) -> Result<(Position, Option<Vec<Record>>), ScalerError> {
+        let Some(store) = &self.store else {
+            return self.read_window(channel, since, mode).await;
+        };
+        let (head, kept) = self.read_window(channel, since, Read::Tail).await?;
+        let kept = kept.unwrap_or_default();
+        let from = if head.epoch == since.epoch {
+            since.seq
+        } else {
+            match mode {
+                Read::Strict => return Ok((head, None)),
+                // Lua read everything kept of the new epoch.
+                Read::Tail => 0,
+            }
+        };
+        if from >= head.seq {
+            return Ok(match mode {
+                Read::Strict if from > head.seq => (head, None),
+                _ => (head, Some(Vec::new())),
+            });
+        }
+        let first = kept.first().map_or(head.seq + 1, |r| r.position.seq);
+        if first <= from + 1 {
+            return Ok((head, Some(kept)));
+        }
+        let older = if head.seq - from > store.reach() {
+            None
+        } else {
+            store.range(channel, &head.epoch, from, first - 1).await?
+        };
+        Ok(match (older, mode) {
+            (Some(mut older), _) => {
+                older.extend(kept);
+                (head, Some(older))
+            }
+            (None, Read::Strict) => (head, None),
+            (None, Read::Tail) => (head, Some(kept)),
+        })
+    }
+
+    /// [`read`](Self::read) from Redis alone: the kept window.
+    async fn read_window(
+        &self,
+        channel: &str,
+        since: &Position,
+        mode: Read,
+    ) -> Result<(Position, Option<Vec<Record>>), ScalerError> {
+        for _ in 0..SEED_ATTEMPTS {
+            let reply = self.read_once(channel, since, mode).await?;
+            if let Some(reply) = reply {
+                return Ok(reply);
+            }
+            self.seed(channel).await?;
+        }
+        Err(unavailable("the channel's state keeps vanishing"))
+    }
+
+    /// One history script run; `None` when the channel is unseeded.
+    async fn read_once(
+        &self,
+        channel: &str,
+        since: &Position,
+        mode: Read,
+    ) -> Result<Option<(Position, Option<Vec<Record>>)>, ScalerError> {
         let [epoch_key, seq_key, hist_key] = self.keys(channel);
         let mut inv = HISTORY.prepare_invoke();
         inv.key(epoch_key)
             .key(seq_key)
             .key(hist_key)
-            .arg(new_epoch())
+            .arg(self.fresh_epoch())
             .arg(self.ttl_ms)
             .arg(&since.epoch)
             .arg(since.seq)
@@ -274,15 +549,18 @@ impl Shared {
         let mut conn = self.conn.clone();
         let (epoch, seq, found, entries): HistoryReply =
             self.bounded(inv.invoke_async(&mut conn)).await?;
+        if epoch.is_empty() {
+            return Ok(None);
+        }
         let head = Position::new(epoch, seq);
         if found == 0 {
-            return Ok((head, None));
+            return Ok(Some((head, None)));
         }
         let records = entries
             .into_iter()
             .map(|(seq, topic, msg)| record(&head.epoch, seq, topic, msg))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((head, Some(records)))
+        Ok(Some((head, Some(records))))
     }
 
     /// Hands a publication to the instance unless it is not wanted or already delivered.
@@ -480,22 +758,46 @@ impl RedisScaler {
     pub async fn connect(url: &str, opts: RedisOptions) -> Result<Self, ScalerError> {
         let client =
             Client::open(url).map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?;
-        let scaler = Self::with_client(client, opts)?;
-        let mut conn = scaler.shared.conn.clone();
-        scaler
-            .shared
-            .bounded(::redis::cmd("PING").query_async::<()>(&mut conn))
-            .await?;
+        let scaler = Self::with_client(client, opts, None)?;
+        scaler.ping().await?;
         Ok(scaler)
     }
 
     /// Another instance on the same Redis with the same options (its own connections), as a
     /// second server process would have. Connects lazily.
     pub fn instance(&self) -> Result<Self, ScalerError> {
-        Self::with_client(self.shared.client.clone(), self.shared.opts.clone())
+        Self::with_client(
+            self.shared.client.clone(),
+            self.shared.opts.clone(),
+            self.shared.store.clone(),
+        )
     }
 
-    fn with_client(client: Client, opts: RedisOptions) -> Result<Self, ScalerError> {
+    /// A scaler in front of a durable `store` (see [`Store`]); connects lazily.
+    #[cfg_attr(not(feature = "mongo"), allow(dead_code))]
+    pub(super) fn with_store(
+        url: &str,
+        opts: RedisOptions,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ScalerError> {
+        let client =
+            Client::open(url).map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?;
+        Self::with_client(client, opts, Some(store))
+    }
+
+    /// Checks that Redis answers (within the command timeout).
+    pub(super) async fn ping(&self) -> Result<(), ScalerError> {
+        let mut conn = self.shared.conn.clone();
+        self.shared
+            .bounded(::redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+
+    fn with_client(
+        client: Client,
+        opts: RedisOptions,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, ScalerError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.command_timeout))
             .set_response_timeout(Some(opts.command_timeout))
@@ -510,6 +812,7 @@ impl RedisScaler {
                 client,
                 conn,
                 ttl_ms,
+                store,
                 control_channel: format!("{}:control", opts.prefix),
                 pub_prefix: format!("{}:pub:", opts.prefix),
                 opts,
@@ -546,21 +849,7 @@ impl Scaler for RedisScaler {
         topic: &str,
         msg: &RawValue,
     ) -> Result<Position, ScalerError> {
-        let s = &self.shared;
-        let [epoch_key, seq_key, hist_key] = s.keys(channel);
-        let mut inv = PUBLISH.prepare_invoke();
-        inv.key(epoch_key)
-            .key(seq_key)
-            .key(hist_key)
-            .arg(new_epoch())
-            .arg(s.ttl_ms)
-            .arg(s.opts.history_size)
-            .arg(s.pub_channel(channel))
-            .arg(topic)
-            .arg(msg.get());
-        let mut conn = s.conn.clone();
-        let (epoch, seq): (String, u64) = s.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(Position::new(epoch, seq))
+        self.shared.publish(channel, topic, msg).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), ScalerError> {
