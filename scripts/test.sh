@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 echo "== install (skipped when present)"
 scripts/install-services.sh
+scripts/install-wasm-toolchain.sh
 
 echo "== lint"
 cargo fmt --all -- --check
@@ -15,3 +16,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== unit, end-to-end and multi-instance tests"
 cargo test --workspace
+
+echo "== browser tests (headless Chromium)"
+scripts/test-browser.sh

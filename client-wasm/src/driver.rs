@@ -1,0 +1,564 @@
+//! The browser driver: owns the `WebSocket` and the timer, feeds what happens into the sans-IO
+//! [`sss_core::client::Client`], and carries out what it asks for.
+//!
+//! Everything protocol-related (asks, the offline queue, subscriptions, reconnect, resync) is in
+//! the core; this module only moves bytes, time and events across the JS boundary.
+//!
+//! Re-entrancy rule: no `RefCell` borrow is ever held while JS runs. JS callbacks of the
+//! application may call back into the client (an `ask` from inside `onStatus`), so every state
+//! lookup happens in a short borrow that ends before the callback is invoked, and [`Shared::pump`]
+//! is not re-entered: a nested call returns at once and the outer loop picks up the new work in
+//! order.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use gloo_timers::callback::Timeout;
+use js_sys::{Function, Object, Promise};
+use serde_json::value::RawValue;
+use sss_core::client::{self as core, Action, AskId, Config, Event, Instant, Recovery, Status};
+use sss_core::protocol::{close, codes};
+use sss_core::Position;
+use wasm_bindgen::prelude::*;
+
+use crate::js::{self, set};
+use crate::socket::Socket;
+use crate::subscription::{SubState, Subscription};
+use crate::Client;
+
+/// The two functions that settle a JS promise.
+pub(crate) struct Pending {
+    resolve: Function,
+    reject: Function,
+}
+
+impl Pending {
+    /// A new promise, and what settles it.
+    pub(crate) fn new() -> (Promise, Pending) {
+        let mut slot = None;
+        let promise = Promise::new(&mut |resolve, reject| slot = Some(Pending { resolve, reject }));
+        let pending = slot.expect("the Promise executor runs synchronously");
+        (promise, pending)
+    }
+
+    /// Fulfils the promise.
+    pub(crate) fn resolve(self, value: &JsValue) {
+        let _ = self.resolve.call1(&JsValue::UNDEFINED, value);
+    }
+
+    /// Rejects the promise.
+    pub(crate) fn reject(self, error: &JsValue) {
+        let _ = self.reject.call1(&JsValue::UNDEFINED, error);
+    }
+}
+
+/// A subscription the application asked for: its shared state, and the `subscribe` promise
+/// until the server's first answer.
+struct SubEntry {
+    sub: Rc<SubState>,
+    ready: Option<Pending>,
+}
+
+/// The driver's bookkeeping next to the core: who waits for what.
+///
+/// Plain vectors, searched linearly: they hold tens of entries, not thousands, and every map
+/// type instantiated here would add kilobytes to the wasm.
+#[derive(Default)]
+struct State {
+    asks: Vec<(AskId, Pending)>,
+    subs: Vec<SubEntry>,
+    tells: Vec<(String, Function)>,
+    status: Vec<Function>,
+    /// The `Client.connect` promise, and the client it resolves with (which keeps the driver
+    /// alive meanwhile), until the first connection is ready or fails.
+    first: Option<(Pending, Rc<Shared>)>,
+    /// Code and reason of the last socket failure (what `Client.connect` rejects with).
+    failure: Option<(u16, String)>,
+    /// The current socket had an `error` event (its `close` will be a bare 1006).
+    socket_error: bool,
+    /// The application closed the client (subscriptions then end without an error).
+    closed_by_app: bool,
+}
+
+/// Everything a client is, shared by its JS handles (`Client`, `Subscription`) and the socket
+/// and timer callbacks (those hold it weakly).
+pub(crate) struct Shared {
+    core: RefCell<core::Client>,
+    socket: RefCell<Option<Socket>>,
+    timer: RefCell<Option<(Instant, Timeout)>>,
+    state: RefCell<State>,
+    pumping: Cell<bool>,
+    next_socket: Cell<u64>,
+}
+
+impl Shared {
+    fn create(config: Config) -> Rc<Shared> {
+        let now = js::now();
+        Rc::new(Shared {
+            core: RefCell::new(core::Client::new(config, now)),
+            socket: RefCell::new(None),
+            timer: RefCell::new(None),
+            state: RefCell::new(State::default()),
+            pumping: Cell::new(false),
+            next_socket: Cell::new(1),
+        })
+    }
+
+    /// Starts a client: it connects at once, and reconnects by itself.
+    pub(crate) fn start(config: Config) -> Rc<Shared> {
+        let shared = Self::create(config);
+        shared.pump();
+        shared
+    }
+
+    /// Starts a client and returns a promise of its [`Client`] handle once the first
+    /// connection is ready; if that connection fails, the promise rejects and the client
+    /// closes instead of retrying.
+    pub(crate) fn connect(config: Config) -> Promise {
+        let (promise, first) = Pending::new();
+        let shared = Self::create(config);
+        shared.state.borrow_mut().first = Some((first, shared.clone()));
+        shared.pump();
+        promise
+    }
+
+    // ---- Commands ---------------------------------------------------------------------------
+
+    pub(crate) fn ask(self: &Rc<Self>, topic: &str, msg: &JsValue) -> Promise {
+        let msg = match js::to_raw(msg) {
+            Ok(msg) => msg,
+            Err(e) => return Promise::reject(&e),
+        };
+        let (promise, pending) = Pending::new();
+        let now = js::now();
+        let result = self.core.borrow_mut().ask(now, topic, msg);
+        match result {
+            Ok(id) => self.state.borrow_mut().asks.push((id, pending)),
+            Err(e) => pending.reject(&js::client_error(&e)),
+        }
+        self.pump();
+        promise
+    }
+
+    pub(crate) fn tell(self: &Rc<Self>, topic: &str, msg: &JsValue) -> Result<(), JsValue> {
+        let msg = js::to_raw(msg)?;
+        let now = js::now();
+        let result = self.core.borrow_mut().tell(now, topic, msg);
+        self.pump();
+        result.map_err(|e| js::client_error(&e))
+    }
+
+    pub(crate) fn subscribe(self: &Rc<Self>, channel: &str, query: &JsValue) -> Promise {
+        let query = if query.is_undefined() || query.is_null() {
+            None
+        } else {
+            match js::to_raw(query) {
+                Ok(q) => Some(q),
+                Err(e) => return Promise::reject(&e),
+            }
+        };
+        let (promise, pending) = Pending::new();
+        let now = js::now();
+        let result = self.core.borrow_mut().subscribe(now, channel, query);
+        match result {
+            Ok(()) => self.state.borrow_mut().subs.push(SubEntry {
+                sub: Rc::new(SubState::new(channel.to_owned())),
+                ready: Some(pending),
+            }),
+            Err(e) => pending.reject(&js::client_error(&e)),
+        }
+        self.pump();
+        promise
+    }
+
+    /// Leaves the channel of `sub`, if `sub` is still the live subscription of that channel.
+    pub(crate) fn unsubscribe(self: &Rc<Self>, sub: &Rc<SubState>) {
+        let removed = {
+            let mut state = self.state.borrow_mut();
+            let found = state.subs.iter().position(|e| Rc::ptr_eq(&e.sub, sub));
+            found.map(|i| state.subs.swap_remove(i))
+        };
+        if removed.is_some() {
+            let now = js::now();
+            self.core.borrow_mut().unsubscribe(now, &sub.channel);
+            drop(removed);
+            self.pump();
+        }
+    }
+
+    pub(crate) fn close(self: &Rc<Self>) {
+        self.state.borrow_mut().closed_by_app = true;
+        let now = js::now();
+        self.core.borrow_mut().close(now);
+        self.pump();
+    }
+
+    pub(crate) fn on_tell(&self, topic: String, f: Function) {
+        self.state.borrow_mut().tells.push((topic, f));
+    }
+
+    pub(crate) fn off_tell(&self, topic: &str, f: &Function) {
+        (self.state.borrow_mut().tells).retain(|(t, g)| !(t == topic && g == f));
+    }
+
+    pub(crate) fn on_status(&self, f: Function) {
+        self.state.borrow_mut().status.push(f);
+    }
+
+    pub(crate) fn off_status(&self, f: &Function) {
+        self.state.borrow_mut().status.retain(|g| g != f);
+    }
+
+    // ---- Getters ----------------------------------------------------------------------------
+
+    pub(crate) fn status(&self) -> Status {
+        self.core.borrow().status()
+    }
+
+    pub(crate) fn socket_id(&self) -> Option<String> {
+        self.core.borrow().socket_id().map(str::to_owned)
+    }
+
+    pub(crate) fn user(&self) -> Option<String> {
+        self.core.borrow().user().map(str::to_owned)
+    }
+
+    pub(crate) fn session(&self) -> Option<String> {
+        self.core.borrow().session().map(str::to_owned)
+    }
+
+    pub(crate) fn position(&self, channel: &str) -> Option<Position> {
+        self.core.borrow().position(channel).cloned()
+    }
+
+    // ---- Socket and timer events ------------------------------------------------------------
+
+    fn is_current(&self, id: u64) -> bool {
+        self.socket.borrow().as_ref().is_some_and(|s| s.id == id)
+    }
+
+    pub(crate) fn on_open(self: &Rc<Self>, id: u64) {
+        if self.is_current(id) {
+            let now = js::now();
+            self.core.borrow_mut().handle_open(now);
+            self.pump();
+        }
+    }
+
+    pub(crate) fn on_message(self: &Rc<Self>, id: u64, text: &str) {
+        if self.is_current(id) {
+            let now = js::now();
+            self.core.borrow_mut().handle_frame(now, text);
+            self.pump();
+        }
+    }
+
+    pub(crate) fn on_error(&self, id: u64) {
+        if self.is_current(id) {
+            self.state.borrow_mut().socket_error = true;
+        }
+    }
+
+    pub(crate) fn on_close(self: &Rc<Self>, id: u64, code: u16, reason: &str) {
+        if !self.is_current(id) {
+            return;
+        }
+        let socket = self.socket.borrow_mut().take();
+        drop(socket);
+        let reason = match reason {
+            "" if code == close::ABNORMAL => {
+                // Browsers hide why: an unreachable server and a refused handshake (the session
+                // parser's HTTP 401/403) look the same.
+                "the connection failed or was refused (browsers give no detail)".to_owned()
+            }
+            r => r.to_owned(),
+        };
+        self.state.borrow_mut().failure = Some((code, reason.clone()));
+        let now = js::now();
+        self.core.borrow_mut().handle_close(now, code, &reason);
+        self.pump();
+    }
+
+    fn on_timer(self: &Rc<Self>) {
+        let fired = self.timer.borrow_mut().take();
+        drop(fired);
+        let now = js::now();
+        self.core.borrow_mut().handle_timeout(now);
+        self.pump();
+    }
+
+    // ---- The pump ---------------------------------------------------------------------------
+
+    /// Carries out everything the core has for us, one item at a time and in order: socket
+    /// actions, then frames to send, then events for the application; then re-arms the timer.
+    fn pump(self: &Rc<Self>) {
+        if self.pumping.replace(true) {
+            return;
+        }
+        loop {
+            let action = self.core.borrow_mut().poll_action();
+            if let Some(action) = action {
+                self.action(action);
+                continue;
+            }
+            let frame = self.core.borrow_mut().poll_transmit();
+            if let Some(frame) = frame {
+                let ws = self.socket.borrow().as_ref().map(Socket::ws);
+                if let Some(ws) = ws {
+                    // A failure (the socket is closing) is ignored: its `close` event follows.
+                    let _ = ws.send_with_str(&frame);
+                }
+                continue;
+            }
+            let event = self.core.borrow_mut().poll_event();
+            if let Some(event) = event {
+                self.event(event);
+                continue;
+            }
+            break;
+        }
+        self.pumping.set(false);
+        self.schedule();
+    }
+
+    fn action(self: &Rc<Self>, action: Action) {
+        match action {
+            Action::Connect { url } => {
+                let old = self.socket.borrow_mut().take();
+                drop(old);
+                let id = self.next_socket.get();
+                self.next_socket.set(id + 1);
+                self.state.borrow_mut().socket_error = false;
+                match Socket::open(&url, Rc::downgrade(self), id) {
+                    Ok(socket) => *self.socket.borrow_mut() = Some(socket),
+                    Err(e) => {
+                        let reason = format!("cannot open {url}: {}", js::describe(&e));
+                        self.state.borrow_mut().failure = Some((close::ABNORMAL, reason.clone()));
+                        let now = js::now();
+                        self.core
+                            .borrow_mut()
+                            .handle_close(now, close::ABNORMAL, &reason);
+                    }
+                }
+            }
+            Action::Close { code, reason } => {
+                self.state.borrow_mut().failure = Some((code, reason.clone()));
+                let socket = self.socket.borrow_mut().take();
+                if let Some(socket) = socket {
+                    socket.close(code, &reason);
+                }
+            }
+        }
+    }
+
+    /// Re-arms the timer for the core's next deadline (one `setTimeout` at a time).
+    fn schedule(self: &Rc<Self>) {
+        let at = self.core.borrow().poll_timeout();
+        let armed = self.timer.borrow().as_ref().map(|(t, _)| *t);
+        if armed == at {
+            return;
+        }
+        let old = self.timer.borrow_mut().take();
+        drop(old);
+        if let Some(at) = at {
+            let delay = at.as_millis().saturating_sub(js::now().as_millis());
+            let delay = u32::try_from(delay)
+                .unwrap_or(u32::MAX)
+                .min(i32::MAX as u32);
+            let weak: Weak<Shared> = Rc::downgrade(self);
+            let timeout = Timeout::new(delay, move || {
+                if let Some(shared) = weak.upgrade() {
+                    shared.on_timer();
+                }
+            });
+            *self.timer.borrow_mut() = Some((at, timeout));
+        }
+    }
+
+    // ---- Events -----------------------------------------------------------------------------
+
+    fn event(self: &Rc<Self>, event: Event) {
+        match event {
+            Event::Status(status) => self.status_changed(status),
+            Event::AskDone { id, result } => {
+                let pending = {
+                    let mut state = self.state.borrow_mut();
+                    let found = state.asks.iter().position(|(a, _)| *a == id);
+                    found.map(|i| state.asks.swap_remove(i).1)
+                };
+                if let Some(pending) = pending {
+                    match result {
+                        Ok(msg) => pending.resolve(&js::from_raw(&msg)),
+                        Err(e) => pending.reject(&js::ask_error(&e)),
+                    }
+                }
+            }
+            Event::Tell { topic, msg } => {
+                let fns: Vec<Function> = (self.state.borrow().tells.iter())
+                    .filter(|(t, _)| *t == topic)
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                if !fns.is_empty() {
+                    let msg = js::from_raw(&msg);
+                    let topic = JsValue::from_str(&topic);
+                    for f in &fns {
+                        js::call(f, &msg, Some(&topic));
+                    }
+                }
+            }
+            Event::Subscribed {
+                channel,
+                position,
+                recovery,
+            } => self.subscribed(&channel, &position, recovery),
+            Event::SubscribeFailed { channel, error } => {
+                self.sub_ended(&channel, js::ask_error(&error));
+            }
+            Event::Publication {
+                channel,
+                topic,
+                msg,
+                position,
+            } => self.publication(&channel, &topic, &msg, &position),
+            Event::Unsubscribed {
+                channel,
+                code,
+                reason,
+            } => self.sub_ended(&channel, js::error(&code, &reason)),
+            Event::Closed { code, reason } => self.closed(code, &reason),
+            _ => {}
+        }
+    }
+
+    fn status_changed(self: &Rc<Self>, status: Status) {
+        let (first, listeners) = {
+            let mut state = self.state.borrow_mut();
+            let first = match status {
+                Status::Ready => state.first.take().map(|p| (p, None)),
+                Status::Reconnecting { .. } => {
+                    let failure = state.failure.clone();
+                    state.first.take().map(|p| (p, Some(failure)))
+                }
+                _ => None,
+            };
+            (first, state.status.clone())
+        };
+        if let Some(((first, shared), failure)) = first {
+            match failure {
+                None => first.resolve(&Client::from_shared(shared)),
+                Some(failure) => {
+                    // The first connection failed: `connect` reports it instead of retrying.
+                    let (code, reason) =
+                        failure.unwrap_or((close::ABNORMAL, "connection failed".to_owned()));
+                    first.reject(&connect_error(code, &reason));
+                    let now = js::now();
+                    self.core.borrow_mut().close(now);
+                    return;
+                }
+            }
+        }
+        // `closed` is announced with its code and reason by the `Closed` event that follows.
+        if status == Status::Closed || listeners.is_empty() {
+            return;
+        }
+        let name = JsValue::from_str(js::status_name(status));
+        let info: JsValue = Object::new().into();
+        if let Status::Reconnecting { attempt } = status {
+            set(&info, "attempt", &JsValue::from(attempt));
+        }
+        for f in &listeners {
+            js::call(f, &name, Some(&info));
+        }
+    }
+
+    fn subscribed(self: &Rc<Self>, channel: &str, position: &Position, recovery: Recovery) {
+        let found = {
+            let mut state = self.state.borrow_mut();
+            (state.subs.iter_mut())
+                .find(|e| e.sub.channel == channel)
+                .map(|e| (e.sub.clone(), e.ready.take()))
+        };
+        let Some((sub, ready)) = found else {
+            return;
+        };
+        match ready {
+            Some(ready) => {
+                sub.set_recovery(recovery);
+                let handle = Subscription::js_handle(sub, Rc::downgrade(self));
+                ready.resolve(&handle);
+            }
+            // A resync: after a reconnect, or a gap seen live. A resync that came back "new"
+            // (the server had no position to resume from) lost nothing either.
+            None => sub.resynced(
+                match recovery {
+                    Recovery::Unrecoverable => Recovery::Unrecoverable,
+                    _ => Recovery::Recovered,
+                },
+                position,
+            ),
+        }
+    }
+
+    fn publication(&self, channel: &str, topic: &str, msg: &RawValue, position: &Position) {
+        let sub = (self.state.borrow().subs.iter())
+            .find(|e| e.sub.channel == channel)
+            .map(|e| e.sub.clone());
+        if let Some(sub) = sub {
+            sub.publish(topic, msg, position);
+        }
+    }
+
+    /// The server refused or ended a subscription: it is gone.
+    fn sub_ended(&self, channel: &str, error: JsValue) {
+        let entry = {
+            let mut state = self.state.borrow_mut();
+            let found = state.subs.iter().position(|e| e.sub.channel == channel);
+            found.map(|i| state.subs.swap_remove(i))
+        };
+        if let Some(entry) = entry {
+            match entry.ready {
+                Some(ready) => ready.reject(&error),
+                None => entry.sub.end(Some(error)),
+            }
+        }
+    }
+
+    fn closed(&self, code: u16, reason: &str) {
+        let (subs, first, listeners, by_app) = {
+            let mut state = self.state.borrow_mut();
+            (
+                std::mem::take(&mut state.subs),
+                state.first.take(),
+                state.status.clone(),
+                state.closed_by_app,
+            )
+        };
+        let info: JsValue = Object::new().into();
+        set(&info, "code", &JsValue::from(code));
+        set(&info, "reason", &JsValue::from_str(reason));
+        let name = JsValue::from_str("closed");
+        for f in &listeners {
+            js::call(f, &name, Some(&info));
+        }
+        if let Some((first, _shared)) = first {
+            first.reject(&connect_error(code, reason));
+        }
+        for entry in subs {
+            let error = js::error(codes::CLOSED, reason);
+            match entry.ready {
+                Some(ready) => ready.reject(&error),
+                None => entry.sub.end((!by_app).then_some(error)),
+            }
+        }
+    }
+}
+
+/// `Client.connect` failed: code `closed` (the client gave up), with the WebSocket close code.
+fn connect_error(code: u16, reason: &str) -> JsValue {
+    let error = js::error(
+        codes::CLOSED,
+        &format!("could not connect ({code}): {reason}"),
+    );
+    set(&error, "closeCode", &JsValue::from(code));
+    error
+}

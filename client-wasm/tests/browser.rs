@@ -1,0 +1,307 @@
+//! The browser client in headless Chromium against a real server: `scripts/test-browser.sh`
+//! starts `browser-test-server` and passes its URL at compile time in `SSS_TEST_URL`.
+//!
+//! The tests go through the same exported API a JS application uses (promises, JS objects,
+//! callbacks), from Rust.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Array, Function, Promise, Reflect, JSON};
+use sss_wasm::{Client, Subscription};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::convert::TryFromJsValue;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// The test server's WebSocket URL.
+fn url() -> String {
+    let http = option_env!("SSS_TEST_URL")
+        .expect("SSS_TEST_URL is not set: run the browser tests with scripts/test-browser.sh");
+    format!("{}/ws", http.replacen("http://", "ws://", 1))
+}
+
+fn json(text: &str) -> JsValue {
+    JSON::parse(text).expect("valid JSON")
+}
+
+fn to_json(v: &JsValue) -> String {
+    JSON::stringify(v)
+        .ok()
+        .and_then(|s| JsValue::from(s).as_string())
+        .unwrap_or_default()
+}
+
+fn get(v: &JsValue, key: &str) -> JsValue {
+    Reflect::get(v, &JsValue::from_str(key)).expect("object")
+}
+
+fn code(err: &JsValue) -> String {
+    get(err, "code").as_string().unwrap_or_default()
+}
+
+/// A promise that rejects after `ms`.
+fn deadline(ms: i32, what: &str) -> Promise {
+    let what = what.to_owned();
+    Promise::new(&mut |_resolve, reject| {
+        let what = what.clone();
+        let cb = Closure::once_into_js(move || {
+            let _ = reject.call1(
+                &JsValue::UNDEFINED,
+                &JsValue::from_str(&format!("timed out: {what}")),
+            );
+        });
+        let global = js_sys::global();
+        let set_timeout: Function = get(&global, "setTimeout").unchecked_into();
+        let _ = set_timeout.call2(&JsValue::UNDEFINED, &cb, &JsValue::from(ms));
+    })
+}
+
+/// Awaits `p`, failing the test if it takes longer than 10 s.
+async fn within(p: Promise, what: &str) -> Result<JsValue, JsValue> {
+    let race = Promise::race(&Array::of2(&p, &deadline(10_000, what)));
+    let result = JsFuture::from(race).await;
+    if let Err(e) = &result {
+        if e.as_string().is_some_and(|s| s.starts_with("timed out")) {
+            panic!("{}", e.as_string().unwrap_or_default());
+        }
+    }
+    result
+}
+
+async fn connect_with(options: &str) -> Client {
+    let v = within(
+        Client::connect(JsValue::from_str(&url()), json(options)),
+        "connect",
+    )
+    .await
+    .expect("connects");
+    Client::try_from_js_value(v).expect("a Client")
+}
+
+async fn connect() -> Client {
+    connect_with(r#"{"reconnect": {"baseMs": 50, "maxMs": 300}}"#).await
+}
+
+async fn subscribe(client: &Client, channel: &str) -> Subscription {
+    let v = within(client.subscribe(channel, JsValue::UNDEFINED), "subscribe")
+        .await
+        .expect("subscribed");
+    Subscription::try_from_js_value(v).expect("a Subscription")
+}
+
+/// The next publication of the async iterator, as `(seq, topic, msg as JSON)`.
+async fn next(sub: &Subscription) -> (u64, String, String) {
+    let result = within(sub.next(), "publication").await.expect("next");
+    assert_eq!(get(&result, "done"), JsValue::FALSE, "the iterator ended");
+    let value = get(&result, "value");
+    let seq = get(&get(&value, "position"), "seq").as_f64().expect("seq") as u64;
+    let topic = get(&value, "topic").as_string().expect("topic");
+    (seq, topic, to_json(&get(&value, "msg")))
+}
+
+/// A JS callback that records its first argument, and a promise of the first call.
+fn recorder() -> (Function, Rc<RefCell<Vec<JsValue>>>, Promise) {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let mut first: Option<Function> = None;
+    let promise = Promise::new(&mut |resolve, _| first = Some(resolve));
+    let first = RefCell::new(first);
+    let s = seen.clone();
+    let f = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
+        s.borrow_mut().push(v.clone());
+        if let Some(resolve) = first.borrow_mut().take() {
+            let _ = resolve.call1(&JsValue::UNDEFINED, &v);
+        }
+    });
+    (f.into_js_value().unchecked_into(), seen, promise)
+}
+
+#[wasm_bindgen_test]
+async fn connects_and_asks() {
+    let client = connect().await;
+    assert_eq!(client.status(), "ready");
+    assert!(client.socket_id().is_some());
+    let answer = within(client.ask("echo", json(r#"{"a":[1,"two",null]}"#)), "echo")
+        .await
+        .expect("echo answers");
+    assert_eq!(to_json(&answer), r#"{"a":[1,"two",null]}"#);
+    let sum = within(client.ask("add", json("[2, 3]")), "add")
+        .await
+        .expect("add answers");
+    assert_eq!(sum.as_f64(), Some(5.0));
+}
+
+#[wasm_bindgen_test]
+async fn ask_errors_have_codes() {
+    let client = connect().await;
+    let err = within(client.ask("fail", JsValue::NULL), "fail")
+        .await
+        .expect_err("fail is refused");
+    assert!(err.is_instance_of::<js_sys::Error>());
+    assert_eq!(code(&err), "app_error");
+    assert_eq!(
+        get(&err, "reason").as_string().as_deref(),
+        Some("this ask always fails")
+    );
+    let err = within(client.ask("no-such-topic", JsValue::NULL), "unknown")
+        .await
+        .expect_err("unknown topic");
+    assert_eq!(code(&err), "unknown_topic");
+}
+
+#[wasm_bindgen_test]
+async fn ask_times_out() {
+    let client = connect_with(r#"{"askTimeoutMs": 300}"#).await;
+    let err = within(client.ask("never", JsValue::NULL), "never")
+        .await
+        .expect_err("times out");
+    assert_eq!(code(&err), "timeout");
+    // The connection is still usable.
+    let v = within(client.ask("echo", json("1")), "echo")
+        .await
+        .expect("echo");
+    assert_eq!(v.as_f64(), Some(1.0));
+}
+
+#[wasm_bindgen_test]
+async fn tells_both_ways() {
+    let client = connect().await;
+    let (f, _seen, first) = recorder();
+    client.on_tell("pong".to_owned(), f);
+    client.tell("ping", json(r#"{"x":42}"#)).expect("tell");
+    let msg = within(first, "pong").await.expect("pong");
+    assert_eq!(to_json(&msg), r#"{"x":42}"#);
+}
+
+#[wasm_bindgen_test]
+async fn subscribes_and_receives_publications_in_order() {
+    let client = connect().await;
+    let sub = subscribe(&client, "room:pubs").await;
+    assert_eq!(sub.channel(), "room:pubs");
+    assert_eq!(sub.recovery(), "new");
+    let last = within(
+        client.ask("publish", json(r#"{"channel":"room:pubs","count":5}"#)),
+        "publish",
+    )
+    .await
+    .expect("published");
+    assert_eq!(last.as_f64(), Some(5.0));
+    for n in 1..=5u64 {
+        assert_eq!(next(&sub).await, (n, "n".to_owned(), n.to_string()));
+    }
+    // After unsubscribing the iterator ends.
+    sub.unsubscribe();
+    let done = within(sub.next(), "done").await.expect("next");
+    assert_eq!(get(&done, "done"), JsValue::TRUE);
+}
+
+#[wasm_bindgen_test]
+async fn refused_subscriptions_reject() {
+    let client = connect().await;
+    let err = within(client.subscribe("private:x", JsValue::UNDEFINED), "private")
+        .await
+        .expect_err("refused");
+    assert_eq!(code(&err), "refused");
+    let err = within(client.subscribe("room:q", json(r#"{"deny":true}"#)), "deny")
+        .await
+        .expect_err("refused by query");
+    assert_eq!(code(&err), "refused");
+    // The same channel is accepted without the query.
+    let sub = subscribe(&client, "room:q").await;
+    assert_eq!(sub.channel(), "room:q");
+}
+
+#[wasm_bindgen_test]
+async fn restart_reconnects_and_recovers_in_order() {
+    let client = connect().await;
+    let (on_status, statuses, _) = recorder();
+    client.on_status(on_status);
+    let sub = subscribe(&client, "room:restart").await;
+    let (on_recovery, _, recovered) = recorder();
+    sub.on_recovery(on_recovery);
+    within(
+        client.ask("publish", json(r#"{"channel":"room:restart","count":3}"#)),
+        "publish",
+    )
+    .await
+    .expect("published");
+    for n in 1..=3u64 {
+        assert_eq!(next(&sub).await, (n, "n".to_owned(), n.to_string()));
+    }
+    // The server goes down; 5 publications happen while it is down; it comes back.
+    within(
+        client.ask(
+            "restart",
+            json(r#"{"channel":"room:restart","count":5,"downMs":200}"#),
+        ),
+        "restart",
+    )
+    .await
+    .expect("restart answered");
+    for n in 1..=5u64 {
+        assert_eq!(next(&sub).await, (3 + n, "down".to_owned(), n.to_string()));
+    }
+    let recovery = within(recovered, "recovery").await.expect("recovery");
+    assert_eq!(recovery.as_string().as_deref(), Some("recovered"));
+    assert_eq!(sub.recovery(), "recovered");
+    // Live again, with no gap and no duplicate.
+    within(
+        client.ask("publish", json(r#"{"channel":"room:restart","count":2}"#)),
+        "publish after",
+    )
+    .await
+    .expect("published");
+    assert_eq!(next(&sub).await, (9, "n".to_owned(), "1".to_owned()));
+    assert_eq!(next(&sub).await, (10, "n".to_owned(), "2".to_owned()));
+    let seen: Vec<String> = statuses
+        .borrow()
+        .iter()
+        .filter_map(|s| s.as_string())
+        .collect();
+    assert!(seen.iter().any(|s| s == "reconnecting"), "{seen:?}");
+    assert_eq!(client.status(), "ready", "{seen:?}");
+    let pos = sub.position();
+    assert_eq!(get(&pos, "seq").as_f64(), Some(10.0));
+}
+
+#[wasm_bindgen_test]
+async fn refused_handshake_is_a_failed_connection() {
+    let url = format!("{}?deny=1", url());
+    let err = within(
+        Client::connect(JsValue::from_str(&url), JsValue::UNDEFINED),
+        "refused connect",
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(code(&err), "closed");
+    assert_eq!(get(&err, "closeCode").as_f64(), Some(1006.0));
+}
+
+#[wasm_bindgen_test]
+async fn close_fails_pending_asks() {
+    let client = connect().await;
+    let pending = client.ask("never", JsValue::NULL);
+    client.close();
+    let err = within(pending, "closed ask").await.expect_err("closed");
+    assert_eq!(code(&err), "closed");
+    assert_eq!(client.status(), "closed");
+    let err = client.tell("ping", JsValue::NULL).expect_err("closed");
+    assert_eq!(code(&err), "closed");
+}
+
+#[wasm_bindgen_test]
+async fn session_parser_sees_the_query() {
+    let url = format!("{}?user=alice", url());
+    let v = within(
+        Client::connect(JsValue::from_str(&url), JsValue::UNDEFINED),
+        "connect",
+    )
+    .await
+    .expect("connects");
+    let client = Client::try_from_js_value(v).expect("a Client");
+    assert_eq!(client.user().as_deref(), Some("alice"));
+}

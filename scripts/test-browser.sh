@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The browser tests, in headless Chromium against a real server (tests/src/bin/browser-test-server.rs
+# on the embedded MemoryScaler, on a free loopback port):
+#   a. wasm-bindgen-test: client-wasm/tests/browser.rs (the server URL is passed at compile time
+#      in SSS_TEST_URL);
+#   b. the npm package (pkg/dist, rebuilt by scripts/build-pkg.sh) imported from a plain page
+#      (tests/browser/), driven by playwright-core under `node --test`;
+#   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other;
+#      screenshots under target/.
+# Runs both, prints the runners' summaries, exits non-zero if either failed. Idempotent; kills
+# every process it starts.
+# Usage: scripts/test-browser.sh
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+log() { printf '[test-browser] %s\n' "$*"; }
+
+if ! out=$(scripts/install-wasm-toolchain.sh 2>&1); then
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sss-browser-test.XXXXXX")
+SERVER_PID=
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}
+cleanup() {
+  stop_server
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+T=$SECONDS
+log "building the test server (native) and the npm package"
+cargo build --quiet -p sss-tests --bin browser-test-server
+SERVER_BIN=$REPO/target/debug/browser-test-server
+scripts/build-pkg.sh
+log "builds took $((SECONDS - T))s"
+
+# Starts a fresh test server; sets URL (http://127.0.0.1:PORT).
+start_server() {
+  stop_server
+  : > "$WORK/server.log"
+  "$SERVER_BIN" > "$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  URL=
+  for _ in $(seq 1 100); do
+    URL=$(sed -n 's/^LISTENING //p' "$WORK/server.log")
+    [ -n "$URL" ] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$URL" ]; then
+    cat "$WORK/server.log" >&2
+    log "ERROR: the test server did not start"
+    exit 1
+  fi
+  log "test server at $URL (pid $SERVER_PID)"
+}
+
+FAILED=()
+
+# ---- a. wasm-bindgen-test in headless Chromium -------------------------------------------------
+start_server
+T=$SECONDS
+log "a. wasm-bindgen-test (client-wasm/tests/browser.rs)"
+if (
+  # shellcheck source=scripts/wasm-env.sh
+  source scripts/wasm-env.sh
+  export CARGO_TARGET_DIR="$REPO/target/wasm"
+  export SSS_TEST_URL="$URL"
+  export WASM_BINDGEN_TEST_TIMEOUT=180
+  cargo test -p sss-wasm --target wasm32-unknown-unknown --test browser
+); then
+  log "a. passed in $((SECONDS - T))s"
+else
+  log "a. FAILED in $((SECONDS - T))s"
+  FAILED+=("wasm-bindgen-test")
+  tail -n 30 "$WORK/server.log" >&2
+fi
+
+# ---- b. the npm package from plain JS (playwright-core + node --test) --------------------------
+start_server
+T=$SECONDS
+log "b. npm package in a page (tests/browser/package.test.cjs)"
+if (
+  # shellcheck source=scripts/wasm-env.sh
+  source scripts/wasm-env.sh
+  SSS_TEST_URL="$URL" node --test tests/browser/package.test.cjs
+); then
+  log "b. passed in $((SECONDS - T))s"
+else
+  log "b. FAILED in $((SECONDS - T))s"
+  FAILED+=("npm package (playwright)")
+  tail -n 30 "$WORK/server.log" >&2
+fi
+stop_server
+
+# ---- c. the demo, as a person uses it: two pages chat (tests/browser/demo.test.cjs) -----------
+T=$SECONDS
+log "c. the chat demo in two pages (tests/browser/demo.test.cjs)"
+cargo build --quiet -p sss-server --example chat
+"$REPO/target/debug/examples/chat" --addr 127.0.0.1:0 > "$WORK/demo.log" 2>&1 &
+SERVER_PID=$!
+DEMO_URL=
+for _ in $(seq 1 100); do
+  DEMO_URL=$(sed -n 's/.*open \(http[^ ]*\) in a browser.*/\1/p' "$WORK/demo.log")
+  [ -n "$DEMO_URL" ] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$DEMO_URL" ]; then
+  cat "$WORK/demo.log" >&2
+  log "c. FAILED: the demo did not start"
+  FAILED+=("demo")
+elif (
+  # shellcheck source=scripts/wasm-env.sh
+  source scripts/wasm-env.sh
+  SSS_DEMO_URL="$DEMO_URL" node --test tests/browser/demo.test.cjs
+); then
+  log "c. passed in $((SECONDS - T))s (screenshots: target/demo-ann.png, target/demo-bob.png)"
+else
+  log "c. FAILED in $((SECONDS - T))s"
+  FAILED+=("demo (playwright)")
+  tail -n 30 "$WORK/demo.log" >&2
+fi
+stop_server
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+  log "FAILED: ${FAILED[*]}"
+  exit 1
+fi
+log "all browser tests passed"

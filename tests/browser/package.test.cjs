@@ -1,0 +1,192 @@
+// The npm package in a real page (headless Chromium via playwright-core), used from plain JS.
+// Run by scripts/test-browser.sh: SSS_TEST_URL is the test server (tests/src/bin/browser-test-server.rs),
+// which also serves this directory and pkg/.
+"use strict";
+const { test, before, after } = require("node:test");
+const assert = require("node:assert/strict");
+const { chromium } = require("playwright-core");
+
+const BASE = process.env.SSS_TEST_URL;
+if (!BASE) throw new Error("SSS_TEST_URL is not set: run scripts/test-browser.sh");
+
+let browser;
+let page;
+const pageErrors = [];
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROME_BIN || "/usr/bin/chromium",
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-dev-shm-usage",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-extensions",
+    ],
+  });
+  page = await browser.newPage();
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  page.on("console", (m) => {
+    if (m.type() === "error") pageErrors.push(m.text());
+  });
+  await page.goto(`${BASE}/tests/browser/index.html`);
+  await page.waitForFunction(() => document.documentElement.dataset.ready === "1", null, {
+    timeout: 10_000,
+  });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test("the page loads the package with no error", async () => {
+  const kind = await page.evaluate(() => typeof window.sss.Client.connect);
+  assert.equal(kind, "function");
+  assert.deepEqual(pageErrors, []);
+});
+
+test("ask: value, error with a code, timeout", async () => {
+  const r = await page.evaluate(async () => {
+    const { Client, wsUrl } = window.sss;
+    const client = await Client.connect(wsUrl, { askTimeoutMs: 300 });
+    const echo = await client.ask("echo", { a: [1, "two", null] });
+    const sum = await client.ask("add", [2, 3]);
+    const error = await client.ask("fail", null).catch((e) => ({
+      isError: e instanceof Error,
+      name: e.name,
+      code: e.code,
+      reason: e.reason,
+    }));
+    const unknown = await client.ask("no-such-topic").catch((e) => e.code);
+    const timeout = await client.ask("never").catch((e) => e.code);
+    const status = client.status;
+    client.close();
+    return { echo, sum, error, unknown, timeout, status, after: client.status };
+  });
+  assert.deepEqual(r, {
+    echo: { a: [1, "two", null] },
+    sum: 5,
+    error: { isError: true, name: "SssError", code: "app_error", reason: "this ask always fails" },
+    unknown: "unknown_topic",
+    timeout: "timeout",
+    status: "ready",
+    after: "closed",
+  });
+});
+
+test("tell both ways", async () => {
+  const got = await page.evaluate(async () => {
+    const { Client, wsUrl } = window.sss;
+    const client = await Client.connect(wsUrl);
+    const pong = new Promise((resolve) => client.onTell("pong", (msg, topic) => resolve({ msg, topic })));
+    client.tell("ping", { hello: "server" });
+    const result = await pong;
+    client.close();
+    return result;
+  });
+  assert.deepEqual(got, { msg: { hello: "server" }, topic: "pong" });
+});
+
+test("subscribe: on() and for await, in order; refused subscriptions reject", async () => {
+  const r = await page.evaluate(async () => {
+    const { Client, wsUrl } = window.sss;
+    const client = await Client.connect(wsUrl);
+    const refused = await client.subscribe("private:nope").catch((e) => e.code);
+
+    const viaOn = await client.subscribe("room:on");
+    const seen = [];
+    const three = new Promise((resolve) =>
+      viaOn.on("n", (msg, meta) => {
+        seen.push([meta.position.seq, meta.topic, meta.channel, msg]);
+        if (seen.length === 3) resolve();
+      }),
+    );
+    await client.ask("publish", { channel: "room:on", count: 3 });
+    await three;
+
+    const viaIter = await client.subscribe("room:iter");
+    await client.ask("publish", { channel: "room:iter", count: 4 });
+    const iterated = [];
+    for await (const { topic, msg, position } of viaIter) {
+      iterated.push([position.seq, topic, msg]);
+      if (iterated.length === 4) break;
+    }
+    viaIter.unsubscribe();
+    const after = await viaIter.next();
+    client.close();
+    return { refused, seen, iterated, recovery: viaOn.recovery, afterDone: after.done };
+  });
+  assert.equal(r.refused, "refused");
+  assert.deepEqual(r.seen, [
+    [1, "n", "room:on", 1],
+    [2, "n", "room:on", 2],
+    [3, "n", "room:on", 3],
+  ]);
+  assert.deepEqual(r.iterated, [
+    [1, "n", 1],
+    [2, "n", 2],
+    [3, "n", 3],
+    [4, "n", 4],
+  ]);
+  assert.equal(r.recovery, "new");
+  assert.equal(r.afterDone, true);
+});
+
+test("server restart: the client reconnects and recovers the missed publications in order", async () => {
+  const r = await page.evaluate(async () => {
+    const { startApp } = window.sss;
+    const client = await startApp();
+    const statuses = [];
+    client.onStatus((s) => statuses.push(s));
+    const sub = await client.subscribe("room:js-restart");
+    const recoveries = [];
+    sub.onRecovery((r, position) => recoveries.push([r, position.seq]));
+
+    await client.ask("publish", { channel: "room:js-restart", count: 2 });
+    await client.ask("restart", { channel: "room:js-restart", count: 3, downMs: 200 });
+    const got = [];
+    for await (const { topic, msg, position } of sub) {
+      got.push([position.seq, topic, msg]);
+      if (got.length === 5) break;
+    }
+    // Wait until ready again (resync done), then a live publication.
+    while (client.status !== "ready") await new Promise((r) => setTimeout(r, 20));
+    await client.ask("publish", { channel: "room:js-restart", count: 1 });
+    const live = await sub.next();
+    const shown = document.getElementById("status").textContent;
+    client.close();
+    return { got, live: live.value.position.seq, statuses, recoveries, shown };
+  });
+  assert.deepEqual(r.got, [
+    [1, "n", 1],
+    [2, "n", 2],
+    [3, "down", 1],
+    [4, "down", 2],
+    [5, "down", 3],
+  ]);
+  assert.equal(r.live, 6);
+  assert.ok(r.statuses.includes("reconnecting"), JSON.stringify(r.statuses));
+  assert.deepEqual(r.recoveries, [["recovered", 5]]);
+  assert.equal(r.shown, "ready");
+});
+
+test("a refused handshake is a failed connection (1006)", async () => {
+  const r = await page.evaluate(async () => {
+    const { Client, wsUrl } = window.sss;
+    return Client.connect(`${wsUrl}?deny=1`).then(
+      () => "connected",
+      (e) => ({ code: e.code, closeCode: e.closeCode, isError: e instanceof Error }),
+    );
+  });
+  assert.deepEqual(r, { code: "closed", closeCode: 1006, isError: true });
+});
+
+test("no uncaught page errors", () => {
+  // The refused handshake logs a network error to the console; only script errors count.
+  const scriptErrors = pageErrors.filter((e) => !/WebSocket connection to .* failed/.test(e));
+  assert.deepEqual(scriptErrors, []);
+});
