@@ -19,3 +19,6 @@ cargo test --workspace
 
 echo "== browser tests (headless Chromium)"
 scripts/test-browser.sh
+
+echo "== benchmarks, smoke mode (correctness of every scenario; full runs: docs/PERFORMANCE.md)"
+cargo run --release --quiet -p sss-bench -- --smoke

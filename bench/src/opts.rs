@@ -1,0 +1,196 @@
+//! Command-line options of the load side.
+
+use std::time::Duration;
+
+pub(crate) const USAGE: &str = "\
+usage: sss-bench [SCENARIO...] [OPTIONS]
+
+Scenarios (default: all, in this order):
+  baseline          raw tokio-tungstenite echo server, same load as rpc
+  rpc               C connections doing sequential asks
+  fanout            N subscribers on one channel, one publisher at R msgs/s
+  idle              K welcomed connections held open: server RSS per connection
+  reconnect-storm   K subscribed clients lose their instance and resync on another
+  cores             baseline, rpc and fanout with the server pinned to 1 core, then 2 cores
+
+Options:
+  --smoke                 every scenario tiny (a few seconds); exit 1 if a correctness check fails
+  --connections C         rpc connections (50)
+  --duration S            seconds measured per rpc / fanout run (10)
+  --payload B             bytes of application payload per ask / publication (100)
+  --subscribers N         fanout subscribers (1000)
+  --rate R                fanout publications per second (20)
+  --idle K                idle connections (5000)
+  --storm-clients K       reconnect-storm clients (5000)
+  --storm-channels N      channels the storm clients spread over (50)
+  --storm-rate R          publications per second during the storm, over all channels (50)
+  --storm-jitter-ms MS    reconnect delay drawn from [0, MS] like the client's first backoff (250)
+  --server-cpus LIST      pin the server children with taskset -c LIST
+  --load-cpus LIST        pin this load generator with taskset -c LIST
+  --scaler memory|redis   scaler of the servers (memory); redis needs the `redis` feature
+  --redis-url URL         Redis for --scaler redis (redis://127.0.0.1:6379)
+  -h, --help              this text
+
+Environment:
+  SSS_BENCH_SERVER_WRAP   command the server children run under, e.g. `valgrind --tool=massif`
+";
+
+/// Which scaler joins the server instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ScalerOpt {
+    /// The embedded in-memory scaler (one process).
+    Memory,
+    /// Redis at this URL (two server processes).
+    Redis(String),
+}
+
+/// One scenario of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    Baseline,
+    Rpc,
+    Fanout,
+    Idle,
+    Storm,
+    Cores,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::Baseline,
+        Scenario::Rpc,
+        Scenario::Fanout,
+        Scenario::Idle,
+        Scenario::Storm,
+        Scenario::Cores,
+    ];
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "baseline" => Self::Baseline,
+            "rpc" => Self::Rpc,
+            "fanout" => Self::Fanout,
+            "idle" => Self::Idle,
+            "reconnect-storm" | "storm" => Self::Storm,
+            "cores" => Self::Cores,
+            _ => return None,
+        })
+    }
+}
+
+/// Everything the load side was asked to do.
+#[derive(Clone, Debug)]
+pub(crate) struct Opts {
+    pub(crate) scenarios: Vec<Scenario>,
+    pub(crate) smoke: bool,
+    pub(crate) connections: usize,
+    pub(crate) duration: Duration,
+    pub(crate) payload: usize,
+    pub(crate) subscribers: usize,
+    pub(crate) rate: u32,
+    pub(crate) idle: usize,
+    pub(crate) storm_clients: usize,
+    pub(crate) storm_channels: usize,
+    pub(crate) storm_rate: u32,
+    pub(crate) storm_jitter: Duration,
+    pub(crate) server_cpus: Option<String>,
+    pub(crate) load_cpus: Option<String>,
+    pub(crate) scaler: ScalerOpt,
+}
+
+impl Opts {
+    fn defaults() -> Self {
+        Self {
+            scenarios: Vec::new(),
+            smoke: false,
+            connections: 50,
+            duration: Duration::from_secs(10),
+            payload: 100,
+            subscribers: 1000,
+            rate: 20,
+            idle: 5000,
+            storm_clients: 5000,
+            storm_channels: 50,
+            storm_rate: 50,
+            storm_jitter: Duration::from_millis(250),
+            server_cpus: None,
+            load_cpus: None,
+            scaler: ScalerOpt::Memory,
+        }
+    }
+
+    /// The tiny settings of `--smoke` (explicit options given after it still apply).
+    fn smoke(&mut self) {
+        self.smoke = true;
+        self.connections = 10;
+        self.duration = Duration::from_millis(700);
+        self.subscribers = 50;
+        self.rate = 20;
+        self.idle = 200;
+        self.storm_clients = 200;
+        self.storm_channels = 10;
+        self.storm_rate = 20;
+    }
+
+    /// Parses the arguments; `Ok(None)` for `--help`.
+    pub(crate) fn parse(args: &[String]) -> Result<Option<Self>, String> {
+        let mut o = Self::defaults();
+        if args.iter().any(|a| a == "--smoke") {
+            o.smoke();
+        }
+        let mut redis_url = "redis://127.0.0.1:6379".to_owned();
+        let mut want_redis = false;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
+                v.parse().map_err(|_| format!("{name}: not a number: {v}"))
+            }
+            match a.as_str() {
+                "-h" | "--help" => return Ok(None),
+                "--smoke" => {}
+                "--connections" => o.connections = num(a, value(a)?)?,
+                "--duration" => {
+                    o.duration = Duration::from_secs_f64(num::<f64>(a, value(a)?)?.max(0.1));
+                }
+                "--payload" => o.payload = num(a, value(a)?)?,
+                "--subscribers" => o.subscribers = num(a, value(a)?)?,
+                "--rate" => o.rate = num::<u32>(a, value(a)?)?.max(1),
+                "--idle" => o.idle = num(a, value(a)?)?,
+                "--storm-clients" => o.storm_clients = num(a, value(a)?)?,
+                "--storm-channels" => o.storm_channels = num::<usize>(a, value(a)?)?.max(1),
+                "--storm-rate" => o.storm_rate = num::<u32>(a, value(a)?)?.max(1),
+                "--storm-jitter-ms" => {
+                    o.storm_jitter = Duration::from_millis(num(a, value(a)?)?);
+                }
+                "--server-cpus" => o.server_cpus = Some(value(a)?),
+                "--load-cpus" => o.load_cpus = Some(value(a)?),
+                "--scaler" => match value(a)?.as_str() {
+                    "memory" => want_redis = false,
+                    "redis" => want_redis = true,
+                    other => return Err(format!("unknown scaler {other:?}")),
+                },
+                "--redis-url" => redis_url = value(a)?,
+                s if !s.starts_with('-') => match Scenario::parse(s) {
+                    Some(sc) => o.scenarios.push(sc),
+                    None => return Err(format!("unknown scenario {s:?}")),
+                },
+                other => return Err(format!("unknown option {other:?}")),
+            }
+        }
+        if want_redis {
+            o.scaler = ScalerOpt::Redis(redis_url);
+        }
+        if o.scenarios.is_empty() {
+            o.scenarios = Scenario::ALL.to_vec();
+        }
+        if o.connections == 0 || o.subscribers == 0 || o.storm_clients == 0 {
+            return Err("connections, subscribers and storm clients must be at least 1".into());
+        }
+        Ok(Some(o))
+    }
+}

@@ -1,0 +1,429 @@
+//! The scenarios, and the run that strings them together and reports.
+
+mod fanout;
+mod idle;
+mod rpc;
+mod storm;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::opts::{Opts, ScalerOpt, Scenario};
+use crate::report::{latency_json, Report};
+use crate::serve::Kind;
+use crate::wire::{self, In, Ws};
+use crate::Result;
+
+/// A connection that publishes through the server's `publish` ask handler.
+pub(crate) struct Publisher {
+    ws: Ws,
+    next_id: u64,
+    payload: usize,
+}
+
+impl Publisher {
+    pub(crate) async fn connect(addr: SocketAddr, payload: usize) -> Result<Self> {
+        let mut ws = wire::connect(addr).await?;
+        wire::hello(&mut ws, Duration::from_secs(10)).await?;
+        Ok(Self {
+            ws,
+            next_id: 1,
+            payload,
+        })
+    }
+
+    /// Publishes a timestamped message on `channel`; returns its seq.
+    pub(crate) async fn publish(&mut self, channel: &str) -> Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = format!(
+            r#"{{"t":"ask","id":{id},"topic":"publish","msg":{{"ch":"{channel}","msg":{}}}}}"#,
+            wire::stamped(self.payload)
+        );
+        wire::send(&mut self.ws, frame).await?;
+        let text = wire::expect(&mut self.ws, Duration::from_secs(10)).await?;
+        let f = In::parse(&text)?;
+        match (&*f.t, f.id, f.msg) {
+            ("res", Some(i), Some(seq)) if i == id => Ok(serde_json::from_str(seq.get())?),
+            _ => Err(format!("publish {id}: {}", f.why()).into()),
+        }
+    }
+}
+
+fn cpus_json(c: &Option<String>) -> Value {
+    c.as_ref().map_or(Value::Null, |c| json!(c))
+}
+
+/// Runs the chosen scenarios in order; prints their JSON lines, then the table.
+pub(crate) async fn run_all(o: Opts) -> ExitCode {
+    let mut report = Report::default();
+    let mut baseline: Option<f64> = None;
+    eprintln!(
+        "sss-bench: {} CPUs, server cpus {:?}, load cpus {:?}{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.server_cpus,
+        o.load_cpus,
+        if o.smoke { ", smoke" } else { "" }
+    );
+    for scenario in o.scenarios.clone() {
+        let name = match scenario {
+            Scenario::Baseline => "baseline",
+            Scenario::Rpc => "rpc",
+            Scenario::Fanout => "fanout",
+            Scenario::Idle => "idle",
+            Scenario::Storm => "reconnect-storm",
+            Scenario::Cores => "cores",
+        };
+        eprintln!("== {name}");
+        let r = match scenario {
+            Scenario::Baseline => rpc_scenario(
+                &o,
+                &mut report,
+                Kind::Echo,
+                o.server_cpus.clone(),
+                None,
+                name,
+            )
+            .await
+            .map(|rps| baseline = Some(rps)),
+            Scenario::Rpc => rpc_scenario(
+                &o,
+                &mut report,
+                Kind::Sss,
+                o.server_cpus.clone(),
+                baseline,
+                name,
+            )
+            .await
+            .map(drop),
+            Scenario::Fanout => fanout_scenario(&o, &mut report, o.server_cpus.clone(), name).await,
+            Scenario::Idle => idle_scenario(&o, &mut report).await,
+            Scenario::Storm => storm_scenario(&o, &mut report).await,
+            Scenario::Cores => cores_scenario(&o, &mut report).await,
+        };
+        if let Err(e) = r {
+            eprintln!("{name} failed: {e}");
+            report.line(&json!({"scenario": name, "error": e.to_string()}));
+            report.error(name, &e.to_string());
+        }
+    }
+    report.print_table();
+    if report.failures().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("\ncorrectness checks failed:");
+        for f in report.failures() {
+            eprintln!("  {f}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// `rpc` (kind sss) or `baseline` (kind echo); returns the round trips per second.
+async fn rpc_scenario(
+    o: &Opts,
+    report: &mut Report,
+    kind: Kind,
+    cpus: Option<String>,
+    baseline: Option<f64>,
+    name: &str,
+) -> Result<f64> {
+    let r = rpc::run(o, kind, cpus.clone()).await?;
+    let rps = r.per_second();
+    let ratio = baseline.map(|b| rps / b.max(1e-9));
+    report.line(&json!({
+        "scenario": name,
+        "server": r.kind.as_str(),
+        "server_cpus": cpus_json(&cpus),
+        "load_cpus": cpus_json(&o.load_cpus),
+        "connections": r.connections,
+        "payload_bytes": o.payload,
+        "seconds": r.cpu.wall.as_secs_f64(),
+        "round_trips": r.count,
+        "round_trips_per_s": rps,
+        "latency": latency_json(&r.hist),
+        "server_cpu_us_per_rt": r.server_us_per_rt(),
+        "server_cores": r.cpu.server_cores(),
+        "load_cpu_us_per_rt": r.load_us_per_rt(),
+        "load_cores": r.cpu.load_cores(),
+        "other_cores": r.cpu.other_cores(),
+        "ratio_to_baseline": ratio,
+        "errors": r.errors,
+    }));
+    let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+    report.info(name, "round trips/s", format!("{rps:.0}"));
+    report.info(
+        name,
+        "latency p50/p90/p99/max ms",
+        format!(
+            "{:.3}/{:.3}/{:.3}/{:.3}",
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            r.hist.max() as f64 / 1000.0
+        ),
+    );
+    report.info(
+        name,
+        "load cores busy",
+        format!("{:.2}", r.cpu.load_cores()),
+    );
+    report.info(
+        name,
+        "other cores busy",
+        format!("{:.2}", r.cpu.other_cores()),
+    );
+    report.info(
+        name,
+        "server cores busy",
+        format!("{:.2}", r.cpu.server_cores()),
+    );
+    if kind == Kind::Sss {
+        if let Some(ratio) = ratio {
+            report.target(
+                name,
+                "rpc / baseline",
+                format!("{:.0}%", ratio * 100.0),
+                ">= 70%",
+                ratio >= 0.70,
+            );
+        }
+        let us = r.server_us_per_rt();
+        report.target(
+            name,
+            "server CPU µs/round trip",
+            format!("{us:.2}"),
+            "<= 8",
+            us <= 8.0,
+        );
+    } else {
+        report.info(
+            name,
+            "server CPU µs/round trip",
+            format!("{:.2}", r.server_us_per_rt()),
+        );
+    }
+    report.check(name, "errors", r.errors, "connections failed");
+    Ok(rps)
+}
+
+async fn fanout_scenario(
+    o: &Opts,
+    report: &mut Report,
+    cpus: Option<String>,
+    name: &str,
+) -> Result<()> {
+    let r = fanout::run(o, cpus.clone()).await?;
+    let scaler = match &o.scaler {
+        ScalerOpt::Memory => "memory",
+        ScalerOpt::Redis(_) => "redis",
+    };
+    report.line(&json!({
+        "scenario": name,
+        "scaler": scaler,
+        "server_cpus": cpus_json(&cpus),
+        "load_cpus": cpus_json(&o.load_cpus),
+        "subscribers": r.subscribers,
+        "rate_per_s": o.rate,
+        "payload_bytes": o.payload,
+        "published": r.published,
+        "deliveries": r.deliveries,
+        "deliveries_per_s": r.per_second(),
+        "latency": latency_json(&r.hist),
+        "lost": r.lost,
+        "duplicated": r.duplicated,
+        "errors": r.errors,
+        "server_cpu_us_per_delivery": r.server_us_per_delivery(),
+        "server_cores": r.cpu.server_cores(),
+        "load_cpu_us_per_delivery": r.load_us_per_delivery(),
+        "load_cores": r.cpu.load_cores(),
+        "other_cores": r.cpu.other_cores(),
+    }));
+    let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+    report.info(name, "deliveries/s", format!("{:.0}", r.per_second()));
+    report.info(
+        name,
+        "latency p50/p99/max ms",
+        format!(
+            "{:.3}/{:.3}/{:.3}",
+            ms(0.5),
+            ms(0.99),
+            r.hist.max() as f64 / 1000.0
+        ),
+    );
+    report.target(
+        name,
+        "latency p99 ms",
+        format!("{:.3}", ms(0.99)),
+        "<= 5",
+        ms(0.99) <= 5.0,
+    );
+    let us = r.server_us_per_delivery();
+    report.target(
+        name,
+        "server CPU µs/delivery",
+        format!("{us:.2}"),
+        "<= 2",
+        us <= 2.0,
+    );
+    report.info(
+        name,
+        "load cores busy",
+        format!("{:.2}", r.cpu.load_cores()),
+    );
+    report.info(
+        name,
+        "other cores busy",
+        format!("{:.2}", r.cpu.other_cores()),
+    );
+    report.check(name, "lost", r.lost, "publications lost");
+    report.check(name, "duplicated", r.duplicated, "publications duplicated");
+    report.check(
+        name,
+        "errors",
+        r.errors,
+        "subscribers or publications failed",
+    );
+    Ok(())
+}
+
+async fn idle_scenario(o: &Opts, report: &mut Report) -> Result<()> {
+    let sss = idle::run(o, Kind::Sss).await?;
+    let echo = idle::run(o, Kind::Echo).await?;
+    report.line(&json!({
+        "scenario": "idle",
+        "server_cpus": cpus_json(&o.server_cpus),
+        "connections": sss.connections,
+        "rss_before_bytes": sss.rss_before,
+        "rss_after_bytes": sss.rss_after,
+        "rss_per_connection_bytes": sss.per_connection(),
+        "baseline_rss_per_connection_bytes": echo.per_connection(),
+        "errors": sss.errors + echo.errors,
+    }));
+    let per = sss.per_connection();
+    report.target(
+        "idle",
+        "server RSS/connection",
+        format!("{:.0} B", per),
+        "<= 4096 B",
+        per <= 4096.0,
+    );
+    report.info(
+        "idle",
+        "baseline RSS/connection",
+        format!("{:.0} B", echo.per_connection()),
+    );
+    report.check(
+        "idle",
+        "errors",
+        sss.errors + echo.errors,
+        "connections failed",
+    );
+    debug_assert_eq!(echo.kind, Kind::Echo);
+    Ok(())
+}
+
+async fn storm_scenario(o: &Opts, report: &mut Report) -> Result<()> {
+    let r = storm::run(o).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    report.line(&json!({
+        "scenario": "reconnect-storm",
+        "layout": match o.scaler {
+            ScalerOpt::Memory => "one process, two instances on one MemoryScaler hub",
+            ScalerOpt::Redis(_) => "two processes over Redis",
+        },
+        "server_cpus": cpus_json(&o.server_cpus),
+        "load_cpus": cpus_json(&o.load_cpus),
+        "clients": r.clients,
+        "channels": r.channels,
+        "publish_rate_per_s": o.storm_rate,
+        "jitter_ms": o.storm_jitter.as_millis() as u64,
+        "published": r.published,
+        "resynced": r.resynced,
+        "all_resynced_ms": r.all_resynced.map(ms),
+        "resync_p50_ms": ms(r.resync_p50),
+        "resync_p99_ms": ms(r.resync_p99),
+        "lost": r.lost,
+        "duplicated": r.duplicated,
+        "unrecovered": r.unrecovered,
+        "reconnect_attempts": r.reconnect_attempts,
+        "errors": r.errors,
+        "server_cpu_ms": r.cpu.server_us as f64 / 1000.0,
+        "load_cpu_ms": r.cpu.load_us as f64 / 1000.0,
+        "other_cores": r.cpu.other_cores(),
+    }));
+    let name = "reconnect-storm";
+    match r.all_resynced {
+        Some(d) => report.target(
+            name,
+            "all resynced after kill",
+            format!("{:.0} ms", ms(d)),
+            "<= 5000 ms",
+            d <= Duration::from_secs(5),
+        ),
+        None => report.target(
+            name,
+            "all resynced after kill",
+            format!("{}/{}", r.resynced, r.clients),
+            "all",
+            false,
+        ),
+    }
+    report.info(
+        name,
+        "resync p50/p99 ms",
+        format!("{:.0}/{:.0}", ms(r.resync_p50), ms(r.resync_p99)),
+    );
+    report.check(
+        name,
+        "not resynced",
+        (r.clients - r.resynced) as u64,
+        "clients did not resync",
+    );
+    report.check(name, "lost", r.lost, "publications lost");
+    report.check(name, "duplicated", r.duplicated, "publications duplicated");
+    report.check(
+        name,
+        "unrecovered",
+        r.unrecovered,
+        "clients told unrecoverable",
+    );
+    report.check(name, "errors", r.errors, "clients or publications failed");
+    Ok(())
+}
+
+/// baseline, rpc and fanout with the server pinned to one core, then to two.
+async fn cores_scenario(o: &Opts, report: &mut Report) -> Result<()> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut sets = vec!["0".to_owned()];
+    // The smoke run pins to one core only, to stay short.
+    if n >= 2 && !o.smoke {
+        sets.push("0,1".to_owned());
+    }
+    for cpus in sets {
+        let label = format!("cores[{cpus}]");
+        let base = rpc_scenario(
+            o,
+            report,
+            Kind::Echo,
+            Some(cpus.clone()),
+            None,
+            &format!("{label} baseline"),
+        )
+        .await?;
+        rpc_scenario(
+            o,
+            report,
+            Kind::Sss,
+            Some(cpus.clone()),
+            Some(base),
+            &format!("{label} rpc"),
+        )
+        .await?;
+        fanout_scenario(o, report, Some(cpus.clone()), &format!("{label} fanout")).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `rpc` and `baseline`: C connections doing sequential asks (or echoes) with a small payload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::{sleep_until, Instant};
+
+use crate::child::{CpuSnap, CpuUse, ServerProc, Spec};
+use crate::opts::Opts;
+use crate::report::{histogram, record};
+use crate::serve::Kind;
+use crate::wire::{self, In, Ws};
+use crate::Result;
+
+/// What one rpc (or baseline) run measured.
+pub(crate) struct RpcResult {
+    pub(crate) kind: Kind,
+    pub(crate) connections: usize,
+    /// Round trips completed in the measured window.
+    pub(crate) count: u64,
+    pub(crate) errors: u64,
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) cpu: CpuUse,
+}
+
+impl RpcResult {
+    pub(crate) fn per_second(&self) -> f64 {
+        self.count as f64 / self.cpu.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn server_us_per_rt(&self) -> f64 {
+        self.cpu.server_us as f64 / self.count.max(1) as f64
+    }
+
+    pub(crate) fn load_us_per_rt(&self) -> f64 {
+        self.cpu.load_us as f64 / self.count.max(1) as f64
+    }
+}
+
+/// Starts a server of `kind` and drives it.
+pub(crate) async fn run(o: &Opts, kind: Kind, cpus: Option<String>) -> Result<RpcResult> {
+    let server = ServerProc::spawn(&Spec::new(kind, cpus)).await?;
+    let r = measure(o, kind, &server).await;
+    server.stop().await;
+    r
+}
+
+const MAX_ASKS_PER_CONNECTION: u64 = 100_000_000;
+
+async fn measure(o: &Opts, kind: Kind, server: &ServerProc) -> Result<RpcResult> {
+    let addr = server.addrs[0];
+    let limit = Duration::from_secs(10);
+    let mut conns = Vec::with_capacity(o.connections);
+    for _ in 0..o.connections {
+        let mut ws = wire::connect(addr).await?;
+        if kind == Kind::Sss {
+            wire::hello(&mut ws, limit).await?;
+        }
+        conns.push(ws);
+    }
+    let warmup = if o.smoke {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    };
+    let start = Instant::now() + Duration::from_millis(50);
+    let from = start + warmup;
+    let until = from + o.duration;
+    let payload: Arc<str> = wire::pad(o.payload).into();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|ws| tokio::spawn(ask_loop(ws, kind, payload.clone(), start, from, until)))
+        .collect();
+    sleep_until(from).await;
+    let before = CpuSnap::take(server.pid())?;
+    sleep_until(until).await;
+    let after = CpuSnap::take(server.pid())?;
+    let mut hist = histogram();
+    let (mut count, mut errors) = (0, 0);
+    for t in tasks {
+        match t.await {
+            Ok(Ok((n, h))) => {
+                count += n;
+                hist.add(&h)?;
+            }
+            Ok(Err(e)) => {
+                errors += 1;
+                eprintln!("rpc connection failed: {e}");
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("rpc task failed: {e}");
+            }
+        }
+    }
+    Ok(RpcResult {
+        kind,
+        connections: o.connections,
+        count,
+        errors,
+        hist,
+        cpu: before.until(&after),
+    })
+}
+
+/// Sequential asks until `until`; those started after `from` are counted.
+async fn ask_loop(
+    mut ws: Ws,
+    kind: Kind,
+    payload: Arc<str>,
+    start: Instant,
+    from: Instant,
+    until: Instant,
+) -> Result<(u64, Histogram<u64>)> {
+    sleep_until(start).await;
+    let want = match kind {
+        Kind::Sss => "res",
+        // The echo server sends the ask frame itself back.
+        Kind::Echo => "ask",
+    };
+    let mut hist = histogram();
+    let mut count = 0;
+    for id in 1..=MAX_ASKS_PER_CONNECTION {
+        let t0 = Instant::now();
+        if t0 >= until {
+            break;
+        }
+        let frame = format!(r#"{{"t":"ask","id":{id},"topic":"echo","msg":{payload}}}"#);
+        wire::send(&mut ws, frame).await?;
+        let text = wire::expect(&mut ws, Duration::from_secs(10)).await?;
+        let answer = In::parse(&text)?;
+        if answer.t != want || answer.id != Some(id) {
+            return Err(format!("ask {id}: unexpected answer {text}").into());
+        }
+        if t0 >= from {
+            record(&mut hist, t0.elapsed().as_micros() as u64);
+            count += 1;
+        }
+    }
+    Ok((count, hist))
+}

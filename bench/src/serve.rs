@@ -1,0 +1,316 @@
+//! The `serve` subcommand: the server side of the benchmark, run as a child process.
+//!
+//! `sss-bench serve --kind sss|echo [--instances N] [--killable I] [--scaler memory|redis
+//! --redis-url URL]` listens on loopback port 0, prints `READY <addr>[,<addr>...]` on stdout, and
+//! then reads commands on stdin:
+//!
+//! - `kill I`: instance `I` (started with `--killable I`) dies as if its process had been
+//!   SIGKILLed: its listener closes and every connection it accepted is shut down at the TCP level,
+//!   with no WebSocket close frame. The other instances keep running on the same in-memory hub,
+//!   which is how the reconnect storm has two instances share history with the memory scaler.
+//! - end of input: the process exits (so a dying load generator takes its servers along).
+//!
+//! Kind `sss` is a Super Scaled Sockets server with ask handlers `echo` (answers the request
+//! as is) and `publish` (`{"ch":..,"msg":..}`: publishes `msg` on `ch` with topic `m`, answers the
+//! publication's seq). Kind `echo` is the raw baseline: a tokio-tungstenite server that sends every
+//! text message back.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sss_server::{codes, MemoryScaler, Rejection, Scaler, Server, Socket};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::opts::ScalerOpt;
+use crate::Result;
+
+/// What a server child serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A Super Scaled Sockets server.
+    Sss,
+    /// A raw tokio-tungstenite echo server (the baseline).
+    Echo,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sss => "sss",
+            Kind::Echo => "echo",
+        }
+    }
+}
+
+struct ServeArgs {
+    kind: Kind,
+    instances: usize,
+    killable: Option<usize>,
+    scaler: ScalerOpt,
+}
+
+fn parse(args: &[String]) -> Result<ServeArgs> {
+    let mut a = ServeArgs {
+        kind: Kind::Sss,
+        instances: 1,
+        killable: None,
+        scaler: ScalerOpt::Memory,
+    };
+    let mut redis = false;
+    let mut url = String::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--kind" => {
+                a.kind = match value()?.as_str() {
+                    "sss" => Kind::Sss,
+                    "echo" => Kind::Echo,
+                    k => return Err(format!("unknown kind {k}").into()),
+                }
+            }
+            "--instances" => a.instances = value()?.parse::<usize>()?.max(1),
+            "--killable" => a.killable = Some(value()?.parse()?),
+            "--scaler" => redis = value()? == "redis",
+            "--redis-url" => url = value()?,
+            other => return Err(format!("serve: unknown option {other}").into()),
+        }
+    }
+    if redis {
+        a.scaler = ScalerOpt::Redis(url);
+    }
+    Ok(a)
+}
+
+/// Entry point of `sss-bench serve`.
+pub(crate) fn main(args: &[String]) -> ExitCode {
+    let args = match parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("serve: tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One listening instance, and how to kill it.
+struct Instance {
+    addr: SocketAddr,
+    killer: Option<Killer>,
+}
+
+/// The accept loop of a killable instance, and a duplicate of every connection it accepted.
+struct Killer {
+    accept: JoinHandle<()>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Killer {
+    /// What SIGKILL does to the instance's sockets: the listener goes away and every connection
+    /// is shut down by the kernel, without a WebSocket close frame.
+    fn kill(&self) {
+        self.accept.abort();
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        for c in conns {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut instances = Vec::new();
+    match args.kind {
+        Kind::Echo => {
+            for _ in 0..args.instances {
+                instances.push(echo_instance().await?);
+            }
+        }
+        Kind::Sss => {
+            let scalers = scalers(&args)?;
+            for (i, scaler) in scalers.into_iter().enumerate() {
+                let server = build_server(scaler).await?;
+                instances.push(sss_instance(server, args.killable == Some(i)).await?);
+            }
+        }
+    }
+    let addrs: Vec<String> = instances.iter().map(|i| i.addr.to_string()).collect();
+    println!("READY {}", addrs.join(","));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let mut words = line.split_whitespace();
+        match (
+            words.next(),
+            words.next().and_then(|w| w.parse::<usize>().ok()),
+        ) {
+            (Some("kill"), Some(i)) => match instances.get(i).and_then(|i| i.killer.as_ref()) {
+                Some(k) => {
+                    k.kill();
+                    println!("KILLED {i}");
+                }
+                None => eprintln!("serve: instance {i} is not killable"),
+            },
+            _ => eprintln!("serve: unknown command {line:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// One scaler per instance, all joined into one cluster.
+fn scalers(args: &ServeArgs) -> Result<Vec<BoxedScaler>> {
+    match &args.scaler {
+        ScalerOpt::Memory => {
+            let first = MemoryScaler::default();
+            let others: Vec<BoxedScaler> = (1..args.instances)
+                .map(|_| BoxedScaler::Memory(first.instance()))
+                .collect();
+            let mut all = vec![BoxedScaler::Memory(first)];
+            all.extend(others);
+            Ok(all)
+        }
+        ScalerOpt::Redis(url) => redis_scalers(url, args.instances),
+    }
+}
+
+/// A scaler of some implementation, before it goes into a server.
+enum BoxedScaler {
+    Memory(MemoryScaler),
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_scalers(_url: &str, _n: usize) -> Result<Vec<BoxedScaler>> {
+    Err("--scaler redis needs sss-bench built with `--features redis`".into())
+}
+
+#[cfg(feature = "redis")]
+fn redis_scalers(_url: &str, _n: usize) -> Result<Vec<BoxedScaler>> {
+    // The RedisScaler of sss-server plugs in here (a `BoxedScaler::Redis` variant built from the
+    // URL) once it lands; the load side already runs two server processes for it.
+    Err("the RedisScaler is not wired into sss-bench yet".into())
+}
+
+#[derive(Deserialize)]
+struct PublishReq {
+    ch: String,
+    msg: Box<RawValue>,
+}
+
+async fn build_server(scaler: BoxedScaler) -> Result<Server> {
+    fn with_handlers<S: Scaler>(scaler: S) -> sss_server::ServerBuilder {
+        Server::builder(scaler)
+            .on_ask("echo", |_socket: Socket, msg: Box<RawValue>| async move {
+                Ok::<_, Rejection>(msg)
+            })
+            .on_ask("publish", |socket: Socket, req: PublishReq| async move {
+                let server = socket
+                    .server()
+                    .ok_or_else(|| Rejection::new(codes::INTERNAL, "server gone"))?;
+                let pos = server
+                    .publish(&req.ch, "m", &*req.msg)
+                    .await
+                    .map_err(|e| Rejection::new(codes::UNAVAILABLE, e.to_string()))?;
+                Ok::<_, Rejection>(pos.seq)
+            })
+    }
+    let builder = match scaler {
+        BoxedScaler::Memory(s) => with_handlers(s),
+    };
+    Ok(builder.build().await?)
+}
+
+async fn sss_instance(server: Server, killable: bool) -> Result<Instance> {
+    if !killable {
+        let listening = server.listen("127.0.0.1:0").await?;
+        let addr = listening.local_addr();
+        // The listener runs until the process ends.
+        tokio::spawn(listening.stopped());
+        return Ok(Instance { addr, killer: None });
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    let held = conns.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            let Ok(tcp) = keep_duplicate(tcp, &held) else {
+                continue;
+            };
+            let server = server.clone();
+            tokio::spawn(async move { server.serve_io(tcp, Some(peer)).await });
+        }
+    });
+    Ok(Instance {
+        addr,
+        killer: Some(Killer { accept, conns }),
+    })
+}
+
+/// Keeps a duplicate of the connection's descriptor, so the instance can be killed later.
+fn keep_duplicate(
+    tcp: TcpStream,
+    held: &Mutex<Vec<std::net::TcpStream>>,
+) -> std::io::Result<TcpStream> {
+    tcp.set_nodelay(true)?;
+    let std = tcp.into_std()?;
+    let dup = std.try_clone()?;
+    held.lock().unwrap_or_else(|e| e.into_inner()).push(dup);
+    TcpStream::from_std(std)
+}
+
+async fn echo_instance() -> Result<Instance> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            tokio::spawn(echo_conn(tcp));
+        }
+    });
+    Ok(Instance { addr, killer: None })
+}
+
+/// The baseline's whole per-connection work: read a message, write it back.
+async fn echo_conn(tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_text() || msg.is_binary() {
+            if ws.send(msg).await.is_err() {
+                break;
+            }
+        } else if msg.is_close() {
+            break;
+        }
+    }
+}
