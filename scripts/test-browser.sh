@@ -39,7 +39,8 @@ trap 'exit 130' INT TERM
 T=$SECONDS
 log "building the test server (native) and the npm package"
 cargo build --quiet -p sss-tests --bin browser-test-server
-SERVER_BIN=$REPO/target/debug/browser-test-server
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+SERVER_BIN=$TARGET_DIR/debug/browser-test-server
 scripts/build-pkg.sh
 log "builds took $((SECONDS - T))s"
 
@@ -106,7 +107,7 @@ stop_server
 T=$SECONDS
 log "c. the chat demo in two pages (tests/browser/demo.test.cjs)"
 cargo build --quiet -p sss-server --example chat
-"$REPO/target/debug/examples/chat" --addr 127.0.0.1:0 > "$WORK/demo.log" 2>&1 &
+"$TARGET_DIR/debug/examples/chat" --addr 127.0.0.1:0 > "$WORK/demo.log" 2>&1 &
 SERVER_PID=$!
 DEMO_URL=
 for _ in $(seq 1 100); do
