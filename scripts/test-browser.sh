@@ -44,31 +44,35 @@ SERVER_BIN=$TARGET_DIR/debug/browser-test-server
 scripts/build-pkg.sh
 log "builds took $((SECONDS - T))s"
 
-# Starts a fresh test server; sets URL (http://127.0.0.1:PORT).
+# start_server SED_EXPR CMD...: starts a fresh server, waits for the line from which SED_EXPR
+# extracts its URL, and sets URL (http://127.0.0.1:PORT).
 start_server() {
   stop_server
+  local pattern=$1
+  shift
   : > "$WORK/server.log"
-  "$SERVER_BIN" > "$WORK/server.log" 2>&1 &
+  "$@" > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   URL=
   for _ in $(seq 1 100); do
-    URL=$(sed -n 's/^LISTENING //p' "$WORK/server.log")
+    URL=$(sed -n "$pattern" "$WORK/server.log")
     [ -n "$URL" ] && break
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
   done
   if [ -z "$URL" ]; then
     cat "$WORK/server.log" >&2
-    log "ERROR: the test server did not start"
+    log "ERROR: $1 did not start"
     exit 1
   fi
-  log "test server at $URL (pid $SERVER_PID)"
+  log "server at $URL (pid $SERVER_PID)"
 }
+TEST_SERVER=('s/^LISTENING //p' "$SERVER_BIN")
 
 FAILED=()
 
 # ---- a. wasm-bindgen-test in headless Chromium -------------------------------------------------
-start_server
+start_server "${TEST_SERVER[@]}"
 T=$SECONDS
 log "a. wasm-bindgen-test (client-wasm/tests/browser.rs)"
 if (
@@ -87,7 +91,7 @@ else
 fi
 
 # ---- b. the npm package from plain JS (playwright-core + node --test) --------------------------
-start_server
+start_server "${TEST_SERVER[@]}"
 T=$SECONDS
 log "b. npm package in a page (tests/browser/package.test.cjs)"
 if (
@@ -107,29 +111,18 @@ stop_server
 T=$SECONDS
 log "c. the chat demo in two pages (tests/browser/demo.test.cjs)"
 cargo build --quiet -p sss-server --example chat
-"$TARGET_DIR/debug/examples/chat" --addr 127.0.0.1:0 > "$WORK/demo.log" 2>&1 &
-SERVER_PID=$!
-DEMO_URL=
-for _ in $(seq 1 100); do
-  DEMO_URL=$(sed -n 's/.*open \(http[^ ]*\) in a browser.*/\1/p' "$WORK/demo.log")
-  [ -n "$DEMO_URL" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$DEMO_URL" ]; then
-  cat "$WORK/demo.log" >&2
-  log "c. FAILED: the demo did not start"
-  FAILED+=("demo")
-elif (
+start_server 's/.*open \(http[^ ]*\) in a browser.*/\1/p' \
+  "$TARGET_DIR/debug/examples/chat" --addr 127.0.0.1:0
+if (
   # shellcheck source=scripts/wasm-env.sh
   source scripts/wasm-env.sh
-  SSS_DEMO_URL="$DEMO_URL" node --test tests/browser/demo.test.cjs
+  SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs
 ); then
   log "c. passed in $((SECONDS - T))s (screenshots: target/demo-ann.png, target/demo-bob.png)"
 else
   log "c. FAILED in $((SECONDS - T))s"
   FAILED+=("demo (playwright)")
-  tail -n 30 "$WORK/demo.log" >&2
+  tail -n 30 "$WORK/server.log" >&2
 fi
 stop_server
 

@@ -6,7 +6,7 @@
 const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
 const path = require("node:path");
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium.cjs");
 
 const BASE = process.env.SSS_DEMO_URL;
 if (!BASE) throw new Error("SSS_DEMO_URL is not set: run scripts/test.sh");
@@ -29,19 +29,7 @@ async function userPage(name) {
 }
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROME_BIN || "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-dev-shm-usage",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--disable-quic",
-      "--no-first-run",
-    ],
-  });
+  browser = await launch();
 });
 
 after(async () => {

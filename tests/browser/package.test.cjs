@@ -4,7 +4,7 @@
 "use strict";
 const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
-const { chromium } = require("playwright-core");
+const { launch } = require("./chromium.cjs");
 
 const BASE = process.env.SSS_TEST_URL;
 if (!BASE) throw new Error("SSS_TEST_URL is not set: run scripts/test-browser.sh");
@@ -14,20 +14,7 @@ let page;
 const pageErrors = [];
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROME_BIN || "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-dev-shm-usage",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-extensions",
-    ],
-  });
+  browser = await launch();
   page = await browser.newPage();
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   page.on("console", (m) => {

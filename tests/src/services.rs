@@ -13,6 +13,27 @@ use tokio::net::TcpStream;
 /// How long a spawned `redis-server` may take to answer PING.
 const READY: Duration = Duration::from_secs(10);
 
+/// A key prefix (Redis keys, MongoDB collections) no other test of this process uses.
+pub fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "sss_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A plain Redis connection, to play the part of an operator or a failure.
+pub async fn redis_admin(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("redis url");
+    crate::within(
+        "admin connection",
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("admin connection")
+}
+
 /// How a spawned `redis-server` keeps its data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Persistence {

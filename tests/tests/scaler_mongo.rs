@@ -6,7 +6,6 @@
 //! names one: the same tests then run unchanged against a real MongoDB.
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use mongodb::bson::{doc, Document};
 use sss_server::scaler::{History, MongoOptions, MongoScaler, Scaler, ScalerError};
 use sss_server::Position;
 use sss_tests::conformance::{msg, Backend, Cluster, Node};
-use sss_tests::services::{MongoServer, Persistence, RedisServer};
+use sss_tests::services::{redis_admin, unique_prefix, MongoServer, Persistence, RedisServer};
 use sss_tests::{within, WAIT};
 use tokio::sync::mpsc;
 
@@ -23,26 +22,6 @@ use tokio::sync::mpsc;
 struct Mongo {
     redis: RedisServer,
     mongo: MongoServer,
-}
-
-fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "sss_test_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A plain Redis connection, to play the part of an operator or a failure.
-async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(url).expect("redis url");
-    within(
-        "admin connection",
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .expect("admin connection")
 }
 
 /// The scaler's Redis keys for one channel (see the redis module's docs).
@@ -100,7 +79,7 @@ impl Backend for Mongo {
                     // Both tiers lose the channel.
                     let deleted: u64 = redis::cmd("DEL")
                         .arg(&keys)
-                        .query_async(&mut admin(&url).await)
+                        .query_async(&mut redis_admin(&url).await)
                         .await
                         .expect("DEL");
                     assert_eq!(deleted, 3, "the channel's keys existed");
@@ -241,7 +220,7 @@ async fn seq_handed_out_twice_starts_a_new_epoch() {
     }
     // Redis "forgets" the last three seqs (and its window, which a stream cannot rewind).
     let [_, seq_key, hist_key] = redis_keys(&opts.prefix, "f");
-    let mut conn = admin(redis.url()).await;
+    let mut conn = redis_admin(redis.url()).await;
     let () = redis::cmd("SET")
         .arg(&seq_key)
         .arg(7)

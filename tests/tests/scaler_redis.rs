@@ -1,40 +1,19 @@
 //! The scaler conformance suite against the Redis scaler on a real `redis-server`, and what a
 //! Redis restart or a dropped connection does to a cluster.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sss_server::scaler::{History, RedisOptions, RedisScaler, Scaler, ScalerError, ScalerEvent};
 use sss_server::Position;
 use sss_tests::conformance::{msg, Backend, Cluster, Node};
-use sss_tests::services::{Persistence, RedisServer};
+use sss_tests::services::{redis_admin, unique_prefix, Persistence, RedisServer};
 use sss_tests::{within, WAIT};
 use tokio::sync::mpsc;
 
 /// A Redis server of the test's own (or `REDIS_URL`); each cluster gets its own key prefix.
 struct Redis {
     server: RedisServer,
-}
-
-fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "sss-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A plain connection, to play the part of an operator or a failure.
-async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(url).expect("redis url");
-    within(
-        "admin connection",
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .expect("admin connection")
 }
 
 #[async_trait::async_trait]
@@ -68,7 +47,7 @@ impl Backend for Redis {
                     let keys = ["epoch", "seq", "hist"].map(|k| format!("{base}:{k}"));
                     let deleted: u64 = redis::cmd("DEL")
                         .arg(&keys)
-                        .query_async(&mut admin(&url).await)
+                        .query_async(&mut redis_admin(&url).await)
                         .await
                         .expect("DEL");
                     assert_eq!(deleted, 3, "the channel's keys existed");
@@ -195,7 +174,7 @@ async fn dropped_pubsub_connection_closes_the_gap() {
     assert_eq!(b.next_pub().await.1.position.seq, 1);
     let killed: u64 = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "pubsub"])
-        .query_async(&mut admin(server.url()).await)
+        .query_async(&mut redis_admin(server.url()).await)
         .await
         .expect("CLIENT KILL");
     assert!(killed >= 1, "killed the pub/sub connections");
