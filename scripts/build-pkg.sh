@@ -3,10 +3,10 @@
 # client-wasm (sss-wasm). One command, idempotent; never edit pkg/dist by hand.
 #
 #   1. cargo build -p sss-wasm --target wasm32-unknown-unknown --profile wasm-release
-#      (opt-level "z", fat LTO, one codegen unit: [profile.wasm-release] in the root Cargo.toml),
+#      (opt-level "s", fat LTO, one codegen unit: [profile.wasm-release] in the root Cargo.toml),
 #      with Debian's rustc from scripts/wasm-env.sh, into target/wasm-pkg
 #   2. wasm-bindgen --target web | bundler | nodejs  (out-name "sss")
-#   3. wasm-opt -Oz on every .wasm
+#   3. wasm-opt -Oz --converge on every .wasm
 #   4. prints the gzipped size of the web target's .wasm + JS glue (budget: 80 KB)
 #
 # SSS_WASM_STD=prebuilt uses the wasm32 std installed by scripts/install-wasm-toolchain.sh
@@ -55,12 +55,13 @@ STAMP_FILE=$CARGO_TARGET_DIR/pkg-dist.stamp
 if [ ! -f "$DIST/web/sss_bg.wasm" ] || [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$STAMP" ]; then
   rm -rf "$DIST.tmp"
   mkdir -p "$DIST.tmp"
-  log "wasm-bindgen (web, bundler, nodejs) and wasm-opt -Oz"
+  log "wasm-bindgen (web, bundler, nodejs) and wasm-opt -Oz --converge"
   for pair in web:web bundler:bundler nodejs:node; do
     target=${pair%%:*}
     dir=$DIST.tmp/${pair##*:}
     wasm-bindgen --target "$target" --out-dir "$dir" --out-name sss "$WASM"
-    wasm-opt -Oz --strip-debug --strip-producers \
+    # --converge repeats -Oz until the module stops shrinking (~0.3 KB gzipped).
+    wasm-opt -Oz --converge --strip-debug --strip-producers \
       --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
       --enable-multivalue --enable-sign-ext \
       "$dir/sss_bg.wasm" -o "$dir/sss_bg.wasm"

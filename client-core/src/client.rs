@@ -29,8 +29,7 @@ mod error;
 mod event;
 mod time;
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -127,14 +126,16 @@ pub struct Client {
     server_error: Option<String>,
     next_ask: u64,
     next_sub: u64,
-    /// Every ask not completed yet, by id. Ids and deadlines grow together, so the first entry
-    /// has the earliest deadline.
-    asks: BTreeMap<u64, PendingAsk>,
+    /// Every ask not completed yet, in id order. Ids and deadlines grow together, so the first
+    /// entry has the earliest deadline. (Sorted sequences, not maps: each map type would be
+    /// monomorphized into the browser build at several kilobytes apiece.)
+    asks: VecDeque<(u64, PendingAsk)>,
     queue: VecDeque<Queued>,
-    subs: BTreeMap<String, Subscription>,
+    /// Every subscription, sorted by channel name (the order they are resent in).
+    subs: Vec<(String, Subscription)>,
     /// Ids of the subscriptions resent on reconnect still awaiting an answer (while
     /// [`Status::Syncing`]).
-    syncing: BTreeSet<u64>,
+    syncing: Vec<u64>,
     transmits: VecDeque<String>,
     events: VecDeque<Event>,
     actions: VecDeque<Action>,
@@ -157,10 +158,10 @@ impl Client {
             server_error: None,
             next_ask: 1,
             next_sub: 1,
-            asks: BTreeMap::new(),
+            asks: VecDeque::new(),
             queue: VecDeque::new(),
-            subs: BTreeMap::new(),
-            syncing: BTreeSet::new(),
+            subs: Vec::new(),
+            syncing: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             actions: VecDeque::new(),
@@ -235,7 +236,7 @@ impl Client {
                 msg,
             } => self.handle_pub(ch, topic, pos, msg),
             ServerFrame::Unsubbed { ch, code, reason } => {
-                if let Some(sub) = self.subs.remove(&ch) {
+                if let Some(sub) = self.remove_sub(&ch) {
                     self.settle_sync(sub.awaiting);
                     self.events.push_back(Event::Unsubscribed {
                         channel: ch,
@@ -324,7 +325,8 @@ impl Client {
         }
         self.next_ask += 1;
         let deadline = now + self.config.ask_timeout;
-        self.asks.insert(id, PendingAsk { deadline, sent });
+        // Ids only grow: pushing keeps `asks` sorted.
+        self.asks.push_back((id, PendingAsk { deadline, sent }));
         Ok(AskId(id))
     }
 
@@ -360,9 +362,10 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.check_open()?;
         classify_channel(channel)?;
-        if self.subs.contains_key(channel) {
-            return Err(ClientError::AlreadySubscribed);
-        }
+        let slot = match self.find_sub(channel) {
+            Ok(_) => return Err(ClientError::AlreadySubscribed),
+            Err(slot) => slot,
+        };
         let awaiting = self.is_welcomed().then(|| {
             let id = bump(&mut self.next_sub);
             self.send(&ClientFrame::Sub {
@@ -374,12 +377,15 @@ impl Client {
             id
         });
         self.subs.insert(
-            channel.to_owned(),
-            Subscription {
-                query,
-                last: None,
-                awaiting,
-            },
+            slot,
+            (
+                channel.to_owned(),
+                Subscription {
+                    query,
+                    last: None,
+                    awaiting,
+                },
+            ),
         );
         Ok(())
     }
@@ -387,7 +393,7 @@ impl Client {
     /// Leaves `channel` (nothing happens if the client is not subscribed to it). No event
     /// follows, and no publication of the channel is delivered any more.
     pub fn unsubscribe(&mut self, _now: Instant, channel: &str) {
-        if let Some(sub) = self.subs.remove(channel) {
+        if let Some(sub) = self.remove_sub(channel) {
             self.settle_sync(sub.awaiting);
             if self.is_welcomed() {
                 self.send(&ClientFrame::Unsub {
@@ -433,7 +439,7 @@ impl Client {
             } => Some(last_rx + liveness),
             Conn::Open { liveness: None, .. } | Conn::Closed => None,
         };
-        let ask = self.asks.values().next().map(|ask| ask.deadline);
+        let ask = self.asks.front().map(|(_, ask)| ask.deadline);
         conn.into_iter().chain(ask).min()
     }
 
@@ -469,7 +475,7 @@ impl Client {
 
     /// The last position seen on a subscribed channel: it is where a resync resumes.
     pub fn position(&self, channel: &str) -> Option<&Position> {
-        self.subs.get(channel).and_then(|sub| sub.last.as_ref())
+        self.sub(channel).and_then(|sub| sub.last.as_ref())
     }
 
     // ---- Connection lifecycle -----------------------------------------------------------
@@ -527,7 +533,7 @@ impl Client {
             let id = bump(&mut self.next_sub);
             sub.awaiting = Some(id);
             if reconnect {
-                self.syncing.insert(id);
+                self.syncing.push(id);
             }
             let frame = ClientFrame::Sub {
                 id,
@@ -540,8 +546,9 @@ impl Client {
         self.expire_asks(now);
         while let Some(queued) = self.queue.pop_front() {
             let frame = match queued {
-                Queued::Ask { id, topic, msg } => match self.asks.get_mut(&id) {
-                    Some(ask) => {
+                Queued::Ask { id, topic, msg } => match self.ask_index(id) {
+                    Some(i) => {
+                        let ask = &mut self.asks[i].1;
                         ask.sent = true;
                         ClientFrame::Ask { id, topic, msg }
                     }
@@ -585,15 +592,17 @@ impl Client {
         self.welcome = None;
         self.transmits.clear();
         self.syncing.clear();
-        for sub in self.subs.values_mut() {
+        for (_, sub) in &mut self.subs {
             sub.awaiting = None;
         }
-        let sent: Vec<u64> = (self.asks.iter())
-            .filter(|(_, ask)| ask.sent)
-            .map(|(&id, _)| id)
-            .collect();
+        let mut sent = Vec::new();
+        self.asks.retain(|&(id, ref ask)| {
+            if ask.sent {
+                sent.push(id);
+            }
+            !ask.sent
+        });
         for id in sent {
-            self.asks.remove(&id);
             self.ask_done(id, Err(AskError::disconnected()));
         }
         let delay = backoff_delay(&self.config.reconnect, self.attempt, self.rng.next_u64());
@@ -612,7 +621,7 @@ impl Client {
         self.queue.clear();
         self.subs.clear();
         self.syncing.clear();
-        for id in std::mem::take(&mut self.asks).into_keys() {
+        for (id, _) in std::mem::take(&mut self.asks) {
             self.ask_done(id, Err(AskError::closed()));
         }
         self.set_status(Status::Closed);
@@ -622,9 +631,9 @@ impl Client {
     // ---- Asks ---------------------------------------------------------------------------
 
     fn complete(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
-        if let Entry::Occupied(entry) = self.asks.entry(id) {
-            if entry.get().sent {
-                entry.remove();
+        if let Some(i) = self.ask_index(id) {
+            if self.asks[i].1.sent {
+                self.asks.remove(i);
                 self.ask_done(id, result);
             }
         }
@@ -633,20 +642,29 @@ impl Client {
     /// Fails every ask whose deadline passed, queued or sent.
     fn expire_asks(&mut self, now: Instant) {
         let mut dropped_queued = false;
-        while let Some(entry) = self.asks.first_entry() {
-            if entry.get().deadline > now {
+        while self
+            .asks
+            .front()
+            .is_some_and(|(_, ask)| ask.deadline <= now)
+        {
+            let Some((id, ask)) = self.asks.pop_front() else {
                 break;
-            }
-            let (id, ask) = entry.remove_entry();
+            };
             dropped_queued |= !ask.sent;
             self.ask_done(id, Err(AskError::timeout()));
         }
         if dropped_queued {
             let asks = &self.asks;
-            self.queue.retain(
-                |queued| !matches!(queued, Queued::Ask { id, .. } if !asks.contains_key(id)),
-            );
+            self.queue.retain(|queued| {
+                !matches!(queued, Queued::Ask { id, .. }
+                    if asks.binary_search_by_key(id, |&(a, _)| a).is_err())
+            });
         }
+    }
+
+    /// Where the pending ask `id` is in `asks`.
+    fn ask_index(&self, id: u64) -> Option<usize> {
+        self.asks.binary_search_by_key(&id, |&(a, _)| a).ok()
     }
 
     fn ask_done(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
@@ -667,7 +685,7 @@ impl Client {
     // ---- Subscriptions ------------------------------------------------------------------
 
     fn handle_subok(&mut self, id: u64, channel: String, pos: Position, recovered: Option<bool>) {
-        let Some(sub) = self.subs.get_mut(&channel) else {
+        let Some(sub) = self.sub_mut(&channel) else {
             return;
         };
         if sub.awaiting != Some(id) {
@@ -691,10 +709,10 @@ impl Client {
     }
 
     fn handle_subrej(&mut self, id: u64, channel: String, error: AskError) {
-        if self.subs.get(&channel).and_then(|sub| sub.awaiting) != Some(id) {
+        if self.sub(&channel).and_then(|sub| sub.awaiting) != Some(id) {
             return;
         }
-        self.subs.remove(&channel);
+        self.remove_sub(&channel);
         self.events
             .push_back(Event::SubscribeFailed { channel, error });
         self.settle_sync(Some(id));
@@ -709,9 +727,10 @@ impl Client {
         position: Position,
         msg: Box<RawValue>,
     ) {
-        let Some(sub) = self.subs.get_mut(&channel) else {
+        let Some(i) = self.find_sub(&channel).ok() else {
             return;
         };
+        let sub = &mut self.subs[i].1;
         if sub.awaiting.is_some() {
             return;
         }
@@ -745,11 +764,30 @@ impl Client {
     /// A subscription awaiting an answer got one (or went away): maybe syncing is over.
     fn settle_sync(&mut self, id: Option<u64>) {
         if let Some(id) = id {
-            self.syncing.remove(&id);
+            self.syncing.retain(|&s| s != id);
         }
         if self.status == Status::Syncing && self.syncing.is_empty() {
             self.set_status(Status::Ready);
         }
+    }
+
+    /// Where `channel` is in `subs` (`Err`: where it would be inserted).
+    fn find_sub(&self, channel: &str) -> Result<usize, usize> {
+        self.subs.binary_search_by(|(c, _)| c.as_str().cmp(channel))
+    }
+
+    fn sub(&self, channel: &str) -> Option<&Subscription> {
+        self.find_sub(channel).ok().map(|i| &self.subs[i].1)
+    }
+
+    fn sub_mut(&mut self, channel: &str) -> Option<&mut Subscription> {
+        let i = self.find_sub(channel).ok()?;
+        Some(&mut self.subs[i].1)
+    }
+
+    fn remove_sub(&mut self, channel: &str) -> Option<Subscription> {
+        let i = self.find_sub(channel).ok()?;
+        Some(self.subs.remove(i).1)
     }
 
     // ---- Small helpers ------------------------------------------------------------------

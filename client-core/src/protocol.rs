@@ -313,36 +313,357 @@ pub enum ServerFrame {
     Pong {},
 }
 
-/// The flat shape every frame is decoded through (serde cannot put [`RawValue`]s inside
-/// internally tagged enums).
-#[derive(Deserialize)]
+/// The flat shape every frame is decoded through: every field any frame kind has.
+///
+/// It is filled by a small hand-written reader ([`parse_wire`]) rather than a serde derive: the
+/// derive pulls serde's whole typed-deserialization machinery (and float formatting for its
+/// error messages) into the browser build. The reader accepts exactly what the derive accepted
+/// (an object, or an array of the fields in order; unknown keys ignored; repeated keys refused),
+/// which the tests check against the derive.
+#[derive(Debug)]
 struct Wire<'a> {
-    #[serde(borrow)]
     t: Cow<'a, str>,
     v: Option<u32>,
     id: Option<u64>,
-    #[serde(borrow)]
     topic: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     msg: Option<&'a RawValue>,
-    #[serde(borrow)]
     ch: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     q: Option<&'a RawValue>,
     since: Option<Position>,
     pos: Option<Position>,
     recovered: Option<bool>,
-    #[serde(borrow)]
     socket: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     user: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     session: Option<Cow<'a, str>>,
     hb: Option<u64>,
-    #[serde(borrow)]
     code: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     reason: Option<Cow<'a, str>>,
+}
+
+/// The keys of [`Wire`], in field order (the order of the array form).
+const WIRE_KEYS: [&str; 16] = [
+    "t",
+    "v",
+    "id",
+    "topic",
+    "msg",
+    "ch",
+    "q",
+    "since",
+    "pos",
+    "recovered",
+    "socket",
+    "user",
+    "session",
+    "hb",
+    "code",
+    "reason",
+];
+
+fn malformed(what: &str, at: usize) -> ProtocolError {
+    ProtocolError::Malformed(format!("{what} at byte {at}"))
+}
+
+/// A short description of a JSON syntax error, without formatting serde_json's own message
+/// (which would link its float formatting into the browser build).
+fn json_error(e: &serde_json::Error, offset: usize) -> ProtocolError {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Eof => "unexpected end of JSON",
+        Category::Syntax => "invalid JSON",
+        Category::Data | Category::Io => "invalid JSON value",
+    };
+    ProtocolError::Malformed(format!(
+        "{what} (line {}, column {}) at byte {offset}",
+        e.line(),
+        e.column()
+    ))
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\t' | b'\r')
+}
+
+/// Where the JSON value starting at `i` ends, found by its brackets and quotes only: the slice
+/// is then checked by serde_json (a malformed value never passes).
+fn value_end(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    while let Some(&c) = b.get(i) {
+        i += 1;
+        if in_str {
+            match c {
+                b'\\' => i += 1,
+                b'"' => {
+                    in_str = false;
+                    if depth == 0 {
+                        return i;
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            c if depth == 0 && (is_ws(c) || matches!(c, b',' | b'}' | b']')) => return i - 1,
+            _ => {}
+        }
+    }
+    b.len()
+}
+
+/// A cursor over one JSON text.
+struct Reader<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// The next byte after whitespace (not consumed).
+    fn peek(&mut self) -> Option<u8> {
+        let b = self.s.as_bytes();
+        while b.get(self.i).copied().is_some_and(is_ws) {
+            self.i += 1;
+        }
+        b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let found = self.peek() == Some(c);
+        self.i += usize::from(found);
+        found
+    }
+
+    fn expect(&mut self, c: u8, what: &str) -> Result<(), ProtocolError> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(malformed(what, self.i))
+        }
+    }
+
+    /// One JSON value, checked by serde_json, borrowed from the text.
+    fn value(&mut self) -> Result<&'a RawValue, ProtocolError> {
+        if self.peek().is_none() {
+            return Err(malformed("expected a value", self.i));
+        }
+        let start = self.i;
+        self.i = value_end(self.s.as_bytes(), start);
+        let text = self.s.get(start..self.i).unwrap_or_default();
+        serde_json::from_str(text).map_err(|e| json_error(&e, start))
+    }
+
+    /// An object's key.
+    fn key(&mut self) -> Result<Cow<'a, str>, ProtocolError> {
+        if self.peek() != Some(b'"') {
+            return Err(malformed("expected a key", self.i));
+        }
+        let start = self.i;
+        self.i = value_end(self.s.as_bytes(), start);
+        string(self.s.get(start..self.i).unwrap_or_default(), start)
+    }
+}
+
+/// The values of a struct-like JSON value with these `keys`: an object (unknown keys are
+/// checked and ignored, a repeated key is an error) or an array of exactly one value per key,
+/// in order. `json` may have whitespace around the value, nothing else.
+fn fields<'a, const N: usize>(
+    json: &'a str,
+    keys: &[&str; N],
+) -> Result<[Option<&'a RawValue>; N], ProtocolError> {
+    let mut out = [None; N];
+    let mut r = Reader { s: json, i: 0 };
+    if r.eat(b'[') {
+        for (n, slot) in out.iter_mut().enumerate() {
+            if n > 0 {
+                r.expect(b',', "expected `,`")?;
+            }
+            *slot = Some(r.value()?);
+        }
+        r.expect(b']', "expected `]`")?;
+    } else {
+        r.expect(b'{', "expected an object")?;
+        if !r.eat(b'}') {
+            loop {
+                let at = r.i;
+                let key = r.key()?;
+                r.expect(b':', "expected `:`")?;
+                let value = r.value()?;
+                if let Some(n) = keys.iter().position(|k| *k == key) {
+                    if out[n].replace(value).is_some() {
+                        return Err(malformed("repeated key", at));
+                    }
+                }
+                if r.eat(b'}') {
+                    break;
+                }
+                r.expect(b',', "expected `,` or `}`")?;
+            }
+        }
+    }
+    match r.peek() {
+        None => Ok(out),
+        Some(_) => Err(malformed("trailing characters", r.i)),
+    }
+}
+
+/// Where a raw value starts in the frame (for error messages).
+fn offset(frame: &str, v: Option<&RawValue>) -> usize {
+    v.map_or(0, |v| {
+        (v.get().as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize)
+    })
+}
+
+/// A JSON string literal (already checked by serde_json, or a key), unescaped, with the same
+/// rules as serde_json for strings: no control characters, surrogates paired.
+fn string(lit: &str, at: usize) -> Result<Cow<'_, str>, ProtocolError> {
+    let bad = || malformed("invalid string", at);
+    let body = lit
+        .strip_prefix('"')
+        .and_then(|l| l.strip_suffix('"'))
+        .filter(|_| lit.len() >= 2)
+        .ok_or_else(bad)?;
+    if body.bytes().any(|b| b < 0x20) {
+        return Err(bad());
+    }
+    if !body.contains('\\') {
+        return Ok(Cow::Borrowed(body));
+    }
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars();
+    let hex = |chars: &mut std::str::Chars<'_>| -> Option<u32> {
+        let mut n = 0;
+        for _ in 0..4 {
+            n = n * 16 + chars.next()?.to_digit(16)?;
+        }
+        Some(n)
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next().ok_or_else(bad)? {
+            '"' => '"',
+            '\\' => '\\',
+            '/' => '/',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let n = hex(&mut chars).ok_or_else(bad)?;
+                let n = if (0xD800..0xDC00).contains(&n) {
+                    let low = match (chars.next(), chars.next()) {
+                        (Some('\\'), Some('u')) => hex(&mut chars).ok_or_else(bad)?,
+                        _ => return Err(bad()),
+                    };
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return Err(bad());
+                    }
+                    0x1_0000 + ((n - 0xD800) << 10) + (low - 0xDC00)
+                } else {
+                    n
+                };
+                char::from_u32(n).ok_or_else(bad)?
+            }
+            _ => return Err(bad()),
+        });
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// `None` for a missing field or `null`.
+fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
+    v.filter(|v| v.get() != "null")
+}
+
+fn opt_string<'a>(
+    frame: &'a str,
+    v: Option<&'a RawValue>,
+) -> Result<Option<Cow<'a, str>>, ProtocolError> {
+    non_null(v)
+        .map(|v| string(v.get(), offset(frame, Some(v))))
+        .transpose()
+}
+
+/// A non-negative integer that fits in a `u64` (serde_json refuses `-0`, fractions and
+/// exponents for integers too).
+fn opt_u64(frame: &str, v: Option<&RawValue>) -> Result<Option<u64>, ProtocolError> {
+    let Some(v) = non_null(v) else {
+        return Ok(None);
+    };
+    let digits = v.get();
+    let mut n: u64 = 0;
+    for b in digits.bytes() {
+        n = b
+            .is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+            .ok_or_else(|| malformed("expected a non-negative integer", offset(frame, Some(v))))?;
+    }
+    Ok(Some(n))
+}
+
+fn opt_u32(frame: &str, v: Option<&RawValue>) -> Result<Option<u32>, ProtocolError> {
+    opt_u64(frame, v)?
+        .map(|n| u32::try_from(n).map_err(|_| malformed("integer out of range", offset(frame, v))))
+        .transpose()
+}
+
+fn opt_bool(frame: &str, v: Option<&RawValue>) -> Result<Option<bool>, ProtocolError> {
+    match non_null(v).map(RawValue::get) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(malformed("expected a boolean", offset(frame, v))),
+    }
+}
+
+fn opt_position(frame: &str, v: Option<&RawValue>) -> Result<Option<Position>, ProtocolError> {
+    let Some(v) = non_null(v) else {
+        return Ok(None);
+    };
+    let [e, s] = fields(v.get(), &["e", "s"])?;
+    let at = offset(frame, Some(v));
+    let missing = || malformed("position needs `e` and `s`", at);
+    Ok(Some(Position {
+        epoch: opt_string(frame, e)?.ok_or_else(missing)?.into_owned(),
+        seq: opt_u64(frame, s)?.ok_or_else(missing)?,
+    }))
+}
+
+fn parse_wire(frame: &str) -> Result<Wire<'_>, ProtocolError> {
+    let [t, v, id, topic, msg, ch, q, since, pos, recovered, socket, user, session, hb, code, reason] =
+        fields(frame, &WIRE_KEYS)?;
+    let f = frame;
+    Ok(Wire {
+        t: opt_string(f, t)?.ok_or_else(|| malformed("missing frame kind `t`", 0))?,
+        v: opt_u32(f, v)?,
+        id: opt_u64(f, id)?,
+        topic: opt_string(f, topic)?,
+        msg: non_null(msg),
+        ch: opt_string(f, ch)?,
+        q: non_null(q),
+        since: opt_position(f, since)?,
+        pos: opt_position(f, pos)?,
+        recovered: opt_bool(f, recovered)?,
+        socket: opt_string(f, socket)?,
+        user: opt_string(f, user)?,
+        session: opt_string(f, session)?,
+        hb: opt_u64(f, hb)?,
+        code: opt_string(f, code)?,
+        reason: opt_string(f, reason)?,
+    })
 }
 
 fn null() -> Box<RawValue> {
@@ -364,10 +685,6 @@ fn text(
     field: &'static str,
 ) -> Result<String, ProtocolError> {
     req(v, kind, field).map(Cow::into_owned)
-}
-
-fn parse_wire(text: &str) -> Result<Wire<'_>, ProtocolError> {
-    serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
 impl ClientFrame {
@@ -403,9 +720,104 @@ impl ClientFrame {
     }
 
     /// Encodes the frame as the JSON text of one WebSocket text frame.
+    ///
+    /// Written out by hand (byte for byte what the `Serialize` derive gives, which the tests
+    /// check): the browser build then carries no serde serializer.
     pub fn encode(&self) -> String {
-        encode(self)
+        let mut out = String::with_capacity(64);
+        let kind = match self {
+            Self::Hello { .. } => "hello",
+            Self::Ask { .. } => "ask",
+            Self::Tell { .. } => "tell",
+            Self::Sub { .. } => "sub",
+            Self::Unsub { .. } => "unsub",
+            Self::Ping {} => "ping",
+            Self::Pong {} => "pong",
+        };
+        out.push_str("{\"t\":");
+        push_str(&mut out, kind);
+        match self {
+            Self::Hello { v } => push_u64(&mut out, "v", (*v).into()),
+            Self::Ask { id, topic, msg } => {
+                push_u64(&mut out, "id", *id);
+                push_key(&mut out, "topic");
+                push_str(&mut out, topic);
+                push_raw(&mut out, "msg", msg);
+            }
+            Self::Tell { topic, msg } => {
+                push_key(&mut out, "topic");
+                push_str(&mut out, topic);
+                push_raw(&mut out, "msg", msg);
+            }
+            Self::Sub { id, ch, q, since } => {
+                push_u64(&mut out, "id", *id);
+                push_key(&mut out, "ch");
+                push_str(&mut out, ch);
+                if let Some(q) = q {
+                    push_raw(&mut out, "q", q);
+                }
+                if let Some(since) = since {
+                    push_key(&mut out, "since");
+                    out.push_str("{\"e\":");
+                    push_str(&mut out, &since.epoch);
+                    push_u64(&mut out, "s", since.seq);
+                    out.push('}');
+                }
+            }
+            Self::Unsub { ch } => {
+                push_key(&mut out, "ch");
+                push_str(&mut out, ch);
+            }
+            Self::Ping {} | Self::Pong {} => {}
+        }
+        out.push('}');
+        out
     }
+}
+
+/// `,"key":`.
+fn push_key(out: &mut String, key: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+}
+
+fn push_u64(out: &mut String, key: &str, n: u64) {
+    push_key(out, key);
+    out.push_str(&n.to_string());
+}
+
+fn push_raw(out: &mut String, key: &str, raw: &RawValue) {
+    push_key(out, key);
+    out.push_str(raw.get());
+}
+
+/// A JSON string literal, escaped exactly as serde_json escapes it.
+fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut rest = s;
+    while let Some(i) = rest.find(|c: char| c < ' ' || c == '"' || c == '\\') {
+        out.push_str(&rest[..i]);
+        let c = rest.as_bytes()[i];
+        match c {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(c >> 4)]));
+                out.push(char::from(HEX[usize::from(c & 0xf)]));
+            }
+        }
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out.push('"');
 }
 
 impl ServerFrame {
@@ -510,7 +922,7 @@ fn encode<T: Serialize>(frame: &T) -> String {
 
 /// Parses `json` as a raw JSON payload, checking only that it is valid JSON.
 pub fn raw_json(json: impl Into<String>) -> Result<Box<RawValue>, ProtocolError> {
-    RawValue::from_string(json.into()).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    RawValue::from_string(json.into()).map_err(|e| json_error(&e, 0))
 }
 
 /// Serializes any value as a raw JSON payload.
@@ -755,6 +1167,160 @@ mod tests {
                     let _ = ServerFrame::decode(text);
                 }
             }
+        }
+    }
+
+    /// The serde derive the hand-written frame reader replaced: the reference it must match.
+    mod oracle {
+        use std::borrow::Cow;
+
+        use serde::Deserialize;
+        use serde_json::value::RawValue;
+
+        use crate::protocol::Position;
+
+        // Its fields are read through `Debug` only.
+        #[allow(dead_code)]
+        #[derive(Debug, Deserialize)]
+        pub(super) struct Wire<'a> {
+            #[serde(borrow)]
+            t: Cow<'a, str>,
+            v: Option<u32>,
+            id: Option<u64>,
+            #[serde(borrow)]
+            topic: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            msg: Option<&'a RawValue>,
+            #[serde(borrow)]
+            ch: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            q: Option<&'a RawValue>,
+            since: Option<Position>,
+            pos: Option<Position>,
+            recovered: Option<bool>,
+            #[serde(borrow)]
+            socket: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            user: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            session: Option<Cow<'a, str>>,
+            hb: Option<u64>,
+            #[serde(borrow)]
+            code: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            reason: Option<Cow<'a, str>>,
+        }
+    }
+
+    /// The frame reader and the serde derive agree on what they accept, and on what they read.
+    fn same_as_serde(text: &str) {
+        let ours = parse_wire(text).map(|w| format!("{w:?}"));
+        let theirs = serde_json::from_str::<oracle::Wire<'_>>(text).map(|w| format!("{w:?}"));
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{text:?}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{text:?}: ours {ours:?}, serde {theirs:?}"),
+        }
+    }
+
+    #[test]
+    fn frame_reader_matches_serde() {
+        let frames = [
+            r#"{"t":"welcome","v":1,"socket":"s-1","user":"ann","session":"x","hb":25000}"#,
+            r#" { "t" : "pub" , "ch":"room:1","topic":"msg","pos":{"e":"k3x","s":12},"msg":{"a":[1,2.5,"\u00e9",{"b":null}]} } "#,
+            r#"{"t":"subok","id":3,"ch":"c","pos":["e",0],"recovered":false,"x":[{"y":"]"}]}"#,
+            r#"{"t":"sub","id":8,"ch":"room:lobby","q":{"password":"x"},"since":{"e":"8c","s":41,"z":1}}"#,
+            r#"{"t":"rej","id":7,"code":"unknown_topic","reason":"a\"b\\c\/\b\f\n\r\t\ud83d\ude00"}"#,
+            r#"{"\u0074":"ping","v":null,"id":null,"msg":null,"q":null,"pos":null,"recovered":true}"#,
+            r#"["tell",null,null,"t",[1],null,null,null,null,null,null,null,null,null,null,null]"#,
+            r#"{"t":"a","v":4294967295,"id":18446744073709551615,"hb":0}"#,
+            r#"{"t":"a","v":4294967296,"id":18446744073709551616,"hb":-0}"#,
+            r#"{"t":"a","id":1.0,"hb":1e2,"v":01,"msg":-0.5e-3}"#,
+            r#"{"t":"x","t":"y"}"#,
+            r#"{"t":"x","pos":{"e":"a","e":"b","s":1}}"#,
+            r#"{"t":"x","topic":"\ud800","ch":"\udc00x","code":"\ud800\u0041"}"#,
+            r#"{"t":"x","msg":"\ud800","reason":"tab	here"}"#,
+            r#"{"t":"x",}"#,
+            r#"{"t":"x","msg":[1,]}"#,
+            r#"{"t":"x","msg":tru}"#,
+            r#"{"t":"x","msg":{"a" 1}}"#,
+            r#"{"t":"x","pos":[]}"#,
+            r#"{"t":"x","pos":["e",1,2]}"#,
+            r#"{"t":"x","msg":1}garbage"#,
+            r#"{"t":"x","q":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}"#,
+        ];
+        const ALPHABET: &[u8] = b"{}[]\\\":, \t0123456789aenrtuzlsfdD-.+eE";
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for frame in frames {
+            same_as_serde(frame);
+            for cut in 0..frame.len() {
+                if let Some(text) = frame.get(..cut) {
+                    same_as_serde(text);
+                }
+            }
+            for _ in 0..3_000 {
+                let mut bytes = frame.as_bytes().to_vec();
+                for _ in 0..1 + next() % 3 {
+                    let i = (next() as usize) % bytes.len();
+                    let c = ALPHABET[(next() as usize) % ALPHABET.len()];
+                    match next() % 3 {
+                        0 => bytes[i] = c,
+                        1 => bytes.insert(i, c),
+                        _ => {
+                            bytes.remove(i);
+                        }
+                    }
+                    if bytes.is_empty() {
+                        break;
+                    }
+                }
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    same_as_serde(text);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn client_encoding_matches_serde() {
+        let msg = raw_json(r#"{"a":[1,"\u0000"]}"#).expect("json");
+        let odd = "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é😀/";
+        let frames = [
+            ClientFrame::Hello { v: 1 },
+            ClientFrame::Ask {
+                id: u64::MAX,
+                topic: odd.into(),
+                msg: msg.clone(),
+            },
+            ClientFrame::Tell {
+                topic: String::new(),
+                msg: msg.clone(),
+            },
+            ClientFrame::Sub {
+                id: 0,
+                ch: odd.into(),
+                q: Some(msg.clone()),
+                since: Some(Position::new(odd, 41)),
+            },
+            ClientFrame::Sub {
+                id: 9,
+                ch: "c".into(),
+                q: None,
+                since: None,
+            },
+            ClientFrame::Unsub { ch: odd.into() },
+            ClientFrame::Ping {},
+            ClientFrame::Pong {},
+        ];
+        for frame in &frames {
+            let serde = serde_json::to_string(frame).expect("serializes");
+            assert_eq!(frame.encode(), serde);
         }
     }
 
