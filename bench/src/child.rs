@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -33,11 +34,22 @@ pub(crate) struct Spec {
     pub(crate) killable: Option<usize>,
     pub(crate) cpus: Option<String>,
     pub(crate) scaler: ScalerOpt,
+    /// Key prefix for `--scaler redis`: the processes of one cluster share one.
+    pub(crate) redis_prefix: Option<String>,
     /// A command the server runs under (e.g. `perf record -g --`), split on whitespace.
     pub(crate) wrap: Option<String>,
 }
 
 impl Spec {
+    /// One process of a cluster of `sss` servers over the Redis at `url`, with the cluster's
+    /// key `prefix` (see [`cluster_prefix`]).
+    pub(crate) fn redis(url: &str, prefix: &str, cpus: Option<String>) -> Self {
+        let mut spec = Self::new(Kind::Sss, cpus);
+        spec.scaler = ScalerOpt::Redis(url.to_owned());
+        spec.redis_prefix = Some(prefix.to_owned());
+        spec
+    }
+
     pub(crate) fn new(kind: Kind, cpus: Option<String>) -> Self {
         Self {
             kind,
@@ -45,9 +57,21 @@ impl Spec {
             killable: None,
             cpus,
             scaler: ScalerOpt::Memory,
+            redis_prefix: None,
             wrap: std::env::var("SSS_BENCH_SERVER_WRAP").ok(),
         }
     }
+}
+
+/// A Redis key prefix of its own for one cluster: runs (and concurrent benches on one Redis)
+/// never see each other's channels and history.
+pub(crate) fn cluster_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "sss-bench-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A running server child.
@@ -82,6 +106,9 @@ impl ServerProc {
         }
         if let ScalerOpt::Redis(url) = &spec.scaler {
             cmd.args(["--scaler", "redis", "--redis-url", url]);
+            if let Some(prefix) = &spec.redis_prefix {
+                cmd.args(["--redis-prefix", prefix]);
+            }
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -134,6 +161,13 @@ impl ServerProc {
         Ok(())
     }
 
+    /// Kills the child with SIGKILL (no cleanup, connections reset by the kernel) and reaps it.
+    pub(crate) async fn sigkill(self) -> Result<()> {
+        let Self { mut child, .. } = self;
+        child.kill().await?;
+        Ok(())
+    }
+
     /// Ends the child: closing its stdin makes it exit (so wrappers such as valgrind write their
     /// output); after 5 s it is killed. Reaps it.
     pub(crate) async fn stop(self) {
@@ -150,7 +184,7 @@ impl ServerProc {
     }
 }
 
-/// CPU time of the server child and of this load generator at one moment.
+/// CPU time of the server children and of this load generator at one moment.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CpuSnap {
     at: Instant,
@@ -160,10 +194,15 @@ pub(crate) struct CpuSnap {
 }
 
 impl CpuSnap {
-    pub(crate) fn take(pid: u32) -> Result<Self> {
+    /// Reads the CPU time of the server processes `pids` (summed) and of this process.
+    pub(crate) fn take(pids: &[u32]) -> Result<Self> {
+        let mut server_us = 0;
+        for &pid in pids {
+            server_us += procfs::cpu_us(pid)?;
+        }
         Ok(Self {
             at: Instant::now(),
-            server_us: procfs::cpu_us(pid)?,
+            server_us,
             load_us: procfs::cpu_us(std::process::id())?,
             machine_us: procfs::machine_busy_us()?,
         })
@@ -180,7 +219,7 @@ impl CpuSnap {
     }
 }
 
-/// CPU used over a window, by the server child and by the load generator.
+/// CPU used over a window, by the server children and by the load generator.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CpuUse {
     pub(crate) wall: Duration,

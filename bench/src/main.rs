@@ -13,6 +13,7 @@
 mod child;
 mod opts;
 mod procfs;
+mod redis;
 mod report;
 mod scenarios;
 mod serve;

@@ -28,7 +28,8 @@ Options:
   --server-cpus LIST      pin the server children with taskset -c LIST
   --load-cpus LIST        pin this load generator with taskset -c LIST
   --scaler memory|redis   scaler of the servers (memory); redis needs the `redis` feature
-  --redis-url URL         Redis for --scaler redis (redis://127.0.0.1:6379)
+  --redis-url URL         Redis for --scaler redis (default: the bench starts its own
+                          redis-server on a free loopback port and stops it at the end)
   -h, --help              this text
 
 Environment:
@@ -40,7 +41,8 @@ Environment:
 pub(crate) enum ScalerOpt {
     /// The embedded in-memory scaler (one process).
     Memory,
-    /// Redis at this URL (two server processes).
+    /// Redis at this URL (two server processes); empty until the bench started its own
+    /// `redis-server` (no `--redis-url`).
     Redis(String),
 }
 
@@ -138,7 +140,7 @@ impl Opts {
         if args.iter().any(|a| a == "--smoke") {
             o.smoke();
         }
-        let mut redis_url = "redis://127.0.0.1:6379".to_owned();
+        let mut redis_url = String::new();
         let mut want_redis = false;
         let mut it = args.iter();
         while let Some(a) = it.next() {

@@ -1,7 +1,7 @@
 //! The `serve` subcommand: the server side of the benchmark, run as a child process.
 //!
 //! `sss-bench serve --kind sss|echo [--instances N] [--killable I] [--scaler memory|redis
-//! --redis-url URL]` listens on loopback port 0, prints `READY <addr>[,<addr>...]` on stdout, and
+//! --redis-url URL [--redis-prefix P]]` listens on loopback port 0, prints `READY <addr>[,<addr>...]` on stdout, and
 //! then reads commands on stdin:
 //!
 //! - `kill I`: instance `I` (started with `--killable I`) dies as if its process had been
@@ -53,6 +53,9 @@ struct ServeArgs {
     instances: usize,
     killable: Option<usize>,
     scaler: ScalerOpt,
+    /// Key prefix of the Redis scaler: the processes of one cluster share it, and every cluster
+    /// the load side starts has its own (runs never see each other's channels).
+    redis_prefix: String,
 }
 
 fn parse(args: &[String]) -> Result<ServeArgs> {
@@ -61,6 +64,7 @@ fn parse(args: &[String]) -> Result<ServeArgs> {
         instances: 1,
         killable: None,
         scaler: ScalerOpt::Memory,
+        redis_prefix: "sss".to_owned(),
     };
     let mut redis = false;
     let mut url = String::new();
@@ -79,6 +83,7 @@ fn parse(args: &[String]) -> Result<ServeArgs> {
             "--killable" => a.killable = Some(value()?.parse()?),
             "--scaler" => redis = value()? == "redis",
             "--redis-url" => url = value()?,
+            "--redis-prefix" => a.redis_prefix = value()?,
             other => return Err(format!("serve: unknown option {other}").into()),
         }
     }
@@ -149,7 +154,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         }
         Kind::Sss => {
-            let scalers = scalers(&args)?;
+            let scalers = scalers(&args).await?;
             for (i, scaler) in scalers.into_iter().enumerate() {
                 let server = build_server(scaler).await?;
                 instances.push(sss_instance(server, args.killable == Some(i)).await?);
@@ -179,7 +184,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// One scaler per instance, all joined into one cluster.
-fn scalers(args: &ServeArgs) -> Result<Vec<BoxedScaler>> {
+async fn scalers(args: &ServeArgs) -> Result<Vec<BoxedScaler>> {
     match &args.scaler {
         ScalerOpt::Memory => {
             let first = MemoryScaler::default();
@@ -190,25 +195,37 @@ fn scalers(args: &ServeArgs) -> Result<Vec<BoxedScaler>> {
             all.extend(others);
             Ok(all)
         }
-        ScalerOpt::Redis(url) => redis_scalers(url, args.instances),
+        ScalerOpt::Redis(url) => redis_scalers(url, &args.redis_prefix, args.instances).await,
     }
 }
 
 /// A scaler of some implementation, before it goes into a server.
 enum BoxedScaler {
     Memory(MemoryScaler),
+    #[cfg(feature = "redis")]
+    Redis(sss_server::scaler::RedisScaler),
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_scalers(_url: &str, _n: usize) -> Result<Vec<BoxedScaler>> {
+async fn redis_scalers(_url: &str, _prefix: &str, _n: usize) -> Result<Vec<BoxedScaler>> {
     Err("--scaler redis needs sss-bench built with `--features redis`".into())
 }
 
+/// `n` instances on the Redis at `url` (the load side runs one per process, two processes).
 #[cfg(feature = "redis")]
-fn redis_scalers(_url: &str, _n: usize) -> Result<Vec<BoxedScaler>> {
-    // The RedisScaler of sss-server plugs in here (a `BoxedScaler::Redis` variant built from the
-    // URL) once it lands; the load side already runs two server processes for it.
-    Err("the RedisScaler is not wired into sss-bench yet".into())
+async fn redis_scalers(url: &str, prefix: &str, n: usize) -> Result<Vec<BoxedScaler>> {
+    use sss_server::scaler::{RedisOptions, RedisScaler};
+    let opts = RedisOptions {
+        prefix: prefix.to_owned(),
+        ..RedisOptions::default()
+    };
+    let first = RedisScaler::connect(url, opts).await?;
+    let mut all = Vec::with_capacity(n);
+    for _ in 1..n {
+        all.push(BoxedScaler::Redis(first.instance()?));
+    }
+    all.insert(0, BoxedScaler::Redis(first));
+    Ok(all)
 }
 
 #[derive(Deserialize)]
@@ -236,6 +253,8 @@ async fn build_server(scaler: BoxedScaler) -> Result<Server> {
     }
     let builder = match scaler {
         BoxedScaler::Memory(s) => with_handlers(s),
+        #[cfg(feature = "redis")]
+        BoxedScaler::Redis(s) => with_handlers(s),
     };
     Ok(builder.build().await?)
 }

@@ -10,7 +10,7 @@ use tokio::sync::{watch, Mutex as AsyncMutex};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::scaler::{Control, Record, Scaler, ScalerError};
-use crate::socket::{Out, SocketShared};
+use crate::socket::{Out, Publication, SocketShared};
 
 const SHARDS: usize = 64;
 
@@ -178,20 +178,19 @@ impl Registry {
         if entry.subs.is_empty() {
             return;
         }
-        let frame = Utf8Bytes::from(encode_pub(
-            channel,
-            &record.topic,
-            &record.position,
-            &record.msg,
-        ));
-        let epoch: Arc<str> = Arc::from(record.position.epoch.as_str());
+        let publication = Arc::new(Publication {
+            channel: channel.clone(),
+            epoch: Arc::from(record.position.epoch.as_str()),
+            seq: record.position.seq,
+            frame: Utf8Bytes::from(encode_pub(
+                channel,
+                &record.topic,
+                &record.position,
+                &record.msg,
+            )),
+        });
         for s in entry.subs.values() {
-            s.push(Out::Pub {
-                channel: channel.clone(),
-                epoch: epoch.clone(),
-                seq: record.position.seq,
-                frame: frame.clone(),
-            });
+            s.push(Out::Pub(publication.clone()));
         }
     }
 

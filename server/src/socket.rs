@@ -26,22 +26,30 @@ use crate::server::{Inbound, Inner};
 use crate::{Rejection, Session};
 
 /// What reaches a socket's task through its bounded queue.
+///
+/// Kept small: tokio allocates the queue in blocks of 32 slots, the first one up front, so every
+/// byte of `Out` costs 32 bytes of memory per connection, idle or not.
 pub(crate) enum Out {
     /// A frame to send as is.
     Frame(Utf8Bytes),
-    /// A publication, encoded once for every subscriber; the socket drops it if it is not (or no
-    /// longer) subscribed or already has it, and holds it while the subscription is syncing.
-    Pub {
-        channel: Arc<str>,
-        epoch: Arc<str>,
-        seq: u64,
-        frame: Utf8Bytes,
-    },
+    /// A publication, encoded once for every subscriber and shared by them; the socket drops it
+    /// if it is not (or no longer) subscribed or already has it, and holds it while the
+    /// subscription is syncing.
+    Pub(Arc<Publication>),
     /// The channel was booted: drop the subscription and tell the client.
     BootChannel(Arc<str>),
     /// The outcome of work the socket's task spawned (boxed: it is rare and large, and the
     /// queue's blocks are sized by the largest variant).
     Internal(Box<Internal>),
+}
+
+/// One publication as every local subscriber of its channel receives it.
+pub(crate) struct Publication {
+    pub(crate) channel: Arc<str>,
+    pub(crate) epoch: Arc<str>,
+    pub(crate) seq: u64,
+    /// The `pub` frame, encoded once.
+    pub(crate) frame: Utf8Bytes,
 }
 
 /// The part of a socket other tasks hold.
@@ -145,16 +153,12 @@ impl Socket {
 /// Per-channel state of a socket's subscription, owned by its task.
 enum Sub {
     /// Waiting for the parser and the history; publications are held in order.
-    Syncing { id: u64, held: Vec<Held> },
+    Syncing {
+        id: u64,
+        held: Vec<Arc<Publication>>,
+    },
     /// Live: publications after `last` are sent.
     Live { last: Last },
-}
-
-/// A publication held while its subscription syncs.
-struct Held {
-    epoch: Arc<str>,
-    seq: u64,
-    frame: Utf8Bytes,
 }
 
 /// The last publication sent on a live subscription.
@@ -271,7 +275,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async fn run(&mut self, rx: &mut mpsc::Receiver<Out>) -> End {
-        let opts = self.inner.options.clone();
+        // Borrowed, not cloned: this future lives as long as the connection.
+        let inner = self.inner.clone();
+        let opts = &inner.options;
         let shared = self.socket.0.clone();
         let mut last_recv = Instant::now();
         let hello_deadline = last_recv + opts.handshake_timeout;
@@ -323,15 +329,15 @@ where
                     }
                 }
             };
-            if let Err(end) = step {
-                // Frames produced just before the end (an `error` frame) still go out.
-                if matches!(end, End::Close(..)) {
-                    let _ = self.flush(opts.write_timeout).await;
-                }
-                return end;
-            }
-            if let Err(end) = self.flush(opts.write_timeout).await {
-                return end;
+            // Frames produced just before a close (an `error` frame) still go out. One `flush`
+            // call site: each one reserves room for the flush future in this long-lived future.
+            let flushed = match step {
+                Err(End::Gone) => Ok(()),
+                _ => self.flush(opts.write_timeout).await,
+            };
+            match (step, flushed) {
+                (Err(end), _) | (Ok(()), Err(end)) => return end,
+                (Ok(()), Ok(())) => {}
             }
         }
     }
@@ -635,7 +641,7 @@ where
                 }
                 for h in held {
                     if last.admits(&h.epoch, h.seq) {
-                        self.outgoing.push(Message::Text(h.frame));
+                        self.outgoing.push(Message::Text(h.frame.clone()));
                     }
                 }
                 self.subs.insert(channel, Sub::Live { last });
@@ -663,16 +669,11 @@ where
     fn on_out(&mut self, out: Out) {
         match out {
             Out::Frame(frame) => self.outgoing.push(Message::Text(frame)),
-            Out::Pub {
-                channel,
-                epoch,
-                seq,
-                frame,
-            } => match self.subs.get_mut(&*channel) {
+            Out::Pub(p) => match self.subs.get_mut(&*p.channel) {
                 Some(Sub::Live { last }) => {
-                    let fresh = last.admits(&epoch, seq);
+                    let fresh = last.admits(&p.epoch, p.seq);
                     if fresh {
-                        self.outgoing.push(Message::Text(frame));
+                        self.outgoing.push(Message::Text(p.frame.clone()));
                     }
                 }
                 Some(Sub::Syncing { held, .. }) => {
@@ -681,7 +682,7 @@ where
                             .0
                             .kill(close::SLOW_CONSUMER, "too many publications while syncing");
                     } else {
-                        held.push(Held { epoch, seq, frame });
+                        held.push(p);
                     }
                 }
                 _ => {}

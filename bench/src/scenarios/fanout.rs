@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 use super::Publisher;
-use crate::child::{CpuSnap, CpuUse, ServerProc, Spec};
+use crate::child::{cluster_prefix, CpuSnap, CpuUse, ServerProc, Spec};
 use crate::opts::{Opts, ScalerOpt};
 use crate::report::{histogram, record};
 use crate::serve::Kind;
@@ -49,15 +49,30 @@ impl FanoutResult {
 }
 
 /// Starts the server(s) and runs the fan-out.
+///
+/// Memory scaler: one process. Redis: two processes on one Redis, the subscribers split
+/// between them (alternating), the publisher on the first; CPU is summed over both.
 pub(crate) async fn run(o: &Opts, cpus: Option<String>) -> Result<FanoutResult> {
-    if let ScalerOpt::Redis(_) = o.scaler {
-        // Two server processes over Redis: subscribers on both, the publisher on one. Waits for
-        // the RedisScaler (see serve::redis_scalers).
-        return Err("fanout over Redis is not available until the RedisScaler lands".into());
+    let servers = match &o.scaler {
+        ScalerOpt::Memory => vec![ServerProc::spawn(&Spec::new(Kind::Sss, cpus)).await?],
+        ScalerOpt::Redis(url) => {
+            let spec = Spec::redis(url, &cluster_prefix(), cpus);
+            let a = ServerProc::spawn(&spec).await?;
+            match ServerProc::spawn(&spec).await {
+                Ok(b) => vec![a, b],
+                Err(e) => {
+                    a.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let pids: Vec<u32> = servers.iter().map(ServerProc::pid).collect();
+    let sub_addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addrs[0]).collect();
+    let r = measure(o, &pids, &sub_addrs, sub_addrs[0]).await;
+    for s in servers {
+        s.stop().await;
     }
-    let server = ServerProc::spawn(&Spec::new(Kind::Sss, cpus)).await?;
-    let r = measure(o, &server, server.addrs[0], server.addrs[0]).await;
-    server.stop().await;
     r
 }
 
@@ -75,8 +90,8 @@ type Finish = watch::Receiver<Option<(u64, Instant)>>;
 
 async fn measure(
     o: &Opts,
-    server: &ServerProc,
-    sub_addr: SocketAddr,
+    pids: &[u32],
+    sub_addrs: &[SocketAddr],
     pub_addr: SocketAddr,
 ) -> Result<FanoutResult> {
     let n = o.subscribers;
@@ -84,9 +99,9 @@ async fn measure(
     let (ready_tx, mut ready_rx) = mpsc::channel(n);
     let (finish_tx, finish_rx) = watch::channel(None);
     let tasks: Vec<_> = (0..n)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(subscriber(
-                sub_addr,
+                sub_addrs[i % sub_addrs.len()],
                 gate.clone(),
                 ready_tx.clone(),
                 finish_rx.clone(),
@@ -106,7 +121,7 @@ async fn measure(
     let mut publisher = Publisher::connect(pub_addr, o.payload).await?;
     let total = (o.rate as f64 * o.duration.as_secs_f64()).ceil().max(1.0) as u64;
     let period = Duration::from_secs_f64(1.0 / o.rate as f64);
-    let before = CpuSnap::take(server.pid())?;
+    let before = CpuSnap::take(pids)?;
     let start = Instant::now();
     let mut last_seq = 0;
     let mut publish_errors = 0;
@@ -143,7 +158,7 @@ async fn measure(
             }
         }
     }
-    let after = CpuSnap::take(server.pid())?;
+    let after = CpuSnap::take(pids)?;
     if setup_errors > 0 {
         // Counted in `errors` too: each failed subscriber reports its setup error.
         eprintln!("{setup_errors} subscribers failed to subscribe");

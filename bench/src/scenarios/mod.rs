@@ -58,9 +58,13 @@ fn cpus_json(c: &Option<String>) -> Value {
 }
 
 /// Runs the chosen scenarios in order; prints their JSON lines, then the table.
-pub(crate) async fn run_all(o: Opts) -> ExitCode {
+///
+/// `--scaler redis` without `--redis-url` starts a `redis-server` of its own for the run. A
+/// `--smoke` run with the memory scaler, built with the `redis` feature (the default), also
+/// runs `fanout` and `reconnect-storm` over Redis (two processes), when `redis-server` is
+/// installed.
+pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
     let mut report = Report::default();
-    let mut baseline: Option<f64> = None;
     eprintln!(
         "sss-bench: {} CPUs, server cpus {:?}, load cpus {:?}{}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -68,46 +72,43 @@ pub(crate) async fn run_all(o: Opts) -> ExitCode {
         o.load_cpus,
         if o.smoke { ", smoke" } else { "" }
     );
-    for scenario in o.scenarios.clone() {
-        let name = match scenario {
-            Scenario::Baseline => "baseline",
-            Scenario::Rpc => "rpc",
-            Scenario::Fanout => "fanout",
-            Scenario::Idle => "idle",
-            Scenario::Storm => "reconnect-storm",
-            Scenario::Cores => "cores",
-        };
-        eprintln!("== {name}");
-        let r = match scenario {
-            Scenario::Baseline => rpc_scenario(
-                &o,
-                &mut report,
-                Kind::Echo,
-                o.server_cpus.clone(),
-                None,
-                name,
-            )
-            .await
-            .map(|rps| baseline = Some(rps)),
-            Scenario::Rpc => rpc_scenario(
-                &o,
-                &mut report,
-                Kind::Sss,
-                o.server_cpus.clone(),
-                baseline,
-                name,
-            )
-            .await
-            .map(drop),
-            Scenario::Fanout => fanout_scenario(&o, &mut report, o.server_cpus.clone(), name).await,
-            Scenario::Idle => idle_scenario(&o, &mut report).await,
-            Scenario::Storm => storm_scenario(&o, &mut report).await,
-            Scenario::Cores => cores_scenario(&o, &mut report).await,
-        };
-        if let Err(e) = r {
-            eprintln!("{name} failed: {e}");
-            report.line(&json!({"scenario": name, "error": e.to_string()}));
-            report.error(name, &e.to_string());
+    if o.scaler == ScalerOpt::Redis(String::new()) {
+        match crate::redis::RedisServer::spawn().await {
+            Ok(redis) => {
+                eprintln!("sss-bench: started redis-server at {}", redis.url());
+                o.scaler = ScalerOpt::Redis(redis.url().to_owned());
+                run_scenarios(&o, &mut report).await;
+                redis.stop().await;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        run_scenarios(&o, &mut report).await;
+    }
+    let over_redis: Vec<Scenario> = o
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| matches!(s, Scenario::Fanout | Scenario::Storm))
+        .collect();
+    if o.smoke && cfg!(feature = "redis") && o.scaler == ScalerOpt::Memory && !over_redis.is_empty()
+    {
+        match crate::redis::RedisServer::spawn().await {
+            Ok(redis) => {
+                eprintln!("sss-bench: smoke over Redis at {}", redis.url());
+                let mut o = o.clone();
+                o.scaler = ScalerOpt::Redis(redis.url().to_owned());
+                o.scenarios = over_redis;
+                run_scenarios(&o, &mut report).await;
+                redis.stop().await;
+            }
+            Err(e) => {
+                eprintln!("smoke over Redis skipped: {e}");
+                report.info("smoke[redis]", "skipped", e.to_string());
+            }
         }
     }
     report.print_table();
@@ -119,6 +120,46 @@ pub(crate) async fn run_all(o: Opts) -> ExitCode {
             eprintln!("  {f}");
         }
         ExitCode::FAILURE
+    }
+}
+
+/// Runs `o.scenarios` in order into `report`.
+async fn run_scenarios(o: &Opts, report: &mut Report) {
+    let mut baseline: Option<f64> = None;
+    let redis = matches!(o.scaler, ScalerOpt::Redis(_));
+    for scenario in o.scenarios.clone() {
+        let name = match scenario {
+            Scenario::Baseline => "baseline",
+            Scenario::Rpc => "rpc",
+            Scenario::Fanout if redis => "fanout[redis]",
+            Scenario::Fanout => "fanout",
+            Scenario::Idle => "idle",
+            Scenario::Storm if redis => "reconnect-storm[redis]",
+            Scenario::Storm => "reconnect-storm",
+            Scenario::Cores => "cores",
+        };
+        eprintln!("== {name}");
+        let r = match scenario {
+            Scenario::Baseline => {
+                rpc_scenario(o, report, Kind::Echo, o.server_cpus.clone(), None, name)
+                    .await
+                    .map(|rps| baseline = Some(rps))
+            }
+            Scenario::Rpc => {
+                rpc_scenario(o, report, Kind::Sss, o.server_cpus.clone(), baseline, name)
+                    .await
+                    .map(drop)
+            }
+            Scenario::Fanout => fanout_scenario(o, report, o.server_cpus.clone(), name).await,
+            Scenario::Idle => idle_scenario(o, report).await,
+            Scenario::Storm => storm_scenario(o, report, name).await,
+            Scenario::Cores => cores_scenario(o, report).await,
+        };
+        if let Err(e) = r {
+            eprintln!("{name} failed: {e}");
+            report.line(&json!({"scenario": name, "error": e.to_string()}));
+            report.error(name, &e.to_string());
+        }
     }
 }
 
@@ -326,14 +367,14 @@ async fn idle_scenario(o: &Opts, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-async fn storm_scenario(o: &Opts, report: &mut Report) -> Result<()> {
+async fn storm_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()> {
     let r = storm::run(o).await?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     report.line(&json!({
-        "scenario": "reconnect-storm",
+        "scenario": name,
         "layout": match o.scaler {
             ScalerOpt::Memory => "one process, two instances on one MemoryScaler hub",
-            ScalerOpt::Redis(_) => "two processes over Redis",
+            ScalerOpt::Redis(_) => "two processes over Redis, A SIGKILLed",
         },
         "server_cpus": cpus_json(&o.server_cpus),
         "load_cpus": cpus_json(&o.load_cpus),
@@ -355,7 +396,6 @@ async fn storm_scenario(o: &Opts, report: &mut Report) -> Result<()> {
         "load_cpu_ms": r.cpu.load_us as f64 / 1000.0,
         "other_cores": r.cpu.other_cores(),
     }));
-    let name = "reconnect-storm";
     match r.all_resynced {
         Some(d) => report.target(
             name,

@@ -73,9 +73,9 @@ async fn measure(o: &Opts, kind: Kind, server: &ServerProc) -> Result<RpcResult>
         .map(|ws| tokio::spawn(ask_loop(ws, kind, payload.clone(), start, from, until)))
         .collect();
     sleep_until(from).await;
-    let before = CpuSnap::take(server.pid())?;
+    let before = CpuSnap::take(&[server.pid()])?;
     sleep_until(until).await;
-    let after = CpuSnap::take(server.pid())?;
+    let after = CpuSnap::take(&[server.pid()])?;
     let mut hist = histogram();
     let (mut count, mut errors) = (0, 0);
     for t in tasks {

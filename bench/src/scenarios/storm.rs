@@ -4,8 +4,8 @@
 //! With the memory scaler both instances live in ONE server process on one in-memory hub (a
 //! process cannot share a `MemoryScaler` with another); "killing" A closes its listener and shuts
 //! every connection down at the TCP level with no close frame, which is what the clients see
-//! when a process is SIGKILLed. Over Redis the two instances are two processes and A gets a real
-//! SIGKILL (once the RedisScaler lands).
+//! when a process is SIGKILLed. Over Redis (`--scaler redis`) the two instances are two server
+//! processes on one Redis and A gets a real SIGKILL.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::Publisher;
-use crate::child::{CpuSnap, CpuUse, ServerProc, Spec};
+use crate::child::{cluster_prefix, CpuSnap, CpuUse, ServerProc, Spec};
 use crate::opts::{Opts, ScalerOpt};
 use crate::serve::Kind;
 use crate::wire::{self, In, Rng, Ws};
@@ -43,6 +43,12 @@ pub(crate) struct StormResult {
 enum Cluster {
     /// Memory scaler: one process, two instances, instance 0 killable.
     OneProcess(ServerProc),
+    /// Redis: two processes on one Redis; A (`None` once SIGKILLed) and B.
+    TwoProcesses {
+        a: Option<ServerProc>,
+        a_addr: SocketAddr,
+        b: Box<ServerProc>,
+    },
 }
 
 impl Cluster {
@@ -54,10 +60,21 @@ impl Cluster {
                 spec.killable = Some(0);
                 Ok(Cluster::OneProcess(ServerProc::spawn(&spec).await?))
             }
-            // Two `serve --scaler redis` processes, A killed with SIGKILL: waits for the
-            // RedisScaler (see serve::redis_scalers).
-            ScalerOpt::Redis(_) => {
-                Err("the storm over Redis is not available until the RedisScaler lands".into())
+            ScalerOpt::Redis(url) => {
+                let spec = Spec::redis(url, &cluster_prefix(), o.server_cpus.clone());
+                let a = ServerProc::spawn(&spec).await?;
+                let b = match ServerProc::spawn(&spec).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        a.stop().await;
+                        return Err(e);
+                    }
+                };
+                Ok(Cluster::TwoProcesses {
+                    a_addr: a.addrs[0],
+                    a: Some(a),
+                    b: Box::new(b),
+                })
             }
         }
     }
@@ -65,6 +82,7 @@ impl Cluster {
     fn addrs(&self) -> (SocketAddr, SocketAddr) {
         match self {
             Cluster::OneProcess(p) => (p.addrs[0], p.addrs[1]),
+            Cluster::TwoProcesses { a_addr, b, .. } => (*a_addr, b.addrs[0]),
         }
     }
 
@@ -72,18 +90,29 @@ impl Cluster {
     fn survivor_pid(&self) -> u32 {
         match self {
             Cluster::OneProcess(p) => p.pid(),
+            Cluster::TwoProcesses { b, .. } => b.pid(),
         }
     }
 
     async fn kill_a(&mut self) -> Result<()> {
         match self {
             Cluster::OneProcess(p) => p.kill_instance(0).await,
+            Cluster::TwoProcesses { a, .. } => match a.take() {
+                Some(a) => a.sigkill().await,
+                None => Ok(()),
+            },
         }
     }
 
     async fn stop(self) {
         match self {
             Cluster::OneProcess(p) => p.stop().await,
+            Cluster::TwoProcesses { a, b, .. } => {
+                if let Some(a) = a {
+                    a.stop().await;
+                }
+                b.stop().await;
+            }
         }
     }
 }
@@ -162,7 +191,7 @@ async fn measure(o: &Opts, cluster: &mut Cluster) -> Result<StormResult> {
         Duration::from_secs(1)
     })
     .await;
-    let before = CpuSnap::take(cluster.survivor_pid())?;
+    let before = CpuSnap::take(&[cluster.survivor_pid()])?;
     let killed = Instant::now();
     cluster.kill_a().await?;
     let resync_deadline = killed + Duration::from_secs(60);
@@ -173,7 +202,7 @@ async fn measure(o: &Opts, cluster: &mut Cluster) -> Result<StormResult> {
             Ok(None) | Err(_) => break,
         }
     }
-    let after = CpuSnap::take(cluster.survivor_pid())?;
+    let after = CpuSnap::take(&[cluster.survivor_pid()])?;
     sleep(Duration::from_millis(500)).await;
     stop_tx.send_replace(true);
     let (finals, published, publish_errors) = publisher.await??;
