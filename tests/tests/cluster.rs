@@ -129,34 +129,34 @@ struct Received {
     unrecoverable: usize,
 }
 
-fn collect(
+/// Subscribes `client` to every channel (each subscription is live when this returns, so
+/// nothing published afterwards can be missed), then reads each in its own task.
+async fn collect(
     client: &Client,
     channels: &[&'static str],
     per_channel: u64,
 ) -> Vec<tokio::task::JoinHandle<(String, Received)>> {
-    channels
-        .iter()
-        .map(|&ch| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let mut sub = within("sub", client.subscribe(ch, None::<()>))
-                    .await
-                    .expect("sub");
-                let mut r = Received::default();
-                while r.got.last().map_or(0, |&(_, v)| v) < per_channel {
-                    match within("publication", sub.next()).await {
-                        Some(SubEvent::Publication(p)) => r
-                            .got
-                            .push((p.position.seq, p.decode::<u64>().expect("value"))),
-                        Some(SubEvent::Unrecoverable { .. }) => r.unrecoverable += 1,
-                        Some(SubEvent::Recovered { .. }) => {}
-                        other => panic!("{ch}: {other:?}"),
-                    }
+    let mut readers = Vec::new();
+    for &ch in channels {
+        let mut sub = within("sub", client.subscribe(ch, None::<()>))
+            .await
+            .expect("sub");
+        readers.push(tokio::spawn(async move {
+            let mut r = Received::default();
+            while r.got.last().map_or(0, |&(_, v)| v) < per_channel {
+                match within("publication", sub.next()).await {
+                    Some(SubEvent::Publication(p)) => r
+                        .got
+                        .push((p.position.seq, p.decode::<u64>().expect("value"))),
+                    Some(SubEvent::Unrecoverable { .. }) => r.unrecoverable += 1,
+                    Some(SubEvent::Recovered { .. }) => {}
+                    other => panic!("{ch}: {other:?}"),
                 }
-                (ch.to_owned(), r)
-            })
-        })
-        .collect()
+            }
+            (ch.to_owned(), r)
+        }));
+    }
+    readers
 }
 
 #[tokio::test]
@@ -172,17 +172,9 @@ async fn kill_9_an_instance_under_load_loses_nothing() {
     let clients = spread_clients(&nodes, 9).await;
     let mut receivers = Vec::new();
     for c in &clients {
-        receivers.extend(collect(c, &CHANNELS, PER_CHANNEL));
+        receivers.extend(collect(c, &CHANNELS, PER_CHANNEL).await);
     }
     let publisher = publisher(redis.url()).await;
-    // Every subscription is live before the first publication.
-    for c in &clients {
-        within(
-            "ready",
-            c.wait_status(|s| s == sss_client::ClientStatus::Ready),
-        )
-        .await;
-    }
     let (progress_tx, mut progress) = mpsc::unbounded_channel();
     let publishing = tokio::spawn(async move {
         for n in 1..=PER_CHANNEL {
@@ -230,14 +222,7 @@ async fn redis_restart(keep_data: bool) {
     let clients = spread_clients(&nodes, 4).await;
     let mut receivers = Vec::new();
     for c in &clients {
-        receivers.extend(collect(c, &["feed:r"], PER_CHANNEL));
-    }
-    for c in &clients {
-        within(
-            "ready",
-            c.wait_status(|s| s == sss_client::ClientStatus::Ready),
-        )
-        .await;
+        receivers.extend(collect(c, &["feed:r"], PER_CHANNEL).await);
     }
     let publisher = publisher(redis.url()).await;
     let mut tick = tokio::time::interval(Duration::from_millis(2));
