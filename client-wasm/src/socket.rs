@@ -12,7 +12,7 @@ use crate::driver::Shared;
 /// The callbacks hold only a weak reference to the driver and the socket's id, so events of a
 /// socket the driver has replaced are ignored. Dropping a `Socket` unsets every callback (no
 /// event of it reaches the driver afterwards) and closes the socket if it is still open; the
-/// closures are then freed with it: nothing is leaked with `Closure::forget`.
+/// closures are then freed with it: none is ever leaked on purpose.
 pub(crate) struct Socket {
     pub(crate) id: u64,
     ws: WebSocket,

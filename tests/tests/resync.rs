@@ -28,6 +28,37 @@ async fn serve(hub: &MemoryScaler, addr: &str) -> (Server, Listening) {
     (server, listening)
 }
 
+/// A publishing instance, a listening instance, and one client subscribed to `channel` on it.
+struct Subscribed {
+    publisher: Server,
+    server: Server,
+    listening: Listening,
+    client: Client,
+    sub: sss_client::Subscription,
+}
+
+async fn subscribed(hub: &MemoryScaler, channel: &str) -> Subscribed {
+    let publisher = Server::builder(hub.instance())
+        .build()
+        .await
+        .expect("publisher");
+    let (server, listening) = serve(hub, "127.0.0.1:0").await;
+    let url = format!("ws://{}/ws", listening.local_addr());
+    let client = within("connect", Client::connect(&url, fast_reconnect()))
+        .await
+        .expect("connects");
+    let sub = within("sub", client.subscribe(channel, None::<()>))
+        .await
+        .expect("sub");
+    Subscribed {
+        publisher,
+        server,
+        listening,
+        client,
+        sub,
+    }
+}
+
 async fn restart(server: Server, listening: Listening, hub: &MemoryScaler) -> (Server, Listening) {
     let addr: SocketAddr = listening.local_addr();
     server.shutdown(Duration::from_secs(5)).await;
@@ -112,18 +143,13 @@ async fn trimmed_history_is_reported_unrecoverable() {
         history_size: 5,
         ..MemoryOptions::default()
     });
-    let publisher = Server::builder(hub.instance())
-        .build()
-        .await
-        .expect("publisher");
-    let (server, listening) = serve(&hub, "127.0.0.1:0").await;
-    let url = format!("ws://{}/ws", listening.local_addr());
-    let client = within("connect", Client::connect(&url, fast_reconnect()))
-        .await
-        .expect("connects");
-    let mut sub = within("sub", client.subscribe("room:t", None::<()>))
-        .await
-        .expect("sub");
+    let Subscribed {
+        publisher,
+        server,
+        listening,
+        client,
+        mut sub,
+    } = subscribed(&hub, "room:t").await;
     assert_eq!(sub.recovery(), Recovery::New);
     publisher.publish("room:t", "n", &1).await.expect("publish");
     assert!(matches!(
@@ -204,18 +230,12 @@ async fn asks_issued_while_reconnecting_are_sent_after() {
 async fn lost_history_new_epoch_is_reported_live() {
     init_tracing();
     let hub = MemoryScaler::default();
-    let publisher = Server::builder(hub.instance())
-        .build()
-        .await
-        .expect("publisher");
-    let (_server, listening) = serve(&hub, "127.0.0.1:0").await;
-    let url = format!("ws://{}/ws", listening.local_addr());
-    let client = within("connect", Client::connect(&url, fast_reconnect()))
-        .await
-        .expect("connects");
-    let mut sub = within("sub", client.subscribe("room:e", None::<()>))
-        .await
-        .expect("sub");
+    let Subscribed {
+        publisher,
+        client: _client,
+        mut sub,
+        ..
+    } = subscribed(&hub, "room:e").await;
     for n in 1..=5 {
         publisher.publish("room:e", "n", &n).await.expect("publish");
     }
