@@ -450,3 +450,21 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// Publishes, retrying while Redis is unavailable (bounded by [`WAIT`](crate::WAIT)).
+pub async fn publish_retrying(s: &dyn Scaler, channel: &str, n: u64) -> Position {
+    let deadline = tokio::time::Instant::now() + crate::WAIT;
+    loop {
+        match s.publish(channel, "t", &msg(n)).await {
+            Ok(p) => return p,
+            Err(sss_server::scaler::ScalerError::Unavailable(e))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(%e, "publish retried");
+                // Polling until the restarted server is reachable again.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("publish failed: {e}"),
+        }
+    }
+}

@@ -12,9 +12,9 @@ use std::time::Duration;
 use mongodb::bson::{doc, Document};
 use sss_server::scaler::{History, MongoOptions, MongoScaler, Scaler, ScalerError};
 use sss_server::Position;
-use sss_tests::conformance::{msg, Backend, Cluster, Node};
+use sss_tests::conformance::{msg, publish_retrying, Backend, Cluster, Node};
 use sss_tests::services::{redis_admin, unique_prefix, MongoServer, Persistence, RedisServer};
-use sss_tests::{within, WAIT};
+use sss_tests::within;
 use tokio::sync::mpsc;
 
 /// A Redis and a MongoDB of the test's own; each cluster gets its own prefix (Redis keys and
@@ -104,22 +104,6 @@ async fn backend() -> Mongo {
 }
 
 sss_tests::conformance_tests!(backend());
-
-/// Publishes, retrying while Redis is unavailable (bounded by [`WAIT`]).
-async fn publish_retrying(s: &dyn Scaler, channel: &str, n: u64) -> Position {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match s.publish(channel, "t", &msg(n)).await {
-            Ok(p) => return p,
-            Err(ScalerError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%e, "publish retried");
-                // Polling until the restarted server is reachable again.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("publish failed: {e}"),
-        }
-    }
-}
 
 /// A publisher instance and a subscriber instance, started.
 async fn pair(mongo: &MongoServer, redis: &str, opts: MongoOptions) -> (Node, Node) {
