@@ -1143,31 +1143,54 @@ mod tests {
             r#"{"t":"sub","id":8,"ch":"room:lobby","q":{"password":"x"},"since":{"e":"8c","s":41}}"#,
             r#"{"t":"rej","id":7,"code":"unknown_topic","reason":"no"}"#,
         ];
-        const ALPHABET: &[u8] = b"{}[]\\\":,0123456789aenrtuz-.";
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for frame in frames {
+            for text in variants(
+                frame,
+                b"{}[]\\\":,0123456789aenrtuz-.",
+                0x9e37_79b9_7f4a_7c15,
+                2000,
+            ) {
+                let _ = ClientFrame::decode(&text);
+                let _ = ServerFrame::decode(&text);
+            }
+        }
+    }
+
+    /// Every truncation of `frame`, then `count` copies with one to three random byte edits
+    /// (replace, insert or remove, with bytes from `alphabet`) that are still UTF-8. Seeded:
+    /// the same cases every run.
+    fn variants(frame: &str, alphabet: &[u8], seed: u64, count: usize) -> Vec<String> {
+        let mut state = seed;
         let mut next = || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
         };
-        for frame in frames {
-            for cut in 0..frame.len() {
-                let _ = ClientFrame::decode(&frame[..cut]);
-                let _ = ServerFrame::decode(&frame[..cut]);
+        let mut out: Vec<String> = (0..frame.len())
+            .filter_map(|cut| frame.get(..cut).map(str::to_owned))
+            .collect();
+        for _ in 0..count {
+            let mut bytes = frame.as_bytes().to_vec();
+            for _ in 0..1 + next() % 3 {
+                let i = (next() as usize) % bytes.len();
+                let c = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 => bytes[i] = c,
+                    1 => bytes.insert(i, c),
+                    _ => {
+                        bytes.remove(i);
+                    }
+                }
+                if bytes.is_empty() {
+                    break;
+                }
             }
-            for _ in 0..2000 {
-                let mut bytes = frame.as_bytes().to_vec();
-                for _ in 0..1 + next() % 4 {
-                    let i = (next() as usize) % bytes.len();
-                    bytes[i] = ALPHABET[(next() as usize) % ALPHABET.len()];
-                }
-                if let Ok(text) = std::str::from_utf8(&bytes) {
-                    let _ = ClientFrame::decode(text);
-                    let _ = ServerFrame::decode(text);
-                }
+            if let Ok(text) = String::from_utf8(bytes) {
+                out.push(text);
             }
         }
+        out
     }
 
     /// The serde derive the hand-written frame reader replaced: the reference it must match.
@@ -1250,39 +1273,10 @@ mod tests {
             r#"{"t":"x","q":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}"#,
         ];
         const ALPHABET: &[u8] = b"{}[]\\\":, \t0123456789aenrtuzlsfdD-.+eE";
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
         for frame in frames {
             same_as_serde(frame);
-            for cut in 0..frame.len() {
-                if let Some(text) = frame.get(..cut) {
-                    same_as_serde(text);
-                }
-            }
-            for _ in 0..3_000 {
-                let mut bytes = frame.as_bytes().to_vec();
-                for _ in 0..1 + next() % 3 {
-                    let i = (next() as usize) % bytes.len();
-                    let c = ALPHABET[(next() as usize) % ALPHABET.len()];
-                    match next() % 3 {
-                        0 => bytes[i] = c,
-                        1 => bytes.insert(i, c),
-                        _ => {
-                            bytes.remove(i);
-                        }
-                    }
-                    if bytes.is_empty() {
-                        break;
-                    }
-                }
-                if let Ok(text) = std::str::from_utf8(&bytes) {
-                    same_as_serde(text);
-                }
+            for text in variants(frame, ALPHABET, 0x2545_f491_4f6c_dd1d, 3_000) {
+                same_as_serde(&text);
             }
         }
     }
