@@ -207,21 +207,7 @@ async fn rpc_scenario(
             r.hist.max() as f64 / 1000.0
         ),
     );
-    report.info(
-        name,
-        "load cores busy",
-        format!("{:.2}", r.cpu.load_cores()),
-    );
-    report.info(
-        name,
-        "other cores busy",
-        format!("{:.2}", r.cpu.other_cores()),
-    );
-    report.info(
-        name,
-        "server cores busy",
-        format!("{:.2}", r.cpu.server_cores()),
-    );
+    report_cores(report, name, &r.cpu);
     if kind == Kind::Sss {
         if let Some(ratio) = ratio {
             report.target(
@@ -310,16 +296,7 @@ async fn fanout_scenario(
         "<= 2",
         us <= 2.0,
     );
-    report.info(
-        name,
-        "load cores busy",
-        format!("{:.2}", r.cpu.load_cores()),
-    );
-    report.info(
-        name,
-        "other cores busy",
-        format!("{:.2}", r.cpu.other_cores()),
-    );
+    report_cores(report, name, &r.cpu);
     report.check(name, "lost", r.lost, "publications lost");
     report.check(name, "duplicated", r.duplicated, "publications duplicated");
     report.check(
@@ -466,4 +443,19 @@ async fn cores_scenario(o: &Opts, report: &mut Report) -> Result<()> {
         fanout_scenario(o, report, Some(cpus.clone()), &format!("{label} fanout")).await?;
     }
     Ok(())
+}
+
+/// The table rows that say who was busy: the load generator, the servers, everything else.
+fn report_cores(report: &mut Report, name: &str, cpu: &crate::child::CpuUse) {
+    report.info(name, "load cores busy", format!("{:.2}", cpu.load_cores()));
+    report.info(
+        name,
+        "server cores busy",
+        format!("{:.2}", cpu.server_cores()),
+    );
+    report.info(
+        name,
+        "other cores busy",
+        format!("{:.2}", cpu.other_cores()),
+    );
 }
