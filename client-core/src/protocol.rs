@@ -81,6 +81,13 @@ pub mod codes {
     pub const UNAVAILABLE: &str = "unavailable";
     /// The server was removed from the channel by the server (`boot` of a channel).
     pub const BOOTED: &str = "booted";
+    /// A per-socket limit was reached (e.g. the maximum number of subscriptions).
+    pub const LIMIT: &str = "limit";
+    /// A newer `sub` for the same channel arrived before this one was answered; the newer one
+    /// gets its own answer.
+    pub const SUPERSEDED: &str = "superseded";
+    /// An `unsub` for the channel arrived before this `sub` was answered.
+    pub const CANCELLED: &str = "cancelled";
     /// Client side: no reply arrived within the ask timeout.
     pub const TIMEOUT: &str = "timeout";
     /// Client side: the connection dropped after the ask was sent; its outcome is unknown.

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod handshake;
+pub mod machine;
 mod registry;
 pub mod scaler;
 mod server;

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sss_core::protocol::{classify_channel, codes, ChannelKind};
+use sss_core::protocol::{classify_channel, codes};
 use sss_core::Position;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -48,6 +48,17 @@ pub struct ServerOptions {
     pub sync_buffer: usize,
     /// Asks of one socket handled at once (default 128); more are refused with `busy`.
     pub max_concurrent_asks: usize,
+    /// Tells of one socket handled at once (default 64). At the limit the server stops reading
+    /// that socket until one finishes: backpressure reaches the client through TCP, nothing is
+    /// dropped, and a flood of tells at a slow handler holds a bounded number of tasks.
+    pub max_concurrent_tells: usize,
+    /// Subscriptions one socket may hold, pending or live (default 1000); more are refused with
+    /// `subrej` code `limit`.
+    pub max_subscriptions: usize,
+    /// After a close frame, how long the server keeps reading (and discarding) what the client
+    /// still sends before it closes the connection (default 2 s): closing with unread input
+    /// makes the kernel send a reset, which would destroy the close frame in flight.
+    pub close_linger: Duration,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +72,9 @@ impl Default for ServerOptions {
             write_timeout: Duration::from_secs(10),
             sync_buffer: 1024,
             max_concurrent_asks: 128,
+            max_concurrent_tells: 64,
+            max_subscriptions: 1000,
+            close_linger: Duration::from_secs(2),
         }
     }
 }
@@ -99,6 +113,21 @@ impl ServerOptions {
     /// Sets [`max_concurrent_asks`](Self::max_concurrent_asks).
     pub fn max_concurrent_asks(mut self, n: usize) -> Self {
         self.max_concurrent_asks = n;
+        self
+    }
+    /// Sets [`max_concurrent_tells`](Self::max_concurrent_tells) (at least 1).
+    pub fn max_concurrent_tells(mut self, n: usize) -> Self {
+        self.max_concurrent_tells = n.max(1);
+        self
+    }
+    /// Sets [`max_subscriptions`](Self::max_subscriptions).
+    pub fn max_subscriptions(mut self, n: usize) -> Self {
+        self.max_subscriptions = n;
+        self
+    }
+    /// Sets [`close_linger`](Self::close_linger).
+    pub fn close_linger(mut self, t: Duration) -> Self {
+        self.close_linger = t;
         self
     }
     /// Sets [`handshake_timeout`](Self::handshake_timeout).
@@ -339,41 +368,31 @@ impl Inner {
             .max_frame_size(Some(self.options.max_message_size))
     }
 
-    /// Whether `socket` may subscribe to `channel`, by the rules for reserved channels, the
-    /// middleware and the subscription parser.
-    pub(crate) async fn check_subscription(
+    /// Runs the middleware and the subscription parser on a subscription to an ordinary
+    /// channel. (The rules for reserved channels are the socket state machine's, applied before
+    /// this is asked.)
+    pub(crate) async fn authorize(
         &self,
         socket: &Socket,
         channel: &str,
         query: Option<Box<RawValue>>,
     ) -> Result<(), Rejection> {
-        let own = |id: &str, mine: Option<&str>| mine == Some(id);
-        match classify_channel(channel) {
-            Err(e) => Err(Rejection::new(codes::INVALID_CHANNEL, e.to_string())),
-            Ok(ChannelKind::User(u)) if own(u, socket.user()) => Ok(()),
-            Ok(ChannelKind::Session(s)) if own(s, socket.session()) => Ok(()),
-            Ok(ChannelKind::User(_) | ChannelKind::Session(_) | ChannelKind::Reserved) => Err(
-                Rejection::new(codes::RESERVED_CHANNEL, "reserved channel of someone else"),
-            ),
-            Ok(ChannelKind::Public) => {
-                let query = match &self.middleware {
-                    Some(mw) => {
-                        let ev = Inbound::Subscribe {
-                            channel: channel.to_owned(),
-                            query,
-                        };
-                        match mw(socket.clone(), ev).await? {
-                            Inbound::Subscribe { query, .. } => query,
-                            _ => return Err(Rejection::new(codes::REFUSED, "middleware")),
-                        }
-                    }
-                    None => query,
+        let query = match &self.middleware {
+            Some(mw) => {
+                let ev = Inbound::Subscribe {
+                    channel: channel.to_owned(),
+                    query,
                 };
-                match &self.subscription_parser {
-                    Some(parser) => parser(socket.clone(), channel.to_owned(), query).await,
-                    None => Ok(()),
+                match mw(socket.clone(), ev).await? {
+                    Inbound::Subscribe { query, .. } => query,
+                    _ => return Err(Rejection::new(codes::REFUSED, "middleware")),
                 }
             }
+            None => query,
+        };
+        match &self.subscription_parser {
+            Some(parser) => parser(socket.clone(), channel.to_owned(), query).await,
+            None => Ok(()),
         }
     }
 }
@@ -539,6 +558,12 @@ impl Server {
             channel: channel.to_owned(),
         })
         .await
+    }
+
+    /// Number of channels this instance holds local subscribers for (a structure count: it
+    /// returns to zero when every socket has left every channel).
+    pub fn local_channels(&self) -> usize {
+        self.inner.registry.channel_count()
     }
 
     /// Number of sockets connected to this instance.

@@ -1,27 +1,35 @@
-//! One connection: its task, its bounded outbound queue, and the [`Socket`] handle.
+//! One connection: the driver around its [`Machine`], its bounded outbound queue, and the
+//! [`Socket`] handle.
+//!
+//! The driver is thin: it reads frames and feeds them to the machine, carries out the machine's
+//! commands in order (registry membership synchronously, everything that waits on a handler,
+//! a parser or the scaler as a spawned task that reports a [`Verdict`] back through the
+//! socket's queue), writes what the machine sends, and closes when it says so. It decides
+//! nothing about the protocol.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sss_core::protocol::{
-    close, codes, encode_pub, encode_tell, ClientFrame, ServerFrame, PROTOCOL_VERSION,
-};
+use sss_core::protocol::{close, codes, encode_tell};
 use sss_core::Position;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use crate::scaler::History;
+use crate::machine::{
+    AskOutcome, Command, Config, Identity, Machine, Publication, Synced, Topics, Verdict,
+};
+use crate::scaler::ScalerError;
 use crate::server::{Inbound, Inner};
 use crate::{Rejection, Session};
 
@@ -40,16 +48,7 @@ pub(crate) enum Out {
     BootChannel(Arc<str>),
     /// The outcome of work the socket's task spawned (boxed: it is rare and large, and the
     /// queue's blocks are sized by the largest variant).
-    Internal(Box<Internal>),
-}
-
-/// One publication as every local subscriber of its channel receives it.
-pub(crate) struct Publication {
-    pub(crate) channel: Arc<str>,
-    pub(crate) epoch: Arc<str>,
-    pub(crate) seq: u64,
-    /// The `pub` frame, encoded once.
-    pub(crate) frame: Utf8Bytes,
+    Verdict(Box<Verdict>),
 }
 
 /// The part of a socket other tasks hold.
@@ -59,13 +58,19 @@ pub(crate) struct SocketShared {
     pub(crate) key: u64,
     pub(crate) session: Session,
     tx: mpsc::Sender<Out>,
-    /// Asks being handled.
-    asks: AtomicUsize,
     kill: Mutex<Option<(u16, String)>>,
     killed: Notify,
 }
 
 impl SocketShared {
+    /// Reports the outcome of async work to the socket's task. Waits for room in the queue:
+    /// verdicts must not be lost (the state machine counts the work in flight), and there are
+    /// at most as many as the machine's limits on asks, tells and subscriptions allow.
+    async fn report(&self, v: Verdict) {
+        // Fails only once the socket's task is gone, and then nobody needs the verdict.
+        let _ = self.tx.send(Out::Verdict(Box::new(v))).await;
+    }
+
     /// Queues without waiting; a full queue means the client reads too slowly.
     pub(crate) fn push(&self, out: Out) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
@@ -150,58 +155,6 @@ impl Socket {
     }
 }
 
-/// Per-channel state of a socket's subscription, owned by its task.
-enum Sub {
-    /// Waiting for the parser and the history; publications are held in order.
-    Syncing {
-        id: u64,
-        held: Vec<Arc<Publication>>,
-    },
-    /// Live: publications after `last` are sent.
-    Live { last: Last },
-}
-
-/// The last publication sent on a live subscription.
-struct Last {
-    epoch: Arc<str>,
-    seq: u64,
-}
-
-impl Last {
-    /// Whether a publication is new to the client: later in the same epoch, or from another
-    /// epoch (the scaler lost its history; the client notices and resyncs).
-    fn admits(&mut self, epoch: &Arc<str>, seq: u64) -> bool {
-        let fresh = if Arc::ptr_eq(&self.epoch, epoch) || *self.epoch == **epoch {
-            seq > self.seq
-        } else {
-            true
-        };
-        if fresh {
-            self.epoch = epoch.clone();
-            self.seq = seq;
-        }
-        fresh
-    }
-}
-
-/// Results of work a socket's task spawned.
-pub(crate) enum Internal {
-    /// The subscription `id` was accepted and its history read.
-    Synced {
-        id: u64,
-        channel: String,
-        pos: Position,
-        recovered: Option<bool>,
-        replay: Vec<Arc<crate::scaler::Record>>,
-    },
-    /// The subscription `id` was refused.
-    Refused {
-        id: u64,
-        channel: String,
-        rejection: Rejection,
-    },
-}
-
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 /// Why the socket's task stopped.
@@ -212,18 +165,18 @@ enum End {
     Gone,
 }
 
-fn protocol_error(reason: impl Into<String>) -> End {
-    End::Close(close::PROTOCOL_ERROR, reason.into())
+impl Topics for Inner {
+    fn has_ask(&self, topic: &str) -> bool {
+        self.asks.contains_key(topic)
+    }
+
+    fn has_tell(&self, topic: &str) -> bool {
+        self.tells.contains_key(topic)
+    }
 }
 
-struct Conn<S> {
-    inner: Arc<Inner>,
-    socket: Socket,
-    subs: HashMap<String, Sub>,
-    welcomed: bool,
-    ws: WebSocketStream<S>,
-    /// Frames produced while handling one event, written together.
-    outgoing: Vec<Message>,
+fn unavailable(e: ScalerError) -> Rejection {
+    Rejection::new(codes::UNAVAILABLE, e.to_string())
 }
 
 /// Runs one connection until it closes.
@@ -239,251 +192,229 @@ where
         key,
         session,
         tx,
-        asks: AtomicUsize::new(0),
         kill: Mutex::new(None),
         killed: Notify::new(),
     });
     inner.registry.add_socket(&shared);
-    let mut conn = Conn {
+    let opts = &inner.options;
+    let config = Config {
+        heartbeat: opts.heartbeat,
+        handshake_timeout: opts.handshake_timeout,
+        sync_buffer: opts.sync_buffer,
+        max_concurrent_asks: opts.max_concurrent_asks,
+        max_concurrent_tells: opts.max_concurrent_tells,
+        max_subscriptions: opts.max_subscriptions,
+    };
+    let identity = Identity {
+        socket: shared.id.to_string(),
+        user: shared.session.user.clone(),
+        session: shared.session.session.clone(),
+    };
+    let topics: Arc<dyn Topics> = inner.clone();
+    let machine = Machine::new(Instant::now().into_std(), config, identity, topics);
+    let mut driver = Driver {
         inner: inner.clone(),
-        socket: Socket(shared.clone()),
-        subs: HashMap::new(),
-        welcomed: false,
+        shared: shared.clone(),
+        machine,
         ws,
         outgoing: Vec::new(),
     };
-    let end = conn.run(&mut rx).await;
-    if let End::Close(code, reason) = &end {
-        debug!(socket = %shared.id, code, reason, "closing socket");
-        let frame = CloseFrame {
-            code: CloseCode::from(*code),
-            reason: reason.as_str().into(),
-        };
-        let _ = timeout(inner.options.write_timeout, conn.ws.close(Some(frame))).await;
-    }
+    let end = driver.run(&mut rx).await;
     inner.registry.remove_socket(&shared);
-    for channel in conn.subs.keys() {
-        inner
-            .registry
-            .leave(channel, key, inner.scaler.as_ref())
-            .await;
+    if let End::Close(code, reason) = end {
+        debug!(socket = %shared.id, code, reason, "closing socket");
+        linger_close(driver.ws, code, reason, inner.options.close_linger).await;
     }
 }
 
-impl<S> Conn<S>
+/// Sends the close frame, then half-closes and reads and discards what the peer still sends
+/// until it closes too, or `linger` has passed. Closing a TCP socket that has unread input makes
+/// the kernel answer with a reset, and a reset destroys what the peer had not read yet: a client
+/// that wrote many asks and was closed for slow consumption got a reset instead of its 4004
+/// (and the replies queued before it).
+async fn linger_close<S>(mut ws: WebSocketStream<S>, code: u16, reason: String, linger: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + linger;
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    if !matches!(
+        timeout_at(deadline, ws.close(Some(frame))).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    // Raw bytes, not frames: after a 1009 the rest of the oversized message is still in
+    // flight and is not a frame boundary.
+    let io = ws.get_mut();
+    let drain = async {
+        let _ = io.shutdown().await;
+        let mut scratch = [0u8; 2048];
+        while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+    };
+    let _ = timeout_at(deadline, drain).await;
+}
+
+struct Driver<S> {
+    inner: Arc<Inner>,
+    shared: Arc<SocketShared>,
+    machine: Machine,
+    ws: WebSocketStream<S>,
+    /// Frames produced while handling one event, written together.
+    outgoing: Vec<Message>,
+}
+
+impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async fn run(&mut self, rx: &mut mpsc::Receiver<Out>) -> End {
-        // Borrowed, not cloned: this future lives as long as the connection.
-        let inner = self.inner.clone();
-        let opts = &inner.options;
-        let shared = self.socket.0.clone();
-        let mut last_recv = Instant::now();
-        let hello_deadline = last_recv + opts.handshake_timeout;
-        let mut next_ping = last_recv + opts.heartbeat;
         // One timer for the socket's life, moved only when its deadline changes: creating a
         // `Sleep` per event registered and removed a timer-wheel entry for every message.
-        let timer = sleep_until(hello_deadline);
+        let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
         loop {
-            let deadline = if self.welcomed {
-                next_ping.min(last_recv + opts.heartbeat * 2)
+            let close = self.carry_out();
+            // Frames commanded before a close (an `error` frame) still go out. One `flush` call
+            // site: each one reserves room for the flush future in this long-lived future.
+            let flushed = if self.outgoing.is_empty() {
+                Ok(())
             } else {
-                hello_deadline
+                self.flush().await
             };
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
+            if self.machine.is_closed() {
+                return match close {
+                    Some((code, reason)) if flushed.is_ok() => End::Close(code, reason),
+                    _ => End::Gone,
+                };
             }
-            let step = tokio::select! {
+            match flushed {
+                Ok(()) => {}
+                Err(Some((code, reason))) => {
+                    self.machine.handle_kill(code, &reason);
+                    continue;
+                }
+                Err(None) => {
+                    self.machine.handle_gone();
+                    continue;
+                }
+            }
+            let deadline = self.machine.poll_timeout().map(Instant::from_std);
+            if let Some(d) = deadline {
+                if timer.deadline() != d {
+                    timer.as_mut().reset(d);
+                }
+            }
+            let reading = self.machine.wants_read();
+            let shared = self.shared.clone();
+            tokio::select! {
                 biased;
                 () = shared.killed.notified() => {
                     let (code, reason) = shared.kill_reason();
-                    Err(End::Close(code, reason))
+                    self.machine.handle_kill(code, &reason);
                 }
-                msg = self.ws.next() => {
-                    last_recv = Instant::now();
-                    self.on_message(msg)
-                }
+                msg = self.ws.next(), if reading => self.on_message(msg),
                 Some(out) = rx.recv() => {
                     self.on_out(out);
                     // Drain what else is queued, so it goes out in one write.
-                    while self.outgoing.len() < 64 {
+                    for _ in 0..64 {
                         match rx.try_recv() {
                             Ok(out) => self.on_out(out),
                             Err(_) => break,
                         }
                     }
-                    Ok(())
                 }
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if !self.welcomed {
-                        Err(End::Close(close::HANDSHAKE_TIMEOUT, "no hello in time".into()))
-                    } else if now >= last_recv + opts.heartbeat * 2 {
-                        Err(End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout".into()))
-                    } else {
-                        next_ping = now + opts.heartbeat;
-                        self.send(&ServerFrame::Ping {});
-                        Ok(())
-                    }
+                () = &mut timer, if deadline.is_some() => {
+                    self.machine.handle_timeout(Instant::now().into_std());
                 }
-            };
-            // Frames produced just before a close (an `error` frame) still go out. One `flush`
-            // call site: each one reserves room for the flush future in this long-lived future.
-            let flushed = match step {
-                Err(End::Gone) => Ok(()),
-                _ => self.flush(opts.write_timeout).await,
-            };
-            match (step, flushed) {
-                (Err(end), _) | (Ok(()), Err(end)) => return end,
-                (Ok(()), Ok(())) => {}
             }
         }
     }
 
-    fn send(&mut self, frame: &ServerFrame) {
-        self.outgoing.push(Message::Text(frame.encode().into()));
-    }
-
-    async fn flush(&mut self, limit: std::time::Duration) -> Result<(), End> {
-        if self.outgoing.is_empty() {
-            return Ok(());
-        }
-        let ws = &mut self.ws;
-        let outgoing = &mut self.outgoing;
-        let write = async {
-            for m in outgoing.drain(..) {
-                ws.feed(m).await?;
-            }
-            ws.flush().await
-        };
-        let shared = &self.socket.0;
-        // A client that stops reading blocks the write; its queue then overflows and the
-        // socket is killed as a slow consumer, which must not wait for the write timeout.
-        tokio::select! {
-            r = timeout(limit, write) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => {
-                    debug!(error = %e, "write failed");
-                    Err(End::Gone)
-                }
-                Err(_) => {
-                    debug!("write timed out");
-                    Err(End::Gone)
-                }
-            },
-            () = shared.killed.notified() => {
-                let (code, reason) = shared.kill_reason();
-                Err(End::Close(code, reason))
-            }
-        }
-    }
-
-    fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
-        match msg {
-            None => Err(End::Gone),
-            Some(Err(WsError::Capacity(e))) => {
-                Err(End::Close(close::MESSAGE_TOO_BIG, e.to_string()))
-            }
-            Some(Err(e)) => {
-                debug!(error = %e, "read failed");
-                Err(End::Gone)
-            }
-            Some(Ok(Message::Text(text))) => self.on_frame(&text),
-            Some(Ok(Message::Binary(_))) => Err(protocol_error("binary frames are not supported")),
-            // Pings are answered by tungstenite; a close is answered and then ends the stream.
-            Some(Ok(_)) => Ok(()),
-        }
-    }
-
-    fn on_frame(&mut self, text: &str) -> Result<(), End> {
-        let frame = match ClientFrame::decode(text) {
-            Ok(f) => f,
-            Err(e) => {
-                self.send(&ServerFrame::Error {
-                    code: "protocol".into(),
-                    reason: e.to_string(),
-                });
-                return Err(protocol_error(e.to_string()));
-            }
-        };
-        if !self.welcomed {
-            return match frame {
-                ClientFrame::Hello { v } if v == PROTOCOL_VERSION => {
-                    self.welcomed = true;
-                    let s = &self.socket;
-                    let welcome = ServerFrame::Welcome {
-                        v: PROTOCOL_VERSION,
-                        socket: s.id().to_owned(),
-                        user: s.user().map(str::to_owned),
-                        session: s.session().map(str::to_owned),
-                        hb: self.inner.options.heartbeat.as_millis() as u64,
-                    };
-                    self.send(&welcome);
-                    Ok(())
-                }
-                ClientFrame::Hello { v } => {
-                    let reason = format!(
-                        "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
-                    );
-                    self.send(&ServerFrame::Error {
-                        code: "unsupported_version".into(),
-                        reason: reason.clone(),
+    /// Carries out the machine's commands, in order; returns the close it asked for, if any.
+    fn carry_out(&mut self) -> Option<(u16, String)> {
+        let mut close = None;
+        while let Some(cmd) = self.machine.poll_command() {
+            match cmd {
+                Command::Send(f) => self.outgoing.push(Message::Text(f)),
+                Command::Authorize { op, channel, query } => self.authorize(op, channel, query),
+                Command::Join { op, channel } => {
+                    self.inner.registry.insert(&channel, &self.shared);
+                    let inner = self.inner.clone();
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let result = inner
+                            .registry
+                            .reconcile(&channel, inner.scaler.as_ref())
+                            .await
+                            .map_err(unavailable);
+                        shared.report(Verdict::Joined { op, result }).await;
                     });
-                    Err(End::Close(close::UNSUPPORTED_VERSION, reason))
                 }
-                _ => Err(protocol_error("expected hello first")),
-            };
-        }
-        match frame {
-            ClientFrame::Hello { .. } => return Err(protocol_error("hello sent twice")),
-            ClientFrame::Ask { id, topic, msg } => self.on_ask(id, topic, msg),
-            ClientFrame::Tell { topic, msg } => self.on_tell(topic, msg),
-            ClientFrame::Sub { id, ch, q, since } => self.on_sub(id, ch, q, since),
-            ClientFrame::Unsub { ch } => {
-                if self.subs.remove(&ch).is_some() {
-                    self.leave(ch);
+                Command::Leave { channel } => {
+                    self.inner.registry.remove(&channel, self.shared.key);
+                    let inner = self.inner.clone();
+                    tokio::spawn(async move {
+                        let _ = inner
+                            .registry
+                            .reconcile(&channel, inner.scaler.as_ref())
+                            .await;
+                    });
                 }
+                Command::Sync { op, channel, since } => self.sync(op, channel, since),
+                Command::Ask { id, topic, msg } => self.ask(id, topic, msg),
+                Command::Tell { topic, msg } => self.tell(topic, msg),
+                Command::Close { code, reason } => close = Some((code, reason)),
             }
-            ClientFrame::Ping {} => self.send(&ServerFrame::Pong {}),
-            ClientFrame::Pong {} => {}
-            _ => return Err(protocol_error("unexpected frame")),
         }
-        Ok(())
+        close
     }
 
-    fn leave(&self, channel: String) {
+    fn authorize(&self, op: u64, channel: String, query: Option<Box<RawValue>>) {
         let inner = self.inner.clone();
-        let key = self.socket.0.key;
+        let socket = Socket(self.shared.clone());
         tokio::spawn(async move {
-            inner
-                .registry
-                .leave(&channel, key, inner.scaler.as_ref())
-                .await;
+            let work = inner.authorize(&socket, &channel, query);
+            let result = match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(
+                        socket = socket.id(),
+                        channel, "subscription parser panicked"
+                    );
+                    Err(Rejection::new(
+                        codes::INTERNAL,
+                        "the subscription parser failed",
+                    ))
+                }
+            };
+            socket.0.report(Verdict::Authorized { op, result }).await;
         });
     }
 
-    fn on_ask(&mut self, id: u64, topic: String, msg: Box<RawValue>) {
+    fn sync(&self, op: u64, channel: String, since: Option<Position>) {
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let scaler = inner.scaler.as_ref();
+            let result = match since {
+                None => scaler.position(&channel).await.map(Synced::Head),
+                Some(since) => scaler.history(&channel, &since).await.map(Synced::History),
+            };
+            let result = result.map_err(unavailable);
+            shared.report(Verdict::Synced { op, result }).await;
+        });
+    }
+
+    fn ask(&self, id: u64, topic: String, msg: Box<RawValue>) {
         let Some(handler) = self.inner.asks.get(&topic).cloned() else {
-            self.send(&ServerFrame::Rej {
-                id,
-                code: codes::UNKNOWN_TOPIC.into(),
-                reason: format!("no ask handler for topic {topic:?}"),
-            });
             return;
         };
-        if self.socket.0.asks.load(Ordering::Relaxed) >= self.inner.options.max_concurrent_asks {
-            self.send(&ServerFrame::Rej {
-                id,
-                code: codes::BUSY.into(),
-                reason: "too many asks in flight on this socket".into(),
-            });
-            return;
-        }
-        self.socket.0.asks.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
-        let socket = self.socket.clone();
+        let socket = Socket(self.shared.clone());
         tokio::spawn(async move {
             let work = async {
                 let msg = match &inner.middleware {
@@ -495,35 +426,24 @@ where
                 };
                 handler(socket.clone(), msg).await
             };
-            let result = AssertUnwindSafe(work).catch_unwind().await;
-            let frame = match result {
-                Ok(Ok(msg)) => ServerFrame::Res { id, msg },
-                Ok(Err(r)) => ServerFrame::Rej {
-                    id,
-                    code: r.code,
-                    reason: r.reason,
-                },
+            let outcome = match AssertUnwindSafe(work).catch_unwind().await {
+                Ok(Ok(msg)) => AskOutcome::Ok(msg),
+                Ok(Err(r)) => AskOutcome::Err(r),
                 Err(_) => {
                     warn!(socket = socket.id(), "ask handler panicked");
-                    ServerFrame::Rej {
-                        id,
-                        code: codes::INTERNAL.into(),
-                        reason: "the handler failed".into(),
-                    }
+                    AskOutcome::Panicked
                 }
             };
-            socket.0.asks.fetch_sub(1, Ordering::Relaxed);
-            socket.0.push(Out::Frame(frame.encode().into()));
+            socket.0.report(Verdict::AskDone { id, outcome }).await;
         });
     }
 
-    fn on_tell(&mut self, topic: String, msg: Box<RawValue>) {
+    fn tell(&self, topic: String, msg: Box<RawValue>) {
         let Some(handler) = self.inner.tells.get(&topic).cloned() else {
-            debug!(topic, "tell dropped: no handler");
             return;
         };
         let inner = self.inner.clone();
-        let socket = self.socket.clone();
+        let socket = Socket(self.shared.clone());
         tokio::spawn(async move {
             let work = async {
                 let msg = match &inner.middleware {
@@ -538,166 +458,69 @@ where
             if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                 warn!(socket = socket.id(), "tell handler panicked");
             }
+            socket.0.report(Verdict::TellDone).await;
         });
     }
 
-    fn on_sub(&mut self, id: u64, ch: String, q: Option<Box<RawValue>>, since: Option<Position>) {
-        // A `sub` for a channel this socket already has is a resync: the parser already
-        // accepted it, only the history is read again.
-        let resync = self.subs.contains_key(&ch);
-        self.subs.insert(
-            ch.clone(),
-            Sub::Syncing {
-                id,
-                held: Vec::new(),
+    /// Writes the outgoing frames. `Err(Some(close))` when the socket was killed meanwhile,
+    /// `Err(None)` when the connection failed.
+    async fn flush(&mut self) -> Result<(), Option<(u16, String)>> {
+        let limit = self.inner.options.write_timeout;
+        let ws = &mut self.ws;
+        let outgoing = &mut self.outgoing;
+        let write = async {
+            for m in outgoing.drain(..) {
+                ws.feed(m).await?;
+            }
+            ws.flush().await
+        };
+        let shared = &self.shared;
+        // A client that stops reading blocks the write; its queue then overflows and the
+        // socket is killed as a slow consumer, which must not wait for the write timeout.
+        tokio::select! {
+            r = timeout(limit, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "write failed");
+                    Err(None)
+                }
+                Err(_) => {
+                    debug!("write timed out");
+                    Err(None)
+                }
             },
-        );
-        let inner = self.inner.clone();
-        let socket = self.socket.clone();
-        tokio::spawn(async move {
-            let scaler = inner.scaler.as_ref();
-            let unavailable =
-                |e: crate::scaler::ScalerError| Rejection::new(codes::UNAVAILABLE, e.to_string());
-            let work = async {
-                if !resync {
-                    inner.check_subscription(&socket, &ch, q).await?;
-                    inner
-                        .registry
-                        .join(&ch, &socket.0, scaler)
-                        .await
-                        .map_err(unavailable)?;
-                }
-                Ok(match since {
-                    None => (
-                        scaler.position(&ch).await.map_err(unavailable)?,
-                        None,
-                        Vec::new(),
-                    ),
-                    Some(since) => match scaler.history(&ch, &since).await.map_err(unavailable)? {
-                        History::Recovered(replay) => {
-                            let pos = replay.last().map_or(since, |r| r.position.clone());
-                            (pos, Some(true), replay)
-                        }
-                        History::Unrecoverable { head } => (head, Some(false), Vec::new()),
-                    },
-                })
-            };
-            let ev = match work.await {
-                Ok((pos, recovered, replay)) => Internal::Synced {
-                    id,
-                    channel: ch,
-                    pos,
-                    recovered,
-                    replay,
-                },
-                Err(rejection) => Internal::Refused {
-                    id,
-                    channel: ch,
-                    rejection,
-                },
-            };
-            // Waits for room in the queue; fails only once the socket's task is gone.
-            let _ = socket.0.tx.send(Out::Internal(Box::new(ev))).await;
-        });
+            () = shared.killed.notified() => Err(Some(shared.kill_reason())),
+        }
     }
 
-    fn on_internal(&mut self, ev: Internal) {
-        match ev {
-            Internal::Synced {
-                id,
-                channel,
-                pos,
-                recovered,
-                replay,
-            } => {
-                let held = match self.subs.get_mut(&channel) {
-                    Some(Sub::Syncing { id: current, held }) if *current == id => {
-                        std::mem::take(held)
-                    }
-                    Some(_) => return, // superseded by a newer `sub` for the channel
-                    None => {
-                        // Unsubscribed while the history was read.
-                        self.leave(channel);
-                        return;
-                    }
-                };
-                self.send(&ServerFrame::Subok {
-                    id,
-                    ch: channel.clone(),
-                    pos: pos.clone(),
-                    recovered,
-                });
-                let mut last = Last {
-                    epoch: Arc::from(pos.epoch.as_str()),
-                    seq: match recovered {
-                        Some(true) => replay.first().map_or(pos.seq, |r| r.position.seq - 1),
-                        _ => pos.seq,
-                    },
-                };
-                for r in &replay {
-                    let frame = encode_pub(&channel, &r.topic, &r.position, &r.msg);
-                    self.outgoing.push(Message::Text(frame.into()));
-                    last.seq = r.position.seq;
-                }
-                for h in held {
-                    if last.admits(&h.epoch, h.seq) {
-                        self.outgoing.push(Message::Text(h.frame.clone()));
-                    }
-                }
-                self.subs.insert(channel, Sub::Live { last });
+    fn on_message(&mut self, msg: Option<Result<Message, WsError>>) {
+        let now = Instant::now().into_std();
+        let m = &mut self.machine;
+        match msg {
+            Some(Ok(Message::Text(text))) => m.handle_text(now, &text),
+            Some(Ok(Message::Binary(_))) => m.handle_binary(now),
+            // Pings are answered by tungstenite; a close is answered and then ends the stream.
+            Some(Ok(_)) => m.handle_activity(now),
+            Some(Err(WsError::Capacity(e))) => m.handle_oversized(&e.to_string()),
+            Some(Err(e)) => {
+                debug!(error = %e, "read failed");
+                m.handle_gone();
             }
-            Internal::Refused {
-                id,
-                channel,
-                rejection,
-            } => {
-                if matches!(self.subs.get(&channel), Some(Sub::Syncing { id: current, .. }) if *current == id)
-                {
-                    self.subs.remove(&channel);
-                    self.leave(channel.clone());
-                }
-                self.send(&ServerFrame::Subrej {
-                    id,
-                    ch: channel,
-                    code: rejection.code,
-                    reason: rejection.reason,
-                });
-            }
+            None => m.handle_gone(),
         }
     }
 
     fn on_out(&mut self, out: Out) {
+        let m = &mut self.machine;
         match out {
-            Out::Frame(frame) => self.outgoing.push(Message::Text(frame)),
-            Out::Pub(p) => match self.subs.get_mut(&*p.channel) {
-                Some(Sub::Live { last }) => {
-                    let fresh = last.admits(&p.epoch, p.seq);
-                    if fresh {
-                        self.outgoing.push(Message::Text(p.frame.clone()));
-                    }
-                }
-                Some(Sub::Syncing { held, .. }) => {
-                    if held.len() >= self.inner.options.sync_buffer {
-                        self.socket
-                            .0
-                            .kill(close::SLOW_CONSUMER, "too many publications while syncing");
-                    } else {
-                        held.push(p);
-                    }
-                }
-                _ => {}
-            },
-            Out::Internal(ev) => self.on_internal(*ev),
-            Out::BootChannel(channel) => {
-                if self.subs.remove(&*channel).is_some() {
-                    self.send(&ServerFrame::Unsubbed {
-                        ch: channel.to_string(),
-                        code: codes::BOOTED.into(),
-                        reason: "removed from the channel by the server".into(),
-                    });
-                    self.leave(channel.to_string());
+            Out::Frame(frame) => {
+                if !m.is_closed() {
+                    self.outgoing.push(Message::Text(frame));
                 }
             }
+            Out::Pub(p) => m.handle_publication(&p),
+            Out::BootChannel(channel) => m.handle_boot_channel(&channel),
+            Out::Verdict(v) => m.handle_verdict(*v),
         }
     }
 }

@@ -1,0 +1,911 @@
+//! The per-socket protocol logic as a sans-IO state machine.
+//!
+//! [`Machine`] is to a server socket what `sss_core::client::Client` is to a client: it holds
+//! no socket, spawns nothing and reads no clock. The driver (`socket.rs`) feeds it what happened
+//! (a text frame, a timer, a publication for the socket, the verdict of async work it asked
+//! for) and carries out what it asks, in order, through [`Machine::poll_command`]:
+//! send a frame, run the subscription parser, join or leave a channel in the registry, read a
+//! channel's history, run an ask or tell handler, close.
+//!
+//! Every subscription moves through explicit states:
+//!
+//! ```text
+//!   sub ─► Authorizing ──accepted──► Joining ──joined──► Syncing ──synced──► Live
+//!              │ refused               │ failed            │ failed            │ sub (resync)
+//!              ▼                       ▼                   ▼                   ▼
+//!           subrej                 subrej+leave        subrej+leave         Syncing
+//! ```
+//!
+//! Only a subscription the parser accepted leaves `Authorizing`, so a `sub` for a channel that
+//! is not yet accepted always goes through the parser, however frames are pipelined. A `sub`
+//! for an accepted channel (joining, syncing or live) is a resync: the parser is not asked
+//! again. Registry membership changes are commands, carried out by the driver in the order the
+//! machine emits them; async work reports back with the operation id it was given, and a verdict
+//! for an operation that was superseded is ignored. Every `sub` gets exactly one answer:
+//! `subok`, or `subrej` (with [`codes::SUPERSEDED`] when a newer `sub` for the same channel
+//! replaced it, [`codes::CANCELLED`] when an `unsub` came first).
+//!
+//! It is public so that it can be fuzzed and model-tested from outside the crate; applications
+//! do not need it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use sss_core::protocol::{
+    classify_channel, close, codes, encode_pub, ChannelKind, ClientFrame, ServerFrame,
+    PROTOCOL_VERSION,
+};
+use sss_core::Position;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::scaler::{History, Record};
+use crate::Rejection;
+
+/// Limits and timers of one socket (from [`ServerOptions`](crate::ServerOptions)).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The server pings this often; a socket silent for twice this is closed with 4005.
+    pub heartbeat: Duration,
+    /// Time the socket has to send `hello`.
+    pub handshake_timeout: Duration,
+    /// Publications held per subscription while it joins and syncs; past that, 4004.
+    pub sync_buffer: usize,
+    /// Asks handled at once; more are refused with `busy`.
+    pub max_concurrent_asks: usize,
+    /// Tells handled at once; at this many the driver stops reading the socket.
+    pub max_concurrent_tells: usize,
+    /// Subscriptions (pending or live) a socket may hold; more are refused with `limit`.
+    pub max_subscriptions: usize,
+}
+
+/// Who the socket is, as the session parser decided.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    /// The socket's cluster-wide id.
+    pub socket: String,
+    /// User id.
+    pub user: Option<String>,
+    /// Session id.
+    pub session: Option<String>,
+}
+
+/// Which ask and tell topics have handlers.
+pub trait Topics: Send + Sync {
+    /// Whether an ask handler is registered for `topic`.
+    fn has_ask(&self, topic: &str) -> bool;
+    /// Whether a tell handler is registered for `topic`.
+    fn has_tell(&self, topic: &str) -> bool;
+}
+
+/// Identifies one piece of async work the machine asked for; its verdict carries it back.
+pub type OpId = u64;
+
+/// One publication as every local subscriber of its channel receives it.
+#[derive(Debug)]
+pub struct Publication {
+    /// Channel.
+    pub channel: Arc<str>,
+    /// Its position's epoch.
+    pub epoch: Arc<str>,
+    /// Its position's seq.
+    pub seq: u64,
+    /// The `pub` frame, encoded once for every subscriber.
+    pub frame: Utf8Bytes,
+}
+
+/// What the machine asks its driver to do, in order.
+#[derive(Debug)]
+pub enum Command {
+    /// Send this text frame.
+    Send(Utf8Bytes),
+    /// Run the middleware and the subscription parser; answer with [`Verdict::Authorized`].
+    Authorize {
+        /// Operation id.
+        op: OpId,
+        /// Channel.
+        channel: String,
+        /// The client's query.
+        query: Option<Box<RawValue>>,
+    },
+    /// Add the socket to the channel's local subscribers now, then make sure the scaler
+    /// delivers the channel to this instance; answer with [`Verdict::Joined`].
+    Join {
+        /// Operation id.
+        op: OpId,
+        /// Channel.
+        channel: String,
+    },
+    /// Remove the socket from the channel's local subscribers now (no answer).
+    Leave {
+        /// Channel.
+        channel: String,
+    },
+    /// Read the channel's head (`since` absent) or its history after `since`; answer with
+    /// [`Verdict::Synced`].
+    Sync {
+        /// Operation id.
+        op: OpId,
+        /// Channel.
+        channel: String,
+        /// The client's last position.
+        since: Option<Position>,
+    },
+    /// Run the ask handler; answer with [`Verdict::AskDone`].
+    Ask {
+        /// The ask's id.
+        id: u64,
+        /// Topic (it has a handler).
+        topic: String,
+        /// Payload.
+        msg: Box<RawValue>,
+    },
+    /// Run the tell handler; answer with [`Verdict::TellDone`].
+    Tell {
+        /// Topic (it has a handler).
+        topic: String,
+        /// Payload.
+        msg: Box<RawValue>,
+    },
+    /// Close the connection with this code (after sending what was commanded before).
+    Close {
+        /// Close code.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+}
+
+/// How an ask handler ended.
+#[derive(Debug)]
+pub enum AskOutcome {
+    /// It answered.
+    Ok(Box<RawValue>),
+    /// It (or the middleware) refused.
+    Err(Rejection),
+    /// It panicked.
+    Panicked,
+}
+
+/// What a channel's sync read.
+#[derive(Debug)]
+pub enum Synced {
+    /// The channel's head (for a `sub` without `since`).
+    Head(Position),
+    /// The history after `since`.
+    History(History),
+}
+
+/// The outcome of async work the machine asked for.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The middleware and subscription parser decided.
+    Authorized {
+        /// The [`Command::Authorize`] operation.
+        op: OpId,
+        /// Accepted, or the rejection.
+        result: Result<(), Rejection>,
+    },
+    /// The registry join finished.
+    Joined {
+        /// The [`Command::Join`] operation.
+        op: OpId,
+        /// Joined, or why the scaler could not deliver the channel.
+        result: Result<(), Rejection>,
+    },
+    /// The position or history was read.
+    Synced {
+        /// The [`Command::Sync`] operation.
+        op: OpId,
+        /// What was read, or why not.
+        result: Result<Synced, Rejection>,
+    },
+    /// An ask handler finished.
+    AskDone {
+        /// The ask's id.
+        id: u64,
+        /// How.
+        outcome: AskOutcome,
+    },
+    /// A tell handler finished.
+    TellDone,
+}
+
+/// A subscription's state.
+#[derive(Debug)]
+enum Sub {
+    /// The parser is deciding; the socket is not in the registry.
+    Authorizing {
+        id: u64,
+        op: OpId,
+        since: Option<Position>,
+    },
+    /// Accepted; the registry join is running. Publications are held.
+    Joining {
+        id: u64,
+        op: OpId,
+        since: Option<Position>,
+        held: Vec<Arc<Publication>>,
+    },
+    /// Joined; the position or history is being read. Publications are held.
+    Syncing {
+        id: u64,
+        op: OpId,
+        since: Option<Position>,
+        held: Vec<Arc<Publication>>,
+    },
+    /// Publications after `last` are sent.
+    Live { last: Last },
+}
+
+impl Sub {
+    /// The unanswered `sub` id, if any.
+    fn pending(&self) -> Option<u64> {
+        match self {
+            Sub::Authorizing { id, .. } | Sub::Joining { id, .. } | Sub::Syncing { id, .. } => {
+                Some(*id)
+            }
+            Sub::Live { .. } => None,
+        }
+    }
+
+    /// Whether the socket is in the channel's registry entry.
+    fn joined(&self) -> bool {
+        !matches!(self, Sub::Authorizing { .. })
+    }
+}
+
+/// The last publication sent on a live subscription.
+#[derive(Debug)]
+struct Last {
+    epoch: Arc<str>,
+    seq: u64,
+}
+
+impl Last {
+    /// Whether a publication is new to the client: later in the same epoch, or from another
+    /// epoch (the scaler lost its history; the client notices and resyncs).
+    fn admits(&mut self, epoch: &Arc<str>, seq: u64) -> bool {
+        let fresh = if Arc::ptr_eq(&self.epoch, epoch) || *self.epoch == **epoch {
+            seq > self.seq
+        } else {
+            true
+        };
+        if fresh {
+            self.epoch = epoch.clone();
+            self.seq = seq;
+        }
+        fresh
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for `hello`.
+    Hello,
+    Open,
+    Closed,
+}
+
+/// The protocol state of one server socket. See the [module docs](self).
+pub struct Machine {
+    config: Config,
+    identity: Identity,
+    topics: Arc<dyn Topics>,
+    phase: Phase,
+    subs: HashMap<String, Sub>,
+    next_op: OpId,
+    asks: usize,
+    tells: usize,
+    hello_deadline: Instant,
+    last_recv: Instant,
+    next_ping: Instant,
+    commands: VecDeque<Command>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("socket", &self.identity.socket)
+            .field("phase", &self.phase)
+            .field("subs", &self.subs)
+            .field("asks", &self.asks)
+            .field("tells", &self.tells)
+            .finish_non_exhaustive()
+    }
+}
+
+fn frame(f: &ServerFrame) -> Command {
+    Command::Send(Utf8Bytes::from(f.encode()))
+}
+
+impl Machine {
+    /// A socket that just upgraded at `now`.
+    pub fn new(now: Instant, config: Config, identity: Identity, topics: Arc<dyn Topics>) -> Self {
+        Self {
+            hello_deadline: now + config.handshake_timeout,
+            last_recv: now,
+            next_ping: now + config.heartbeat,
+            config,
+            identity,
+            topics,
+            phase: Phase::Hello,
+            subs: HashMap::new(),
+            next_op: 0,
+            asks: 0,
+            tells: 0,
+            commands: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Hello => Some(self.hello_deadline),
+            // While reading is paused the silence is the server's doing, not the client's.
+            Phase::Open if !self.wants_read() => Some(self.next_ping),
+            Phase::Open => Some(
+                self.next_ping
+                    .min(self.last_recv + self.config.heartbeat * 2),
+            ),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Whether the driver should read the socket. `false` while the socket's tell handlers are
+    /// at their limit: backpressure instead of unbounded tasks.
+    pub fn wants_read(&self) -> bool {
+        self.phase != Phase::Closed && self.tells < self.config.max_concurrent_tells
+    }
+
+    /// Whether the machine has closed (after [`Command::Close`], or the peer went away).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Channels the socket is in the registry of (what must be left when it goes away).
+    pub fn joined_channels(&self) -> impl Iterator<Item = &str> {
+        self.subs
+            .iter()
+            .filter(|(_, s)| s.joined())
+            .map(|(c, _)| c.as_str())
+    }
+
+    /// Number of subscriptions held, pending or live.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
+    fn op(&mut self) -> OpId {
+        self.next_op += 1;
+        self.next_op
+    }
+
+    fn send(&mut self, f: &ServerFrame) {
+        self.commands.push_back(frame(f));
+    }
+
+    fn subrej(&mut self, id: u64, ch: &str, code: &str, reason: impl Into<String>) {
+        self.send(&ServerFrame::Subrej {
+            id,
+            ch: ch.to_owned(),
+            code: code.to_owned(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Closes: leaves every joined channel, then tells the driver to close with `code`.
+    fn close(&mut self, code: u16, reason: impl Into<String>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.leave_all();
+        self.commands.push_back(Command::Close {
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    fn leave_all(&mut self) {
+        self.phase = Phase::Closed;
+        let channels: Vec<String> = self.joined_channels().map(str::to_owned).collect();
+        self.subs.clear();
+        for channel in channels {
+            self.commands.push_back(Command::Leave { channel });
+        }
+    }
+
+    /// A protocol violation: an `error` frame, then close 4000.
+    fn protocol_error(&mut self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.send(&ServerFrame::Error {
+            code: "protocol".into(),
+            reason: reason.clone(),
+        });
+        self.close(close::PROTOCOL_ERROR, reason);
+    }
+
+    /// The peer sent something (a frame of any kind, including WebSocket pings): it is alive.
+    pub fn handle_activity(&mut self, now: Instant) {
+        self.last_recv = now;
+    }
+
+    /// A text frame arrived.
+    pub fn handle_text(&mut self, now: Instant, text: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.last_recv = now;
+        let frame = match ClientFrame::decode(text) {
+            Ok(f) => f,
+            Err(e) => return self.protocol_error(e.to_string()),
+        };
+        if self.phase == Phase::Hello {
+            return self.on_hello(now, frame);
+        }
+        match frame {
+            ClientFrame::Hello { .. } => self.protocol_error("hello sent twice"),
+            ClientFrame::Ask { id, topic, msg } => self.on_ask(id, topic, msg),
+            ClientFrame::Tell { topic, msg } => self.on_tell(topic, msg),
+            ClientFrame::Sub { id, ch, q, since } => self.on_sub(id, ch, q, since),
+            ClientFrame::Unsub { ch } => self.on_unsub(&ch),
+            ClientFrame::Ping {} => self.send(&ServerFrame::Pong {}),
+            ClientFrame::Pong {} => {}
+            _ => self.protocol_error("unexpected frame"),
+        }
+    }
+
+    /// A binary frame arrived: not part of protocol version 1.
+    pub fn handle_binary(&mut self, now: Instant) {
+        if self.phase != Phase::Closed {
+            self.last_recv = now;
+            self.protocol_error("binary frames are not supported");
+        }
+    }
+
+    /// The peer sent a message larger than the server's maximum.
+    pub fn handle_oversized(&mut self, detail: &str) {
+        self.close(close::MESSAGE_TOO_BIG, detail.to_owned());
+    }
+
+    /// The connection is gone (read or write failed, or the peer closed): nothing more is sent.
+    pub fn handle_gone(&mut self) {
+        if self.phase != Phase::Closed {
+            self.leave_all();
+        }
+    }
+
+    /// The server closes the socket (boot, slow consumer, shutdown): `code` is sent.
+    pub fn handle_kill(&mut self, code: u16, reason: &str) {
+        self.close(code, reason.to_owned());
+    }
+
+    /// A timer set by [`poll_timeout`](Self::poll_timeout) fired.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Hello if now >= self.hello_deadline => {
+                self.close(close::HANDSHAKE_TIMEOUT, "no hello in time");
+            }
+            Phase::Open => {
+                if self.wants_read() && now >= self.last_recv + self.config.heartbeat * 2 {
+                    self.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                } else if now >= self.next_ping {
+                    self.next_ping = now + self.config.heartbeat;
+                    self.send(&ServerFrame::Ping {});
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Hello { v } if v == PROTOCOL_VERSION => {
+                self.phase = Phase::Open;
+                self.last_recv = now;
+                self.next_ping = now + self.config.heartbeat;
+                let welcome = ServerFrame::Welcome {
+                    v: PROTOCOL_VERSION,
+                    socket: self.identity.socket.clone(),
+                    user: self.identity.user.clone(),
+                    session: self.identity.session.clone(),
+                    hb: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+                };
+                self.send(&welcome);
+            }
+            ClientFrame::Hello { v } => {
+                let reason = format!(
+                    "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
+                );
+                self.send(&ServerFrame::Error {
+                    code: "unsupported_version".into(),
+                    reason: reason.clone(),
+                });
+                self.close(close::UNSUPPORTED_VERSION, reason);
+            }
+            _ => self.protocol_error("expected hello first"),
+        }
+    }
+
+    fn on_ask(&mut self, id: u64, topic: String, msg: Box<RawValue>) {
+        if !self.topics.has_ask(&topic) {
+            let reason = format!("no ask handler for topic {topic:?}");
+            return self.send(&ServerFrame::Rej {
+                id,
+                code: codes::UNKNOWN_TOPIC.into(),
+                reason,
+            });
+        }
+        if self.asks >= self.config.max_concurrent_asks {
+            return self.send(&ServerFrame::Rej {
+                id,
+                code: codes::BUSY.into(),
+                reason: "too many asks in flight on this socket".into(),
+            });
+        }
+        self.asks += 1;
+        self.commands.push_back(Command::Ask { id, topic, msg });
+    }
+
+    fn on_tell(&mut self, topic: String, msg: Box<RawValue>) {
+        // Unknown topics are dropped: a tell has no answer to carry an error.
+        if self.topics.has_tell(&topic) {
+            self.tells += 1;
+            self.commands.push_back(Command::Tell { topic, msg });
+        }
+    }
+
+    fn on_sub(&mut self, id: u64, ch: String, q: Option<Box<RawValue>>, since: Option<Position>) {
+        let Some(current) = self.subs.remove(&ch) else {
+            return self.new_sub(id, ch, q, since);
+        };
+        if let Some(old) = current.pending() {
+            self.subrej(
+                old,
+                &ch,
+                codes::SUPERSEDED,
+                format!("superseded by sub {id}"),
+            );
+        }
+        let next = match current {
+            // Not accepted yet: the newer `sub` is decided by the parser afresh (its query may
+            // differ); the older verdict will be ignored.
+            Sub::Authorizing { .. } => {
+                let op = self.op();
+                self.commands.push_back(Command::Authorize {
+                    op,
+                    channel: ch.clone(),
+                    query: q,
+                });
+                Sub::Authorizing { id, op, since }
+            }
+            // Accepted: a resync. The join in flight carries on for the newer `sub`.
+            Sub::Joining { op, held, .. } => Sub::Joining {
+                id,
+                op,
+                since,
+                held,
+            },
+            Sub::Syncing { held, .. } => {
+                let op = self.sync(&ch, since.clone());
+                Sub::Syncing {
+                    id,
+                    op,
+                    since,
+                    held,
+                }
+            }
+            Sub::Live { .. } => {
+                let op = self.sync(&ch, since.clone());
+                Sub::Syncing {
+                    id,
+                    op,
+                    since,
+                    held: Vec::new(),
+                }
+            }
+        };
+        self.subs.insert(ch, next);
+    }
+
+    fn new_sub(&mut self, id: u64, ch: String, q: Option<Box<RawValue>>, since: Option<Position>) {
+        if self.subs.len() >= self.config.max_subscriptions {
+            let reason = format!(
+                "a socket may hold {} subscriptions",
+                self.config.max_subscriptions
+            );
+            return self.subrej(id, &ch, codes::LIMIT, reason);
+        }
+        let own = |id: &str, mine: &Option<String>| mine.as_deref() == Some(id);
+        let needs_parser = match classify_channel(&ch) {
+            Err(e) => return self.subrej(id, &ch, codes::INVALID_CHANNEL, e.to_string()),
+            Ok(ChannelKind::User(u)) if own(u, &self.identity.user) => false,
+            Ok(ChannelKind::Session(s)) if own(s, &self.identity.session) => false,
+            Ok(ChannelKind::Public) => true,
+            Ok(_) => {
+                return self.subrej(
+                    id,
+                    &ch,
+                    codes::RESERVED_CHANNEL,
+                    "reserved channel of someone else",
+                )
+            }
+        };
+        let op = self.op();
+        let sub = if needs_parser {
+            self.commands.push_back(Command::Authorize {
+                op,
+                channel: ch.clone(),
+                query: q,
+            });
+            Sub::Authorizing { id, op, since }
+        } else {
+            self.commands.push_back(Command::Join {
+                op,
+                channel: ch.clone(),
+            });
+            Sub::Joining {
+                id,
+                op,
+                since,
+                held: Vec::new(),
+            }
+        };
+        self.subs.insert(ch, sub);
+    }
+
+    fn sync(&mut self, channel: &str, since: Option<Position>) -> OpId {
+        let op = self.op();
+        self.commands.push_back(Command::Sync {
+            op,
+            channel: channel.to_owned(),
+            since,
+        });
+        op
+    }
+
+    fn on_unsub(&mut self, ch: &str) {
+        let Some(sub) = self.subs.remove(ch) else {
+            return;
+        };
+        if sub.joined() {
+            self.commands.push_back(Command::Leave {
+                channel: ch.to_owned(),
+            });
+        }
+        if let Some(id) = sub.pending() {
+            self.subrej(id, ch, codes::CANCELLED, "unsubscribed before the answer");
+        }
+    }
+
+    /// A publication for a channel the socket joined (or did, before a queued leave).
+    pub fn handle_publication(&mut self, p: &Arc<Publication>) {
+        let overflow = match self.subs.get_mut(&*p.channel) {
+            Some(Sub::Live { last }) => {
+                if last.admits(&p.epoch, p.seq) {
+                    self.commands.push_back(Command::Send(p.frame.clone()));
+                }
+                false
+            }
+            Some(Sub::Joining { held, .. } | Sub::Syncing { held, .. }) => {
+                if held.len() >= self.config.sync_buffer {
+                    true
+                } else {
+                    held.push(p.clone());
+                    false
+                }
+            }
+            // Not joined (yet, or any more): a publication queued before a leave.
+            Some(Sub::Authorizing { .. }) | None => false,
+        };
+        if overflow {
+            self.close(close::SLOW_CONSUMER, "too many publications while syncing");
+        }
+    }
+
+    /// The server removed every subscriber of `channel`.
+    pub fn handle_boot_channel(&mut self, channel: &str) {
+        let reason = "removed from the channel by the server";
+        match self.subs.get(channel) {
+            // Not in the registry: the boot was for an earlier membership, already left.
+            None | Some(Sub::Authorizing { .. }) => {}
+            Some(sub) => {
+                let pending = sub.pending();
+                self.subs.remove(channel);
+                self.commands.push_back(Command::Leave {
+                    channel: channel.to_owned(),
+                });
+                match pending {
+                    Some(id) => self.subrej(id, channel, codes::BOOTED, reason),
+                    None => self.send(&ServerFrame::Unsubbed {
+                        ch: channel.to_owned(),
+                        code: codes::BOOTED.into(),
+                        reason: reason.into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Async work finished.
+    pub fn handle_verdict(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::AskDone { id, outcome } => {
+                self.asks = self.asks.saturating_sub(1);
+                if self.phase == Phase::Closed {
+                    return;
+                }
+                let f = match outcome {
+                    AskOutcome::Ok(msg) => ServerFrame::Res { id, msg },
+                    AskOutcome::Err(r) => ServerFrame::Rej {
+                        id,
+                        code: r.code,
+                        reason: r.reason,
+                    },
+                    AskOutcome::Panicked => ServerFrame::Rej {
+                        id,
+                        code: codes::INTERNAL.into(),
+                        reason: "the handler failed".into(),
+                    },
+                };
+                self.send(&f);
+            }
+            Verdict::TellDone => self.tells = self.tells.saturating_sub(1),
+            Verdict::Authorized { op, result } => self.on_authorized(op, result),
+            Verdict::Joined { op, result } => self.on_joined(op, result),
+            Verdict::Synced { op, result } => self.on_synced(op, result),
+        }
+    }
+
+    /// The channel whose current state waits for operation `op`.
+    fn waiting_for(&self, op: OpId) -> Option<String> {
+        self.subs.iter().find_map(|(ch, s)| match s {
+            Sub::Authorizing { op: o, .. }
+            | Sub::Joining { op: o, .. }
+            | Sub::Syncing { op: o, .. }
+                if *o == op =>
+            {
+                Some(ch.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// Ends a pending subscription with a rejection (leaving the registry if it joined).
+    fn refuse(&mut self, ch: &str, r: Rejection) {
+        if let Some(sub) = self.subs.remove(ch) {
+            if sub.joined() {
+                self.commands.push_back(Command::Leave {
+                    channel: ch.to_owned(),
+                });
+            }
+            if let Some(id) = sub.pending() {
+                self.subrej(id, ch, &r.code, r.reason);
+            }
+        }
+    }
+
+    fn on_authorized(&mut self, op: OpId, result: Result<(), Rejection>) {
+        let Some(ch) = self.waiting_for(op) else {
+            return;
+        };
+        if let Err(r) = result {
+            return self.refuse(&ch, r);
+        }
+        if let Some(Sub::Authorizing { id, since, .. }) = self.subs.remove(&ch) {
+            let op = self.op();
+            self.commands.push_back(Command::Join {
+                op,
+                channel: ch.clone(),
+            });
+            let joining = Sub::Joining {
+                id,
+                op,
+                since,
+                held: Vec::new(),
+            };
+            self.subs.insert(ch, joining);
+        }
+    }
+
+    fn on_joined(&mut self, op: OpId, result: Result<(), Rejection>) {
+        let Some(ch) = self.waiting_for(op) else {
+            return;
+        };
+        if let Err(r) = result {
+            return self.refuse(&ch, r);
+        }
+        if let Some(Sub::Joining {
+            id, since, held, ..
+        }) = self.subs.remove(&ch)
+        {
+            let op = self.sync(&ch, since.clone());
+            let syncing = Sub::Syncing {
+                id,
+                op,
+                since,
+                held,
+            };
+            self.subs.insert(ch, syncing);
+        }
+    }
+
+    fn on_synced(&mut self, op: OpId, result: Result<Synced, Rejection>) {
+        let Some(ch) = self.waiting_for(op) else {
+            return;
+        };
+        let synced = match result {
+            Ok(s) => s,
+            Err(r) => return self.refuse(&ch, r),
+        };
+        let Some(Sub::Syncing {
+            id, since, held, ..
+        }) = self.subs.remove(&ch)
+        else {
+            return;
+        };
+        let (pos, recovered, replay) = match (synced, since) {
+            (Synced::Head(pos), _) => (pos, None, Vec::new()),
+            (Synced::History(History::Unrecoverable { head }), _) => {
+                (head, Some(false), Vec::new())
+            }
+            // `pos` is the last replayed position, or `since` itself when nothing was missed.
+            (Synced::History(History::Recovered(replay)), Some(since)) => {
+                let pos = replay.last().map_or(since, |r| r.position.clone());
+                (pos, Some(true), replay)
+            }
+            (Synced::History(History::Recovered(_)), None) => {
+                // A driver answering a head read with a history: refuse rather than guess.
+                self.subs.insert(
+                    ch.clone(),
+                    Sub::Syncing {
+                        id,
+                        op,
+                        since: None,
+                        held,
+                    },
+                );
+                let r = Rejection::new(codes::INTERNAL, "sync answered the wrong question");
+                return self.refuse(&ch, r);
+            }
+        };
+        self.go_live(ch, id, pos, recovered, replay, held);
+    }
+
+    fn go_live(
+        &mut self,
+        ch: String,
+        id: u64,
+        pos: Position,
+        recovered: Option<bool>,
+        replay: Vec<Arc<Record>>,
+        held: Vec<Arc<Publication>>,
+    ) {
+        self.send(&ServerFrame::Subok {
+            id,
+            ch: ch.clone(),
+            pos: pos.clone(),
+            recovered,
+        });
+        let mut last = Last {
+            epoch: Arc::from(pos.epoch.as_str()),
+            seq: pos.seq,
+        };
+        for r in &replay {
+            let f = encode_pub(&ch, &r.topic, &r.position, &r.msg);
+            self.commands.push_back(Command::Send(Utf8Bytes::from(f)));
+        }
+        for h in held {
+            if last.admits(&h.epoch, h.seq) {
+                self.commands.push_back(Command::Send(h.frame.clone()));
+            }
+        }
+        self.subs.insert(ch, Sub::Live { last });
+    }
+}
