@@ -47,6 +47,8 @@ async fn malformed_frame_closes_only_that_socket() {
         r#"{"t":"what"}"#,
         r#"{"t":"ask","topic":"add"}"#,
         r#"[1,2]"#,
+        // A frame is an object: the array of its fields in order is refused too.
+        r#"["ask",null,1,"add",[1,1],null,null,null,null,null,null,null,null,null,null,null]"#,
     ] {
         let mut peer = RawPeer::hello(&url).await;
         peer.send(bad).await;
@@ -75,13 +77,16 @@ async fn frames_before_hello_and_binary_frames_are_protocol_errors() {
 #[tokio::test]
 async fn unknown_version_is_refused_plainly() {
     let (_server, _l, url) = start(app(ServerOptions::default())).await;
-    let mut peer = RawPeer::connect(&url).await;
-    peer.send(r#"{"t":"hello","v":99}"#).await;
-    let error = peer.next_text().await.expect("error frame");
-    assert!(error.contains("unsupported_version"), "{error}");
-    let (code, reason) = peer.closed().await;
-    assert_eq!(code, close::UNSUPPORTED_VERSION);
-    assert!(reason.contains("99"), "{reason}");
+    // Versions beyond u32 read as u32::MAX: still a version, not a malformed frame.
+    for (v, shown) in [("99", "99"), ("4294967296", "4294967295")] {
+        let mut peer = RawPeer::connect(&url).await;
+        peer.send(&format!(r#"{{"t":"hello","v":{v}}}"#)).await;
+        let error = peer.next_text().await.expect("error frame");
+        assert!(error.contains("unsupported_version"), "{error}");
+        let (code, reason) = peer.closed().await;
+        assert_eq!(code, close::UNSUPPORTED_VERSION, "for v {v}");
+        assert!(reason.contains(shown), "{reason}");
+    }
 }
 
 #[tokio::test]
