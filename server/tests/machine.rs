@@ -172,7 +172,10 @@ impl World {
     }
 
     fn head(&self, channel: &str) -> Position {
-        Position::new(EPOCH, self.history.get(channel).map_or(0, |h| h.len() as u64))
+        Position::new(
+            EPOCH,
+            self.history.get(channel).map_or(0, |h| h.len() as u64),
+        )
     }
 
     fn text(&mut self, t: &str) {
@@ -223,10 +226,16 @@ impl World {
                     self.pending.push(Pending::Join { op });
                 }
                 Command::Leave { channel } => {
-                    assert!(self.registry.remove(&channel), "left {channel} without a join");
+                    assert!(
+                        self.registry.remove(&channel),
+                        "left {channel} without a join"
+                    );
                 }
                 Command::Sync { op, channel, since } => {
-                    assert!(self.registry.contains(&channel), "sync before join: {channel}");
+                    assert!(
+                        self.registry.contains(&channel),
+                        "sync before join: {channel}"
+                    );
                     self.pending.push(Pending::Sync { op, channel, since });
                 }
                 Command::Ask { id, .. } => self.pending.push(Pending::Ask { id }),
@@ -369,9 +378,16 @@ impl World {
                 let n = self.sub_answers.entry(id).or_default();
                 *n += 1;
                 assert_eq!(*n, 1, "sub {id} answered twice: {v}");
-                assert_eq!(self.sub_channel.get(&id), Some(&ch), "answer on the wrong channel");
+                assert_eq!(
+                    self.sub_channel.get(&id),
+                    Some(&ch),
+                    "answer on the wrong channel"
+                );
                 if v["t"] == "subok" {
-                    assert!(self.allowed(&ch), "subok for {ch} the parser did not accept: {v}");
+                    assert!(
+                        self.allowed(&ch),
+                        "subok for {ch} the parser did not accept: {v}"
+                    );
                     if self.awaiting.get(&ch) == Some(&id) {
                         self.awaiting.remove(&ch);
                         let mut pos: Position =
@@ -392,7 +408,10 @@ impl World {
                 }
             }
             "pub" => {
-                assert!(self.allowed(&ch), "pub on {ch} the parser did not accept: {v}");
+                assert!(
+                    self.allowed(&ch),
+                    "pub on {ch} the parser did not accept: {v}"
+                );
                 let pos: Position = serde_json::from_value(v["pos"].clone()).expect("pos");
                 if self.awaiting.contains_key(&ch) {
                     // Resyncing: pubs of the earlier, live subscription may still arrive; the
@@ -443,7 +462,10 @@ impl World {
         let joined: HashSet<String> = self.m.joined_channels().map(str::to_owned).collect();
         assert_eq!(joined, self.registry, "registry differs from the machine");
         let live: HashSet<String> = self.live.keys().cloned().collect();
-        assert_eq!(live, self.registry, "registry differs from the live subscriptions");
+        assert_eq!(
+            live, self.registry,
+            "registry differs from the live subscriptions"
+        );
         for (ch, last) in &self.live {
             assert_eq!(*last, self.head(ch), "{ch} went silent before its head");
         }
@@ -530,7 +552,10 @@ fn cancelled_and_superseded_subs_are_answered() {
     assert_eq!(frames[0]["id"], first);
     assert_eq!(frames[1]["id"], second);
     w.settle();
-    assert!(w.take().is_empty(), "nothing more for cancelled subscriptions");
+    assert!(
+        w.take().is_empty(),
+        "nothing more for cancelled subscriptions"
+    );
     assert!(w.registry.is_empty());
 }
 
@@ -590,7 +615,9 @@ fn tells_in_flight_pause_reading() {
 fn asks_beyond_the_limit_are_busy_and_every_ask_is_answered_once() {
     let mut w = World::welcomed();
     for id in 1..=4 {
-        w.text(&format!(r#"{{"t":"ask","id":{id},"topic":"echo","msg":null}}"#));
+        w.text(&format!(
+            r#"{{"t":"ask","id":{id},"topic":"echo","msg":null}}"#
+        ));
     }
     w.text(r#"{"t":"ask","id":5,"topic":"nope","msg":null}"#);
     assert_eq!(kinds(&w.take()), ["rej:busy", "rej:unknown_topic"]);
@@ -739,7 +766,9 @@ fn client_frame(w: &mut World, rng: &mut Rng) {
         6 | 7 => {
             w.next_ask_id += 1;
             let id = w.next_ask_id;
-            w.text(&format!(r#"{{"t":"ask","id":{id},"topic":"echo","msg":{id}}}"#));
+            w.text(&format!(
+                r#"{{"t":"ask","id":{id},"topic":"echo","msg":{id}}}"#
+            ));
         }
         8 => w.text(r#"{"t":"tell","topic":"note","msg":{}}"#),
         _ => w.text(r#"{"t":"ping"}"#),

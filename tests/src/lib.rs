@@ -72,6 +72,35 @@ impl RawPeer {
             .expect("raw send");
     }
 
+    /// Sends several text frames in one write: pipelined, as an attacker would, so the server
+    /// reads them all before any async work it starts for the first can complete.
+    pub async fn send_pipelined<S: AsRef<str>>(&mut self, frames: &[S]) {
+        for f in frames {
+            self.ws
+                .feed(Message::Text(f.as_ref().into()))
+                .await
+                .expect("raw feed");
+        }
+        self.ws.flush().await.expect("raw flush");
+    }
+
+    /// Reads text frames up to and including the first one containing `marker`; returns the
+    /// frames before it. A marker (the answer to an ask sent last) proves that nothing else
+    /// arrived before it, without waiting for a time.
+    pub async fn until_marker(&mut self, marker: &str) -> Vec<String> {
+        let mut before = Vec::new();
+        loop {
+            let t = self
+                .next_text()
+                .await
+                .expect("connection open until the marker");
+            if t.contains(marker) {
+                return before;
+            }
+            before.push(t);
+        }
+    }
+
     /// Sends one message of any kind.
     pub async fn send_message(&mut self, m: Message) {
         self.ws.send(m).await.expect("raw send");

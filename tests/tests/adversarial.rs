@@ -1,0 +1,338 @@
+//! Attacks on a socket, over real sockets: each test's name says the attack, and each one
+//! failed on the server before its socket logic became a state machine. Frames are pipelined in
+//! one TCP write where the attack needs it; "nothing else arrived" is proven by the answer to an
+//! ask sent last (a marker), never by waiting.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use sss_server::{close, MemoryScaler, Rejection, Server, ServerBuilder, ServerOptions, Session};
+use sss_tests::{start, within, RawPeer};
+use tokio::sync::Semaphore;
+
+/// The chat demo's rules: users from the query string, `room:secret` needs a password, and a
+/// `mark` ask that answers its argument (the marker).
+fn app(options: ServerOptions) -> ServerBuilder {
+    Server::builder(MemoryScaler::default())
+        .options(options)
+        .session_parser(|req| async move {
+            let user = req.query.get("user").cloned().unwrap_or_default();
+            Ok(Session::user(user.clone()).with_session(format!("s-{user}")))
+        })
+        .subscription_parser(|_socket, channel, query| async move {
+            match channel.as_str() {
+                "room:secret" => match query.as_deref().map(|q| q.get()) {
+                    Some(r#"{"password":"letmein"}"#) => Ok(()),
+                    _ => Err(Rejection::refused("wrong password")),
+                },
+                c if c.starts_with("room:") => Ok(()),
+                _ => Err(Rejection::new("no_such_room", "rooms are room:*")),
+            }
+        })
+        .on_ask("mark", |_s, n: u64| async move {
+            Ok::<_, Rejection>(format!("marker-{n}"))
+        })
+}
+
+fn sub(id: u64, ch: &str) -> String {
+    json!({"t": "sub", "id": id, "ch": ch}).to_string()
+}
+
+fn sub_since(id: u64, ch: &str, epoch: &str, seq: u64) -> String {
+    json!({"t": "sub", "id": id, "ch": ch, "since": {"e": epoch, "s": seq}}).to_string()
+}
+
+fn mark(n: u64) -> String {
+    json!({"t": "ask", "id": 1_000_000 + n, "topic": "mark", "msg": n}).to_string()
+}
+
+fn kinds(frames: &[String]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| {
+            let v: serde_json::Value = serde_json::from_str(f).expect("json");
+            match v["code"].as_str() {
+                Some(code) => format!("{}:{code}", v["t"].as_str().unwrap_or_default()),
+                None => v["t"].as_str().unwrap_or_default().to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Pipelines `frames` then a marker, and returns what arrived before the marker.
+async fn pipelined(peer: &mut RawPeer, frames: &[String], n: u64) -> Vec<String> {
+    let mut all = frames.to_vec();
+    all.push(mark(n));
+    peer.send_pipelined(&all).await;
+    peer.until_marker(&format!("marker-{n}")).await
+}
+
+/// Reads frames until every `sub` id in `ids` is answered; returns them all.
+async fn answers(peer: &mut RawPeer, ids: &[u64]) -> Vec<String> {
+    let mut frames = Vec::new();
+    let mut open: Vec<u64> = ids.to_vec();
+    while !open.is_empty() {
+        let f = peer.next_text().await.expect("connection open");
+        let v: serde_json::Value = serde_json::from_str(&f).expect("json");
+        if matches!(v["t"].as_str(), Some("subok" | "subrej")) {
+            let id = v["id"].as_u64().expect("id");
+            assert!(
+                open.contains(&id),
+                "sub {id} answered twice or unasked: {f}"
+            );
+            open.retain(|&o| o != id);
+        }
+        frames.push(f);
+    }
+    frames
+}
+
+/// Pipelined `sub`s for a channel the socket may not read are each answered with a refusal
+/// (the older ones as superseded while the parser decides), and the channel's publications
+/// never reach the socket, before or after.
+async fn refused_however_pipelined(channel: &str, code: &str) {
+    let (server, _l, url) = start(app(ServerOptions::default())).await;
+    let epoch = match server.publish(channel, "dm", &"before").await {
+        Ok(p) => p.epoch,
+        Err(_) => "e".to_owned(), // an invalid name cannot be published to either
+    };
+    for round in 0..20 {
+        let mut eve = RawPeer::hello(&format!("{url}?user=eve")).await;
+        let frames = [
+            sub(1, channel),
+            sub(2, channel),
+            sub_since(3, channel, &epoch, 0),
+            sub(4, channel),
+        ];
+        eve.send_pipelined(&frames).await;
+        let got = kinds(&answers(&mut eve, &[1, 2, 3, 4]).await);
+        let expected: Vec<String> = if code == "refused" {
+            // The parser is asked for the newest only; the older ones are superseded at once.
+            let mut e = vec!["subrej:superseded".to_owned(); 3];
+            e.push(format!("subrej:{code}"));
+            e
+        } else {
+            vec![format!("subrej:{code}"); 4]
+        };
+        assert_eq!(got, expected, "round {round}");
+        let _ = server.publish(channel, "dm", &"secret").await;
+        let after = pipelined(&mut eve, &[], round).await;
+        assert!(after.is_empty(), "round {round}: {after:?}");
+        // A resync from the start is a new subscription too, and is refused again.
+        eve.send_pipelined(&[sub_since(5, channel, &epoch, 0)])
+            .await;
+        assert_eq!(
+            kinds(&answers(&mut eve, &[5]).await),
+            [format!("subrej:{code}")]
+        );
+        let after = pipelined(&mut eve, &[], 100 + round).await;
+        assert!(after.is_empty(), "round {round}: {after:?}");
+    }
+}
+
+#[tokio::test]
+async fn pipelined_subs_cannot_read_another_users_direct_messages() {
+    refused_however_pipelined("#user:bob", "reserved_channel").await;
+}
+
+#[tokio::test]
+async fn pipelined_subs_cannot_open_a_password_room() {
+    refused_however_pipelined("room:secret", "refused").await;
+}
+
+#[tokio::test]
+async fn pipelined_subs_cannot_use_an_invalid_channel_name() {
+    refused_however_pipelined("bad name!", "invalid_channel").await;
+}
+
+#[tokio::test]
+async fn pipelined_subs_cannot_use_a_reserved_name() {
+    refused_however_pipelined("#admin", "reserved_channel").await;
+}
+
+#[tokio::test]
+async fn sub_unsub_sub_in_one_write_keeps_receiving() {
+    let (server, _l, url) = start(app(ServerOptions::default())).await;
+    for round in 0..20u64 {
+        let ch = format!("room:{round}");
+        let mut peer = RawPeer::hello(&format!("{url}?user=ann")).await;
+        peer.send_pipelined(&[
+            sub(1, &ch),
+            json!({"t": "unsub", "ch": ch}).to_string(),
+            sub(2, &ch),
+        ])
+        .await;
+        let got = kinds(&answers(&mut peer, &[1, 2]).await);
+        assert_eq!(got, ["subrej:cancelled", "subok"], "round {round}");
+        let pos = server.publish(&ch, "m", &round).await.expect("publish");
+        let after = pipelined(&mut peer, &[], round).await;
+        assert_eq!(
+            kinds(&after),
+            ["pub"],
+            "round {round}: a publication at {pos}"
+        );
+        assert_eq!(server.local_channels(), 1, "round {round}");
+        drop(peer);
+        within("the channel to be freed", async {
+            while server.local_channels() != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn superseded_and_cancelled_subs_are_answered_on_the_wire() {
+    let (_server, _l, url) = start(app(ServerOptions::default())).await;
+    let mut peer = RawPeer::hello(&format!("{url}?user=ann")).await;
+    peer.send_pipelined(&[
+        sub(1, "room:a"),
+        sub(2, "room:a"),
+        sub(3, "room:b"),
+        json!({"t": "unsub", "ch": "room:b"}).to_string(),
+    ])
+    .await;
+    let got = kinds(&answers(&mut peer, &[1, 2, 3]).await);
+    assert_eq!(
+        got,
+        ["subrej:superseded", "subrej:cancelled", "subok"],
+        "sub 1 superseded and sub 3 cancelled at once; sub 2 answered by the parser"
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_beyond_the_per_socket_limit_are_refused() {
+    let (_server, _l, url) = start(app(ServerOptions::default().max_subscriptions(3))).await;
+    let mut peer = RawPeer::hello(&format!("{url}?user=ann")).await;
+    let frames: Vec<String> = (1..=5).map(|n| sub(n, &format!("room:{n}"))).collect();
+    peer.send_pipelined(&frames).await;
+    let mut got = kinds(&answers(&mut peer, &[1, 2, 3, 4, 5]).await);
+    got.sort();
+    assert_eq!(
+        got,
+        ["subok", "subok", "subok", "subrej:limit", "subrej:limit"]
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_channels_subscribed_and_left_are_all_freed() {
+    let scaler = MemoryScaler::default();
+    let probe = scaler.instance();
+    let (server, _l, url) =
+        start(Server::builder(scaler).options(ServerOptions::default().max_subscriptions(1000)))
+            .await;
+    let mut peer = RawPeer::hello(&url).await;
+    for batch in 0..100u64 {
+        let ids: Vec<u64> = (1..=1000).collect();
+        let subs: Vec<String> = ids
+            .iter()
+            .map(|n| sub(*n, &format!("c:{batch}:{n}")))
+            .collect();
+        peer.send_pipelined(&subs).await;
+        answers(&mut peer, &ids).await;
+        let unsubs: Vec<String> = ids
+            .iter()
+            .map(|n| json!({"t": "unsub", "ch": format!("c:{batch}:{n}")}).to_string())
+            .collect();
+        peer.send_pipelined(&unsubs).await;
+    }
+    drop(peer);
+    within("every channel to be freed", async {
+        while server.local_channels() != 0 || probe.channel_count() != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tell_flood_at_a_slow_handler_holds_a_bounded_number_of_tasks() {
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (r, p, d, g) = (running.clone(), peak.clone(), done.clone(), gate.clone());
+    let builder = app(ServerOptions::default().max_concurrent_tells(8)).on_tell(
+        "slow",
+        move |_s, _n: u64| {
+            let (r, p, d, g) = (r.clone(), p.clone(), d.clone(), g.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                let _ = g.acquire().await.map(|permit| permit.forget());
+                r.fetch_sub(1, Ordering::SeqCst);
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    );
+    let (_server, _l, url) = start(builder).await;
+    let mut peer = RawPeer::hello(&url).await;
+    let tells: Vec<String> = (0..5000)
+        .map(|n| json!({"t": "tell", "topic": "slow", "msg": n}).to_string())
+        .collect();
+    // The server stops reading at 8 tells in flight; the rest wait in socket buffers.
+    let sender = tokio::spawn(async move {
+        peer.send_pipelined(&tells).await;
+        peer
+    });
+    within("8 handlers running", async {
+        while running.load(Ordering::SeqCst) < 8 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    gate.add_permits(5000);
+    let mut peer = within("the flood to be sent", sender)
+        .await
+        .expect("sender");
+    let after = pipelined(&mut peer, &[], 1).await;
+    assert!(after.is_empty(), "{after:?}");
+    within("every tell handled", async {
+        while done.load(Ordering::SeqCst) != 5000 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        peak.load(Ordering::SeqCst) <= 8,
+        "peak {}",
+        peak.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn slow_consumer_that_wrote_many_asks_still_gets_its_4004_close_frame() {
+    let (server, _l, url) = start(app(ServerOptions::default().outbound_queue(8))).await;
+    let mut peer = RawPeer::hello(&format!("{url}?user=ann")).await;
+    peer.send_pipelined(&[sub(1, "room:firehose")]).await;
+    assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
+    // Asks the peer will not read the answers of, then publications until it is killed.
+    let asks: Vec<String> = (0..3000).map(mark).collect();
+    peer.send_pipelined(&asks).await;
+    let chunk = "x".repeat(64 * 1024);
+    for _ in 0..300 {
+        server
+            .publish("room:firehose", "m", &chunk)
+            .await
+            .expect("publish");
+    }
+    let (_, (code, _)) = peer.until_closed().await;
+    assert_eq!(code, close::SLOW_CONSUMER);
+}
+
+#[tokio::test]
+async fn oversized_message_then_more_data_gets_1009_not_a_reset() {
+    let (_server, _l, url) = start(app(ServerOptions::default().max_message_size(1024))).await;
+    for _ in 0..5 {
+        let mut peer = RawPeer::hello(&url).await;
+        let big = json!({"t": "tell", "topic": "x", "msg": "a".repeat(512 * 1024)}).to_string();
+        let more: Vec<String> = (0..200).map(mark).collect();
+        let mut all = vec![big];
+        all.extend(more);
+        peer.send_pipelined(&all).await;
+        let (_, (code, _)) = peer.until_closed().await;
+        assert_eq!(code, close::MESSAGE_TOO_BIG);
+    }
+}
