@@ -10,12 +10,17 @@ echo "== install (skipped when present)"
 scripts/install-services.sh
 scripts/install-wasm-toolchain.sh
 
-echo "== lint"
+echo "== lint, docs, feature sets"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+# The server's features are independent: each set must build on its own.
+cargo check -p sss-server --locked --quiet --no-default-features
+cargo check -p sss-server --locked --quiet --no-default-features --features redis
+cargo check -p sss-server --locked --quiet --no-default-features --features mongo
 
-echo "== unit, end-to-end and multi-instance tests"
-cargo test --workspace
+echo "== unit, state-machine, adversarial, end-to-end and multi-instance tests"
+cargo test --workspace --locked
 
 echo "== browser tests (headless Chromium)"
 scripts/test-browser.sh
