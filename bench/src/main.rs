@@ -6,9 +6,9 @@
 //! JSON line per scenario on stdout, then a human-readable table (progress goes to stderr).
 //!
 //! Scenarios: `baseline` (a raw tokio-tungstenite echo server), `rpc`, `fanout`, `idle`,
-//! `reconnect-storm` and `cores`. `--smoke` runs every scenario tiny and exits non-zero when a
-//! correctness check fails. `sss-bench --help` lists the options; `docs/PERFORMANCE.md` explains
-//! them and records the numbers measured.
+//! `reconnect-storm`, `channels` and `cores`. `--smoke` runs every scenario tiny and exits
+//! non-zero when a correctness check fails. `sss-bench --help` lists the options;
+//! `docs/PERFORMANCE.md` explains them and records the numbers measured.
 
 mod child;
 mod opts;

@@ -11,6 +11,8 @@ Scenarios (default: all, in this order):
   fanout            N subscribers on one channel, one publisher at R msgs/s
   idle              K welcomed connections held open: server RSS per connection
   reconnect-storm   K subscribed clients lose their instance and resync on another
+  channels          N distinct channels subscribed then left (twice): server RSS before, at
+                    peak and after (is channel state freed?)
   cores             baseline, rpc and fanout with the server pinned to 1 core, then 2 cores
 
 Options:
@@ -25,6 +27,8 @@ Options:
   --storm-channels N      channels the storm clients spread over (50)
   --storm-rate R          publications per second during the storm, over all channels (50)
   --storm-jitter-ms MS    reconnect delay drawn from [0, MS] like the client's first backoff (250)
+  --channels N            distinct channels of the channels scenario, per round (100000)
+  --channel-sockets S     sockets the channels are spread over (100)
   --server-cpus LIST      pin the server children with taskset -c LIST
   --load-cpus LIST        pin this load generator with taskset -c LIST
   --scaler memory|redis   scaler of the servers (memory); redis needs the `redis` feature
@@ -54,16 +58,18 @@ pub(crate) enum Scenario {
     Fanout,
     Idle,
     Storm,
+    Channels,
     Cores,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Baseline,
         Scenario::Rpc,
         Scenario::Fanout,
         Scenario::Idle,
         Scenario::Storm,
+        Scenario::Channels,
         Scenario::Cores,
     ];
 
@@ -74,6 +80,7 @@ impl Scenario {
             "fanout" => Self::Fanout,
             "idle" => Self::Idle,
             "reconnect-storm" | "storm" => Self::Storm,
+            "channels" => Self::Channels,
             "cores" => Self::Cores,
             _ => return None,
         })
@@ -95,6 +102,8 @@ pub(crate) struct Opts {
     pub(crate) storm_channels: usize,
     pub(crate) storm_rate: u32,
     pub(crate) storm_jitter: Duration,
+    pub(crate) channels: usize,
+    pub(crate) channel_sockets: usize,
     pub(crate) server_cpus: Option<String>,
     pub(crate) load_cpus: Option<String>,
     pub(crate) scaler: ScalerOpt,
@@ -115,6 +124,8 @@ impl Opts {
             storm_channels: 50,
             storm_rate: 50,
             storm_jitter: Duration::from_millis(250),
+            channels: 100_000,
+            channel_sockets: 100,
             server_cpus: None,
             load_cpus: None,
             scaler: ScalerOpt::Memory,
@@ -132,6 +143,8 @@ impl Opts {
         self.storm_clients = 200;
         self.storm_channels = 10;
         self.storm_rate = 20;
+        self.channels = 2000;
+        self.channel_sockets = 10;
     }
 
     /// Parses the arguments; `Ok(None)` for `--help`.
@@ -169,6 +182,8 @@ impl Opts {
                 "--storm-jitter-ms" => {
                     o.storm_jitter = Duration::from_millis(num(a, value(a)?)?);
                 }
+                "--channels" => o.channels = num::<usize>(a, value(a)?)?.max(1),
+                "--channel-sockets" => o.channel_sockets = num::<usize>(a, value(a)?)?.max(1),
                 "--server-cpus" => o.server_cpus = Some(value(a)?),
                 "--load-cpus" => o.load_cpus = Some(value(a)?),
                 "--scaler" => match value(a)?.as_str() {

@@ -1,5 +1,6 @@
 //! The scenarios, and the run that strings them together and reports.
 
+mod channels;
 mod fanout;
 mod idle;
 mod rpc;
@@ -136,6 +137,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Idle => "idle",
             Scenario::Storm if redis => "reconnect-storm[redis]",
             Scenario::Storm => "reconnect-storm",
+            Scenario::Channels => "channels",
             Scenario::Cores => "cores",
         };
         eprintln!("== {name}");
@@ -153,6 +155,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Fanout => fanout_scenario(o, report, o.server_cpus.clone(), name).await,
             Scenario::Idle => idle_scenario(o, report).await,
             Scenario::Storm => storm_scenario(o, report, name).await,
+            Scenario::Channels => channels_scenario(o, report).await,
             Scenario::Cores => cores_scenario(o, report).await,
         };
         if let Err(e) = r {
@@ -409,6 +412,59 @@ async fn storm_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()>
         "clients told unrecoverable",
     );
     report.check(name, "errors", r.errors, "clients or publications failed");
+    Ok(())
+}
+
+async fn channels_scenario(o: &Opts, report: &mut Report) -> Result<()> {
+    let r = channels::run(o).await?;
+    let ratio = r.retained_ratio();
+    report.line(&json!({
+        "scenario": "channels",
+        "scaler": "memory",
+        "server_cpus": cpus_json(&o.server_cpus),
+        "channels_per_round": r.channels,
+        "sockets": r.sockets,
+        "rounds": channels::ROUNDS,
+        "subscribe_s": r.subscribe_time.as_secs_f64(),
+        "rss_before_bytes": r.rss_before,
+        "rss_peak_bytes": r.rss_peak,
+        "rss_after_bytes": r.rss_after,
+        "retained_ratio": ratio,
+        "errors": r.errors,
+    }));
+    let mb = channels::mb;
+    report.info(
+        "channels",
+        "RSS before / peak MB",
+        format!("{:.1} / {:.1}", mb(r.rss_before), mb(r.peak())),
+    );
+    report.info(
+        "channels",
+        "RSS after each round MB",
+        r.rss_after
+            .iter()
+            .map(|b| format!("{:.1}", mb(*b)))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    );
+    report.info(
+        "channels",
+        "subscribed/s (round 1)",
+        format!(
+            "{:.0}",
+            r.channels as f64 / r.subscribe_time.as_secs_f64().max(1e-9)
+        ),
+    );
+    // Channel state must be freed when the channels are left: what stays after the last round
+    // is what the server keeps for channels nobody uses.
+    report.target(
+        "channels",
+        "RSS after / before",
+        format!("{:.0}%", ratio * 100.0),
+        "<= 110%",
+        ratio <= 1.10,
+    );
+    report.check("channels", "errors", r.errors, "sockets failed");
     Ok(())
 }
 
