@@ -2,14 +2,18 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -284,39 +288,97 @@ impl Server {
         let server = self.clone();
         let mut stop = self.inner.stop_rx.clone();
         let task = tokio::spawn(async move {
+            let mut backoff = None;
+            let mut accept_errors = LogLimiter::new(LOG_SUMMARY_EVERY);
+            let mut refusals = LogLimiter::new(LOG_SUMMARY_EVERY);
             loop {
                 let accepted = tokio::select! {
                     a = listener.accept() => a,
                     _ = stop.wait_for(|s| *s) => break,
                 };
-                match accepted {
-                    Ok((tcp, peer)) => {
-                        let server = server.clone();
-                        let tls = tls.clone();
-                        tokio::spawn(async move {
-                            let _ = tcp.set_nodelay(true);
-                            match tls {
-                                Some(acceptor) => match acceptor.accept(tcp).await {
-                                    Ok(stream) => server.serve_io(stream, Some(peer)).await,
-                                    Err(e) => debug!(error = %e, "TLS handshake failed"),
-                                },
-                                None => server.serve_io(tcp, Some(peer)).await,
-                            }
-                        });
-                    }
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off a little, keep serving.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        // Out of file descriptors (EMFILE, ENFILE) and the like: the pending
+                        // connection stays queued and `accept` fails again at once, so retrying
+                        // right away spins (hundreds of log lines a second). Back off, and
+                        // let a closing connection free a descriptor meanwhile.
+                        let delay = next_backoff(backoff);
+                        backoff = Some(delay);
+                        match accept_errors.on_event(Instant::now()) {
+                            Some(suppressed) => warn!(
+                                error = %e,
+                                retry_in = ?delay,
+                                errors_since_last_report = suppressed,
+                                "accept failed; backing off"
+                            ),
+                            None => debug!(error = %e, retry_in = ?delay, "accept failed"),
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop.wait_for(|s| *s) => break,
+                        }
+                        continue;
                     }
+                };
+                backoff = None;
+                if let Some(n) = accept_errors.flush(Instant::now()) {
+                    warn!(errors_since_last_report = n, "accept works again");
                 }
+                let options = &server.inner.options;
+                let guard = match server.inner.connections.admit(
+                    peer.ip(),
+                    options.max_connections,
+                    options.max_connections_per_ip,
+                ) {
+                    Ok(guard) => guard,
+                    Err(limit) => {
+                        match refusals.on_event(Instant::now()) {
+                            Some(suppressed) => warn!(
+                                %peer,
+                                %limit,
+                                refused_since_last_report = suppressed,
+                                "connection refused"
+                            ),
+                            None => debug!(%peer, %limit, "connection refused"),
+                        }
+                        // A TLS client could not read a plain-text answer, and answering in
+                        // TLS would cost a handshake per refused connection: just close.
+                        if tls.is_none() {
+                            refuse(&tcp, limit);
+                        }
+                        continue;
+                    }
+                };
+                let server = server.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let tcp = Counted {
+                        _guard: guard,
+                        io: tcp,
+                    };
+                    match tls {
+                        Some(acceptor) => {
+                            let timeout = server.inner.options.header_read_timeout;
+                            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => server.serve_io(stream, Some(peer)).await,
+                                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
+                        None => server.serve_io(tcp, Some(peer)).await,
+                    }
+                });
             }
         });
         Ok(Listening { local, task })
     }
 
     /// Serves one accepted connection (plain TCP, a TLS stream, or any byte stream) as HTTP/1.1,
-    /// answering WebSocket upgrades with [`Server::upgrade`].
+    /// answering WebSocket upgrades with [`Server::upgrade`]. A connection that has not sent a
+    /// complete request head within [`ServerOptions::header_read_timeout`](crate::ServerOptions::header_read_timeout)
+    /// is closed.
     pub async fn serve_io<I>(&self, io: I, peer: Option<SocketAddr>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -333,11 +395,261 @@ impl Server {
             }
         });
         let conn = hyper::server::conn::http1::Builder::new()
+            // hyper only enforces the header read timeout with a timer (and panics without one).
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.inner.options.header_read_timeout)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         if let Err(e) = conn.await {
             debug!(error = %e, "http connection ended with an error");
         }
+    }
+}
+
+/// How often a repeating log line (accept errors, refused connections) is written at most.
+const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// First wait after a failed `accept`.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest wait between `accept` attempts: a freed descriptor is used within a second.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The wait after a failed `accept`, given the previous wait (`None` after a success): 10 ms,
+/// doubling up to 1 s.
+fn next_backoff(prev: Option<Duration>) -> Duration {
+    match prev {
+        None => BACKOFF_MIN,
+        Some(d) => d.saturating_mul(2).clamp(BACKOFF_MIN, BACKOFF_MAX),
+    }
+}
+
+/// Rate limit for a log line an attacker or an exhausted resource can repeat at the rate of a
+/// hot loop: the first event is logged, then at most one line per interval, which carries the
+/// count of events not logged since the last line.
+#[derive(Debug)]
+struct LogLimiter {
+    interval: Duration,
+    last_line: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last_line: None,
+            suppressed: 0,
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.last_line
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.interval)
+    }
+
+    /// One event: `Some(events not logged since the last line)` when this one is to be logged,
+    /// `None` when it is only counted.
+    fn on_event(&mut self, now: Instant) -> Option<u64> {
+        if self.due(now) {
+            self.last_line = Some(now);
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+
+    /// Things went well: `Some(events not logged yet)` when there are some and a line is due,
+    /// so the tail of a burst is reported too.
+    fn flush(&mut self, now: Instant) -> Option<u64> {
+        if self.suppressed == 0 || !self.due(now) {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Which connection limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LimitExceeded {
+    /// [`ServerOptions::max_connections`](crate::ServerOptions::max_connections).
+    #[error("max_connections")]
+    Server,
+    /// [`ServerOptions::max_connections_per_ip`](crate::ServerOptions::max_connections_per_ip).
+    #[error("max_connections_per_ip")]
+    PerIp,
+}
+
+impl LimitExceeded {
+    /// The HTTP response that refuses the connection.
+    fn response(self) -> String {
+        let (status, body) = match self {
+            Self::Server => (
+                "503 Service Unavailable",
+                "server at its connection limit\n",
+            ),
+            Self::PerIp => (
+                "429 Too Many Requests",
+                "too many connections from your address\n",
+            ),
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+/// Answers a connection refused by a limit without running hyper on it, and without waiting
+/// on the client: a new socket's send buffer is empty, so the short answer fits in one
+/// non-blocking write.
+fn refuse(tcp: &tokio::net::TcpStream, limit: LimitExceeded) {
+    let _ = tcp.try_write(limit.response().as_bytes());
+    // Read what the client already sent: closing a socket with unread data sends a reset
+    // instead of a FIN, and some systems then discard the answer before the client reads it.
+    let mut buf = [0u8; 4096];
+    for _ in 0..4 {
+        match tcp.try_read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// TCP connections the listeners of one server hold, in total and per client IP.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCounts {
+    state: Mutex<CountState>,
+}
+
+#[derive(Debug, Default)]
+struct CountState {
+    total: usize,
+    /// Only the addresses with at least one connection (entries are removed at zero), and only
+    /// while a per-IP limit is set.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl ConnectionCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CountState> {
+        // The critical sections cannot panic; recover the counts if one ever did.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Connections held now.
+    pub(crate) fn total(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Counts one more connection from `ip`, or says which limit it would exceed. The
+    /// connection is counted until the guard drops.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        max_per_ip: Option<usize>,
+    ) -> Result<ConnectionGuard, LimitExceeded> {
+        let mut state = self.lock();
+        if state.total >= max {
+            return Err(LimitExceeded::Server);
+        }
+        let ip = match max_per_ip {
+            Some(limit) => {
+                // An IPv4 client of a dual-stack listener appears as ::ffff:a.b.c.d.
+                let ip = ip.to_canonical();
+                let n = state.per_ip.entry(ip).or_insert(0);
+                if *n >= limit {
+                    if *n == 0 {
+                        state.per_ip.remove(&ip);
+                    }
+                    return Err(LimitExceeded::PerIp);
+                }
+                *n += 1;
+                Some(ip)
+            }
+            None => None,
+        };
+        state.total += 1;
+        Ok(ConnectionGuard {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One counted connection; dropping it releases the count.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard {
+    counts: Arc<ConnectionCounts>,
+    /// The address counted per IP (`None` when no per-IP limit was set at admission).
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut state = self.counts.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(n) = state.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    state.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// A connection's byte stream with its count: the guard lives as long as the socket, through
+/// the HTTP phase and, moved into hyper's upgraded stream, the WebSocket's life.
+struct Counted<I> {
+    // Declared first so it drops first: the count is released before the socket is closed, so
+    // a client that sees the close can rely on its slot being free.
+    _guard: ConnectionGuard,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -415,5 +727,103 @@ mod tests {
         assert_eq!(hs.query.get("flag").map(String::as_str), Some(""));
         assert_eq!(hs.origin.as_deref(), Some("http://o"));
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn accept_backoff_doubles_from_10ms_to_1s_and_restarts_after_a_success() {
+        let mut waits = Vec::new();
+        let mut prev = None;
+        for _ in 0..10 {
+            let d = next_backoff(prev);
+            waits.push(d.as_millis());
+            prev = Some(d);
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        // The loop passes `None` after a successful accept.
+        assert_eq!(next_backoff(None), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn repeated_errors_log_the_first_then_one_summary_per_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut log = LogLimiter::new(Duration::from_secs(10));
+        assert_eq!(log.on_event(t0), Some(0), "the first error is logged");
+        // A spinning loop: 1000 errors in the next 9.99 s are only counted.
+        for i in 1..=1000 {
+            assert_eq!(log.on_event(t0 + ms(i * 9)), None);
+        }
+        assert_eq!(
+            log.flush(t0 + ms(9_999)),
+            None,
+            "no line before the interval"
+        );
+        assert_eq!(
+            log.on_event(t0 + ms(10_000)),
+            Some(1000),
+            "the summary counts them"
+        );
+        // A burst's tail is reported by the first success once a line is due.
+        log.on_event(t0 + ms(10_001));
+        log.on_event(t0 + ms(10_002));
+        assert_eq!(log.flush(t0 + ms(15_000)), None);
+        assert_eq!(log.flush(t0 + ms(20_000)), Some(2));
+        assert_eq!(log.flush(t0 + ms(40_000)), None, "nothing left to report");
+    }
+
+    #[test]
+    fn connection_counts_enforce_both_limits_and_forget_idle_addresses() {
+        let counts = Arc::new(ConnectionCounts::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "::ffff:10.0.0.2".parse().expect("ip");
+        let a1 = counts.admit(a, 3, Some(2)).expect("a1");
+        let a2 = counts.admit(a, 3, Some(2)).expect("a2");
+        assert_eq!(
+            counts.admit(a, 3, Some(2)).err(),
+            Some(LimitExceeded::PerIp)
+        );
+        let b1 = counts.admit(b, 3, Some(2)).expect("b1");
+        assert_eq!(
+            counts.admit(b, 3, Some(2)).err(),
+            Some(LimitExceeded::Server)
+        );
+        assert_eq!(counts.total(), 3);
+        assert_eq!(counts.lock().per_ip.len(), 2);
+        assert!(
+            counts
+                .lock()
+                .per_ip
+                .contains_key(&"10.0.0.2".parse::<IpAddr>().expect("ip")),
+            "a mapped IPv4 address is counted as the IPv4 address"
+        );
+        drop((a1, a2, b1));
+        assert_eq!(counts.total(), 0);
+        assert!(counts.lock().per_ip.is_empty(), "no entry left at zero");
+        // A zero per-IP limit refuses without leaving an entry behind.
+        assert_eq!(
+            counts.admit(a, 3, Some(0)).err(),
+            Some(LimitExceeded::PerIp)
+        );
+        assert!(counts.lock().per_ip.is_empty());
+    }
+
+    #[test]
+    fn refusal_responses_are_complete_http_responses() {
+        for (limit, status) in [
+            (LimitExceeded::Server, "503 Service Unavailable"),
+            (LimitExceeded::PerIp, "429 Too Many Requests"),
+        ] {
+            let r = limit.response();
+            let (head, body) = r.split_once("\r\n\r\n").expect("head and body");
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("\r\nConnection: close"), "{head}");
+            assert!(
+                head.contains(&format!("\r\nContent-Length: {}", body.len())),
+                "{head}"
+            );
+        }
     }
 }

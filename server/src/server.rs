@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::warn;
 
-use crate::handshake::{Body, HandshakeRequest, Refusal};
+use crate::handshake::{Body, ConnectionCounts, HandshakeRequest, Refusal};
 use crate::registry::Registry;
 use crate::scaler::{Control, Scaler, ScalerError, ScalerEvent};
 use crate::socket::Socket;
@@ -59,6 +59,24 @@ pub struct ServerOptions {
     /// still sends before it closes the connection (default 2 s): closing with unread input
     /// makes the kernel send a reset, which would destroy the close frame in flight.
     pub close_linger: Duration,
+    /// Time a new connection on the server's listeners has to send its complete HTTP request
+    /// head (default 10 s), and the time a TLS handshake may take on a `listen_tls` listener;
+    /// past it the connection is closed. Also closes idle keep-alive connections of the HTTP
+    /// fallback after this long. Without it, a client that sends half a request line held its
+    /// connection forever (2000 of them held for 71 s, none reaped, ~23 KB each).
+    pub header_read_timeout: Duration,
+    /// TCP connections the server's listeners hold at once (default 100 000), counting those
+    /// still in the HTTP phase and open WebSockets, on all of this server's listeners.
+    /// A connection beyond it is answered `503 Service Unavailable` at once and closed (on a
+    /// TLS listener: closed without an answer). Keep it below the process's file-descriptor
+    /// limit (`RLIMIT_NOFILE`), so the server refuses before `accept` itself starts failing.
+    /// Connections passed to [`Server::serve_io`] by the application are not counted.
+    pub max_connections: usize,
+    /// When set, TCP connections from one client IP address held at once (default: no limit).
+    /// A connection beyond it is answered `429 Too Many Requests` at once and closed (on a TLS
+    /// listener: closed without an answer). Behind a reverse proxy every client has the proxy's
+    /// address, so leave this unset there and limit at the proxy.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for ServerOptions {
@@ -75,6 +93,9 @@ impl Default for ServerOptions {
             max_concurrent_tells: 64,
             max_subscriptions: 1000,
             close_linger: Duration::from_secs(2),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -133,6 +154,21 @@ impl ServerOptions {
     /// Sets [`handshake_timeout`](Self::handshake_timeout).
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.handshake_timeout = t;
+        self
+    }
+    /// Sets [`header_read_timeout`](Self::header_read_timeout).
+    pub fn header_read_timeout(mut self, t: Duration) -> Self {
+        self.header_read_timeout = t;
+        self
+    }
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+    /// Sets [`max_connections_per_ip`](Self::max_connections_per_ip); `None` removes the limit.
+    pub fn max_connections_per_ip(mut self, n: impl Into<Option<usize>>) -> Self {
+        self.max_connections_per_ip = n.into();
         self
     }
 }
@@ -307,6 +343,16 @@ impl ServerBuilder {
     /// Starts the server: connects it to the scaler and starts dispatching what the scaler
     /// delivers. Listen with [`Server::listen`] or mount [`Server::upgrade`] in an HTTP app.
     pub async fn build(self) -> Result<Server, ScalerError> {
+        if self.session_parser.is_some() && self.options.allowed_origins.is_none() {
+            // The parser reads who the user is from the handshake (typically a cookie), and
+            // browsers send cookies with a WebSocket upgrade from any page: without an origin
+            // check, any web site the user visits can open a socket as that user (cross-site
+            // WebSocket hijacking).
+            warn!(
+                "a session parser is set but allowed_origins is not: any web page can open a \
+                 socket with the user's cookies; set ServerOptions::allowed_origins"
+            );
+        }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         self.scaler.start(events_tx).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -321,6 +367,7 @@ impl ServerBuilder {
             tells: self.tells,
             http_fallback: self.http_fallback,
             registry: Registry::default(),
+            connections: Arc::default(),
             stop_tx,
             stop_rx,
         });
@@ -348,6 +395,8 @@ pub(crate) struct Inner {
     pub(crate) tells: HashMap<String, TellHandler>,
     pub(crate) http_fallback: Option<HttpFallback>,
     pub(crate) registry: Registry,
+    /// TCP connections held by the listeners, for `max_connections(_per_ip)`.
+    pub(crate) connections: Arc<ConnectionCounts>,
     stop_tx: watch::Sender<bool>,
     pub(crate) stop_rx: watch::Receiver<bool>,
 }
@@ -569,6 +618,12 @@ impl Server {
     /// Number of sockets connected to this instance.
     pub fn local_sockets(&self) -> usize {
         self.inner.registry.socket_count()
+    }
+
+    /// Number of TCP connections this server's listeners hold (HTTP phase and WebSockets): the
+    /// count [`ServerOptions::max_connections`] limits.
+    pub fn open_connections(&self) -> usize {
+        self.inner.connections.total()
     }
 
     /// Graceful shutdown: stops accepting, closes every socket with 1001 so clients reconnect
