@@ -1,10 +1,12 @@
 // The demo as a person uses it: two browser pages (two users) log in to the chat demo
 // (server/examples/chat), one sends a message, the other sees it; a direct message goes the
-// same way; a screenshot of each page is saved under target/.
+// same way; a screenshot of each page is saved under target/. And a socket opened from another
+// site's page, with the user's cookie, is refused (cross-site WebSocket hijacking).
 // Run by scripts/test.sh: SSS_DEMO_URL is the running demo server.
 "use strict";
 const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
+const http = require("node:http");
 const path = require("node:path");
 const { launch } = require("./chromium.cjs");
 
@@ -27,6 +29,39 @@ async function userPage(name) {
   await page.waitForSelector('#rooms li.active[data-room="room:lobby"]');
   return page;
 }
+
+// The status the demo answers a WebSocket upgrade with, sent as a browser on `origin` would
+// send it, logged-in cookie included.
+function upgradeStatus(origin) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(new URL("/ws", BASE), {
+      headers: {
+        Connection: "Upgrade",
+        Upgrade: "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        Cookie: "sss_user=ann; sss_session=ann-1",
+        Origin: origin,
+      },
+      timeout: 10_000,
+    });
+    req.on("upgrade", (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode);
+    });
+    req.on("response", (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on("timeout", () => req.destroy(new Error("no answer to the upgrade")));
+    req.on("error", reject);
+  });
+}
+
+test("a socket from another site's page is refused, the page's own origin is accepted", async () => {
+  assert.equal(await upgradeStatus("http://evil.example"), 403);
+  assert.equal(await upgradeStatus(new URL(BASE).origin), 101);
+});
 
 before(async () => {
   browser = await launch();

@@ -2,13 +2,17 @@
 //! `super-scaled-sockets` npm package (the WASM client) from plain JS.
 //!
 //! Run it with `scripts/demo.sh` (which builds the package first), or, once `pkg/dist` exists:
-//! `cargo run -p sss-server --example chat -- [--addr 127.0.0.1:8080]`.
+//! `cargo run -p sss-server --example chat -- [--addr 127.0.0.1:8080] [--origin URL]...`.
 //!
 //! - Log in with a name (a cookie `sss_user` the session parser reads; no cookie, no socket).
 //! - Rooms are channels: `room:lobby`, `room:rust`, `room:random`, and `room:secret`, which the
 //!   subscription parser opens only with the password `letmein`.
 //! - Messages go by ask (`say`), "typing" notices by tell (`typing`), direct messages by ask
 //!   (`dm`) into the recipient's user channel `#user:<name>`.
+//! - Sockets are accepted only from the page's own origin (`http://<addr>`, and
+//!   `http://localhost:<port>` on loopback): the session is a cookie, which a browser would send
+//!   with an upgrade opened by any other site too. Add origins the browser uses to reach it
+//!   (another host name, a proxy in front) with `--origin URL` or `SSS_DEMO_ORIGINS=URL,URL`.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -20,7 +24,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
-use sss_server::{Body, MemoryScaler, Refusal, Rejection, Scaler, Server, Session, Socket};
+use sss_server::{
+    Body, MemoryScaler, Refusal, Rejection, Scaler, Server, ServerOptions, Session, Socket,
+};
 use tokio::net::TcpListener;
 
 const ROOMS: [&str; 4] = ["room:lobby", "room:rust", "room:random", "room:secret"];
@@ -72,8 +78,14 @@ fn scaler_error(e: sss_server::ServerError) -> Rejection {
     Rejection::new(sss_server::codes::UNAVAILABLE, e.to_string())
 }
 
-fn build(scaler: impl Scaler, web: PathBuf, pkg: PathBuf) -> sss_server::ServerBuilder {
+fn build(
+    scaler: impl Scaler,
+    web: PathBuf,
+    pkg: PathBuf,
+    origins: &[String],
+) -> sss_server::ServerBuilder {
     Server::builder(scaler)
+        .options(ServerOptions::default().allowed_origins(origins))
         .session_parser(|req| async move {
             let user = req
                 .cookie("sss_user")
@@ -237,16 +249,19 @@ async fn serve_http(req: Request<Incoming>, web: &Path, pkg: &Path) -> Response<
 
 struct Args {
     addr: Option<String>,
+    origins: Vec<String>,
     redis: Option<String>,
     instances: usize,
 }
 
-const USAGE: &str = "usage: chat [--addr HOST:PORT] [--redis URL [--instances N]]";
+const USAGE: &str =
+    "usage: chat [--addr HOST:PORT] [--origin URL]... [--redis URL [--instances N]]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut parsed = Args {
         addr: None,
+        origins: Vec::new(),
         redis: None,
         instances: 1,
     };
@@ -254,6 +269,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || args.next().ok_or(format!("{arg} needs a value; {USAGE}"));
         match arg.as_str() {
             "--addr" => parsed.addr = Some(value()?),
+            "--origin" => parsed.origins.push(value()?),
             "--redis" => parsed.redis = Some(value()?),
             "--instances" => {
                 parsed.instances = value()?.parse().map_err(|e| format!("--instances: {e}"))?
@@ -276,6 +292,29 @@ async fn bind_front(addr: Option<&str>) -> std::io::Result<TcpListener> {
             Err(_) => TcpListener::bind("127.0.0.1:0").await,
         },
     }
+}
+
+/// The origins the page is served from, whose sockets are accepted: the front address, its
+/// `localhost` name on loopback, and those given with `--origin` or `SSS_DEMO_ORIGINS`. In the
+/// cluster the browser talks to the proxy, which listens on the front address too.
+fn page_origins(front: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut origins = Vec::new();
+    if !front.ip().is_unspecified() {
+        origins.push(format!("http://{front}"));
+    }
+    if front.ip().is_loopback() {
+        origins.push(format!("http://localhost:{}", front.port()));
+    }
+    origins.extend(extra.iter().cloned());
+    if let Ok(env) = std::env::var("SSS_DEMO_ORIGINS") {
+        origins.extend(
+            env.split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    origins
 }
 
 /// A tiny round-robin TCP proxy, standing in for a load balancer (no sticky sessions).
@@ -313,21 +352,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !pkg.join("sss.js").exists() {
         tracing::warn!("pkg/dist/web is missing: build the package with scripts/build-pkg.sh");
     }
+    let front = bind_front(args.addr.as_deref()).await?;
+    let local: SocketAddr = front.local_addr()?;
+    let origins = page_origins(local, &args.origins);
+    if local.ip().is_unspecified() && args.origins.is_empty() {
+        tracing::warn!(
+            "listening on all interfaces: pass --origin http://HOST:{} for each name browsers use, \
+             or their sockets are refused",
+            local.port()
+        );
+    }
+    tracing::info!(?origins, "sockets accepted from these origins");
     let mut servers = Vec::new();
     match &args.redis {
-        None => servers.push(build(MemoryScaler::default(), web, pkg).build().await?),
+        None => servers.push(
+            build(MemoryScaler::default(), web, pkg, &origins)
+                .build()
+                .await?,
+        ),
         #[cfg(feature = "redis")]
         Some(url) => {
             for _ in 0..args.instances {
                 let scaler = redis_scaler(url).await?;
-                servers.push(build(scaler, web.clone(), pkg.clone()).build().await?);
+                servers.push(
+                    build(scaler, web.clone(), pkg.clone(), &origins)
+                        .build()
+                        .await?,
+                );
             }
         }
         #[cfg(not(feature = "redis"))]
         Some(_) => return Err("--redis needs the example built with --features redis".into()),
     }
-    let front = bind_front(args.addr.as_deref()).await?;
-    let local: SocketAddr = front.local_addr()?;
     let mut listenings = Vec::new();
     if let [server] = servers.as_slice() {
         listenings.push(server.listen_on(front)?);
