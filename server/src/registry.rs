@@ -179,6 +179,12 @@ impl Registry {
                     .is_some_and(|e| e.subs.is_empty() && Arc::ptr_eq(&e.interest, &interest))
                 {
                     shard.remove(channel);
+                    // A map keeps its capacity after removals: give it back once it is mostly
+                    // empty, so a burst of distinct channels does not stay allocated.
+                    let len = shard.len();
+                    if shard.capacity() > 64 && len * 4 < shard.capacity() {
+                        shard.shrink_to(len * 2);
+                    }
                 }
             }
             return Ok(());
