@@ -295,6 +295,10 @@ pub struct Machine {
     topics: Arc<dyn Topics>,
     phase: Phase,
     subs: HashMap<String, Sub>,
+    /// The channel each operation in flight was started for (a verdict is matched in O(1);
+    /// an entry lives until its verdict arrives, so there are at most as many as work in
+    /// flight).
+    ops: HashMap<OpId, String>,
     next_op: OpId,
     asks: usize,
     tells: usize,
@@ -332,6 +336,7 @@ impl Machine {
             topics,
             phase: Phase::Hello,
             subs: HashMap::new(),
+            ops: HashMap::new(),
             next_op: 0,
             asks: 0,
             tells: 0,
@@ -382,8 +387,9 @@ impl Machine {
         self.subs.len()
     }
 
-    fn op(&mut self) -> OpId {
+    fn op(&mut self, channel: &str) -> OpId {
         self.next_op += 1;
+        self.ops.insert(self.next_op, channel.to_owned());
         self.next_op
     }
 
@@ -577,7 +583,7 @@ impl Machine {
             // Not accepted yet: the newer `sub` is decided by the parser afresh (its query may
             // differ); the older verdict will be ignored.
             Sub::Authorizing { .. } => {
-                let op = self.op();
+                let op = self.op(&ch);
                 self.commands.push_back(Command::Authorize {
                     op,
                     channel: ch.clone(),
@@ -637,7 +643,7 @@ impl Machine {
                 )
             }
         };
-        let op = self.op();
+        let op = self.op(&ch);
         let sub = if needs_parser {
             self.commands.push_back(Command::Authorize {
                 op,
@@ -661,7 +667,7 @@ impl Machine {
     }
 
     fn sync(&mut self, channel: &str, since: Option<Position>) -> OpId {
-        let op = self.op();
+        let op = self.op(channel);
         self.commands.push_back(Command::Sync {
             op,
             channel: channel.to_owned(),
@@ -763,18 +769,15 @@ impl Machine {
         }
     }
 
-    /// The channel whose current state waits for operation `op`.
-    fn waiting_for(&self, op: OpId) -> Option<String> {
-        self.subs.iter().find_map(|(ch, s)| match s {
-            Sub::Authorizing { op: o, .. }
-            | Sub::Joining { op: o, .. }
-            | Sub::Syncing { op: o, .. }
-                if *o == op =>
-            {
-                Some(ch.clone())
-            }
-            _ => None,
-        })
+    /// The channel whose current state waits for operation `op` (`None` for a verdict that
+    /// was overtaken: superseded, cancelled, booted).
+    fn waiting_for(&mut self, op: OpId) -> Option<String> {
+        let ch = self.ops.remove(&op)?;
+        let current = match self.subs.get(&ch)? {
+            Sub::Authorizing { op, .. } | Sub::Joining { op, .. } | Sub::Syncing { op, .. } => *op,
+            Sub::Live { .. } => return None,
+        };
+        (current == op).then_some(ch)
     }
 
     /// Ends a pending subscription with a rejection (leaving the registry if it joined).
@@ -799,7 +802,7 @@ impl Machine {
             return self.refuse(&ch, r);
         }
         if let Some(Sub::Authorizing { id, since, .. }) = self.subs.remove(&ch) {
-            let op = self.op();
+            let op = self.op(&ch);
             self.commands.push_back(Command::Join {
                 op,
                 channel: ch.clone(),
