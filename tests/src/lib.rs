@@ -55,13 +55,44 @@ impl RawPeer {
         Self { ws }
     }
 
+    /// Connects with a receive buffer of `bytes` (the kernel's minimum applies): a client on a
+    /// slow link, whose data waits in the server's send queue while it reads.
+    pub async fn connect_narrow(url: &str, bytes: u32) -> Self {
+        let uri: http::Uri = url.parse().expect("url");
+        let host = uri.host().expect("host");
+        let port = uri.port_u16().expect("port");
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .expect("resolve")
+            .next()
+            .expect("an address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let tcp = within("tcp connect", socket.connect(addr))
+            .await
+            .expect("tcp connect");
+        let (ws, _) = within(
+            "raw connect",
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("raw connect");
+        Self { ws }
+    }
+
     /// Connects and completes the hello/welcome exchange.
     pub async fn hello(url: &str) -> Self {
-        let mut peer = Self::connect(url).await;
+        let peer = Self::connect(url).await;
+        peer.welcomed().await
+    }
+
+    /// Says hello on a connected peer and reads the welcome.
+    pub async fn welcomed(mut self) -> Self {
+        let peer = &mut self;
         peer.send(r#"{"t":"hello","v":1}"#).await;
         let welcome = peer.next_text().await.expect("welcome");
         assert!(welcome.contains(r#""t":"welcome""#), "{welcome}");
-        peer
+        self
     }
 
     /// Sends one text frame.

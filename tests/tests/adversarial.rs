@@ -306,24 +306,68 @@ async fn tell_flood_at_a_slow_handler_holds_a_bounded_number_of_tasks() {
 async fn slow_consumer_that_wrote_many_asks_still_gets_its_4004_close_frame() {
     let (server, _l, url) = start(app(ServerOptions::default().outbound_queue(8))).await;
     for round in 0..3 {
-        let mut peer = RawPeer::hello(&format!("{url}?user=ann")).await;
+        // A narrow receive window: the server's writes block early, and at the close its send
+        // queue still holds publications ahead of the close frame.
+        let peer = RawPeer::connect_narrow(&format!("{url}?user=ann"), 4096).await;
+        let mut peer = peer.welcomed().await;
         peer.send_pipelined(&[sub(1, "room:firehose")]).await;
         assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
-        // The peer stops reading: the server's writes block and its queue overflows, so it is
-        // closed as a slow consumer, with its close frame stuck behind the unread publications.
         let chunk = "x".repeat(64 * 1024);
+        server
+            .publish("room:firehose", "m", &chunk)
+            .await
+            .expect("publish");
+        let first = peer.next_text().await.expect("a publication");
+        assert!(first.contains(r#""t":"pub""#), "{first}");
+        // Asks the server will not read while its writes block, then publications until the
+        // peer is a slow consumer: closing with the asks unread made the kernel reset the
+        // connection, destroying the queued publications and the close frame.
+        let asks: Vec<String> = (0..1000).map(mark).collect();
+        peer.send_pipelined(&asks).await;
         for _ in 0..300 {
             server
                 .publish("room:firehose", "m", &chunk)
                 .await
                 .expect("publish");
         }
-        // Then it writes asks the server will never read: closing with them unread made the
-        // kernel reset the connection, destroying the publications and the close frame.
-        let asks: Vec<String> = (0..1000).map(mark).collect();
-        peer.send_pipelined(&asks).await;
         let (_, (code, _)) = peer.until_closed().await;
         assert_eq!(code, close::SLOW_CONSUMER, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_close_frame_queued_behind_unread_data_is_not_lost_to_a_reset() {
+    let (server, _l, url) = start(app(ServerOptions::default())).await;
+    for round in 0..3 {
+        let user = format!("ann{round}");
+        let peer = RawPeer::connect_narrow(&format!("{url}?user={user}"), 4096).await;
+        let mut peer = peer.welcomed().await;
+        peer.send_pipelined(&[sub(1, "room:big")]).await;
+        assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
+        // 6 MiB the peer does not read yet: more than the socket buffers hold, so the server's
+        // write blocks and it stops reading the peer.
+        let chunk = "x".repeat(64 * 1024);
+        for _ in 0..96 {
+            server
+                .publish("room:big", "m", &chunk)
+                .await
+                .expect("publish");
+        }
+        // The first publication proves the server is writing them (up to 64 in one write).
+        let first = peer.next_text().await.expect("a publication");
+        assert!(first.contains(r#""t":"pub""#), "{first}");
+        // Frames the server cannot read while its write is blocked; then it closes the socket.
+        let asks: Vec<String> = (0..1000).map(mark).collect();
+        peer.send_pipelined(&asks).await;
+        server.boot_user(&user).await.expect("boot");
+        // The close frame is queued behind megabytes the peer has not read: it arrives only if
+        // the server does not reset the connection over the unread asks.
+        let (frames, (code, _)) = peer.until_closed().await;
+        assert_eq!(code, close::BOOTED, "round {round}");
+        assert!(
+            !frames.is_empty(),
+            "round {round}: the publications before the close"
+        );
     }
 }
 
