@@ -715,6 +715,15 @@ impl Machine {
         }
     }
 
+    /// A frame the server tells this socket (`Socket::tell`, `tell_user`, `broadcast`, ...).
+    /// Sent once the socket is open; before `welcome` it is dropped (the client is not ready
+    /// for anything but `welcome`), and after the close there is no one to send it to.
+    pub fn handle_told(&mut self, frame: Utf8Bytes) {
+        if self.phase == Phase::Open {
+            self.commands.push_back(Command::Send(frame));
+        }
+    }
+
     /// The server removed every subscriber of `channel`.
     pub fn handle_boot_channel(&mut self, channel: &str) {
         let reason = "removed from the channel by the server";

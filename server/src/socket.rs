@@ -513,11 +513,7 @@ where
     fn on_out(&mut self, out: Out) {
         let m = &mut self.machine;
         match out {
-            Out::Frame(frame) => {
-                if !m.is_closed() {
-                    self.outgoing.push(Message::Text(frame));
-                }
-            }
+            Out::Frame(frame) => m.handle_told(frame),
             Out::Pub(p) => m.handle_publication(&p),
             Out::BootChannel(channel) => m.handle_boot_channel(&channel),
             Out::Verdict(v) => m.handle_verdict(*v),

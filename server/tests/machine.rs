@@ -439,7 +439,7 @@ impl World {
                 *n += 1;
                 assert_eq!(*n, 1, "ask {id} answered twice");
             }
-            "welcome" | "pong" | "ping" | "error" => {}
+            "welcome" | "pong" | "ping" | "error" | "tell" => {}
             other => panic!("unexpected frame {other}: {v}"),
         }
     }
@@ -655,6 +655,19 @@ fn an_unknown_version_is_refused_with_4001() {
     w.text(r#"{"t":"hello","v":2}"#);
     assert_eq!(kinds(&w.take()), ["error:unsupported_version"]);
     assert_eq!(w.closed, Some(close::UNSUPPORTED_VERSION));
+}
+
+#[test]
+fn told_frames_wait_for_welcome() {
+    let tell = || Utf8Bytes::from(r#"{"t":"tell","topic":"news","msg":1}"#);
+    let mut w = World::new();
+    w.m.handle_told(tell());
+    w.drain();
+    assert!(w.take().is_empty(), "nothing but welcome before welcome");
+    w.text(r#"{"t":"hello","v":1}"#);
+    w.m.handle_told(tell());
+    w.drain();
+    assert_eq!(kinds(&w.take()), ["welcome", "tell"]);
 }
 
 #[test]
