@@ -22,6 +22,9 @@ cargo check -p sss-server --locked --quiet --no-default-features --features mong
 echo "== unit, state-machine, adversarial, end-to-end and multi-instance tests"
 cargo test --workspace --locked
 
+echo "== fuzzing, smoke mode (decoders and the socket state machine from the seeds; long runs: docs/FUZZING.md)"
+scripts/fuzz.sh smoke
+
 echo "== browser tests (headless Chromium)"
 scripts/test-browser.sh
 
