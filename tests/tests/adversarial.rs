@@ -304,7 +304,7 @@ async fn tell_flood_at_a_slow_handler_holds_a_bounded_number_of_tasks() {
 
 #[tokio::test]
 async fn slow_consumer_that_wrote_many_asks_still_gets_its_4004_close_frame() {
-    let (server, _l, url) = start(app(ServerOptions::default().outbound_queue(8))).await;
+    let (server, _l, url) = start(app(ServerOptions::default().outbound_queue(64))).await;
     for round in 0..3 {
         // A narrow receive window: the server's writes block early, and at the close its send
         // queue still holds publications ahead of the close frame.
@@ -312,19 +312,22 @@ async fn slow_consumer_that_wrote_many_asks_still_gets_its_4004_close_frame() {
         let mut peer = peer.welcomed().await;
         peer.send_pipelined(&[sub(1, "room:firehose")]).await;
         assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
+        // 2.5 MiB the peer does not read: the server's write blocks and it stops reading.
         let chunk = "x".repeat(64 * 1024);
-        server
-            .publish("room:firehose", "m", &chunk)
-            .await
-            .expect("publish");
+        for _ in 0..40 {
+            server
+                .publish("room:firehose", "m", &chunk)
+                .await
+                .expect("publish");
+        }
         let first = peer.next_text().await.expect("a publication");
         assert!(first.contains(r#""t":"pub""#), "{first}");
-        // Asks the server will not read while its writes block, then publications until the
-        // peer is a slow consumer: closing with the asks unread made the kernel reset the
-        // connection, destroying the queued publications and the close frame.
+        // Asks the server cannot read while its write blocks, then publications until its
+        // queue overflows: closing with the asks unread made the kernel reset the connection,
+        // destroying the queued publications and the 4004 close frame.
         let asks: Vec<String> = (0..1000).map(mark).collect();
         peer.send_pipelined(&asks).await;
-        for _ in 0..300 {
+        for _ in 0..200 {
             server
                 .publish("room:firehose", "m", &chunk)
                 .await
