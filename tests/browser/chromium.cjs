@@ -19,3 +19,19 @@ exports.launch = () =>
       "--disable-extensions",
     ],
   });
+
+// Records everything on `page` that a person would see as broken: uncaught errors, console
+// errors, requests that failed, and answers with an HTTP error status. A test asserts the list
+// is empty: an invalid `pattern` attribute or a missing resource only logs, it never throws.
+exports.watch = (page, name, errors) => {
+  page.on("pageerror", (e) => errors.push(`${name}: uncaught ${e}`));
+  page.on("console", (m) => {
+    if (m.type() === "error") errors.push(`${name}: console error: ${m.text()}`);
+  });
+  page.on("requestfailed", (r) =>
+    errors.push(`${name}: request failed: ${r.url()} (${r.failure()?.errorText})`),
+  );
+  page.on("response", (r) => {
+    if (r.status() >= 400) errors.push(`${name}: HTTP ${r.status()} for ${r.url()}`);
+  });
+};

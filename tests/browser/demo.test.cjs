@@ -8,7 +8,7 @@ const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
 const http = require("node:http");
 const path = require("node:path");
-const { launch } = require("./chromium.cjs");
+const { launch, watch } = require("./chromium.cjs");
 
 const BASE = process.env.SSS_DEMO_URL;
 if (!BASE) throw new Error("SSS_DEMO_URL is not set: run scripts/test.sh");
@@ -21,7 +21,7 @@ async function userPage(name) {
   // A context per user: separate cookie jars, as two people on two machines.
   const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
   const page = await context.newPage();
-  page.on("pageerror", (e) => errors.push(`${name}: ${e}`));
+  watch(page, name, errors);
   await page.goto(BASE);
   await page.fill('#login input[name="name"]', name);
   await page.click("#login button");
