@@ -8,6 +8,9 @@ usage: sss-bench [SCENARIO...] [OPTIONS]
 Scenarios (default: all, in this order):
   baseline          raw tokio-tungstenite echo server, same load as rpc
   rpc               C connections doing sequential asks
+  tells             C connections each sending T tells and an ask in one write, then waiting
+                    for the answer; the same load first on the raw echo server (which
+                    drops tells and echoes the ask)
   fanout            N subscribers on one channel, one publisher at R msgs/s
   idle              K welcomed connections held open: server RSS per connection
   reconnect-storm   K subscribed clients lose their instance and resync on another
@@ -17,7 +20,8 @@ Scenarios (default: all, in this order):
 
 Options:
   --smoke                 every scenario tiny (a few seconds); exit 1 if a correctness check fails
-  --connections C         rpc connections (50)
+  --connections C         rpc and tells connections (50)
+  --tells T               tells before each ask in the tells scenario (100)
   --duration S            seconds measured per rpc / fanout run (10)
   --payload B             bytes of application payload per ask / publication (100)
   --subscribers N         fanout subscribers (1000)
@@ -55,6 +59,7 @@ pub(crate) enum ScalerOpt {
 pub(crate) enum Scenario {
     Baseline,
     Rpc,
+    Tells,
     Fanout,
     Idle,
     Storm,
@@ -63,9 +68,10 @@ pub(crate) enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Baseline,
         Scenario::Rpc,
+        Scenario::Tells,
         Scenario::Fanout,
         Scenario::Idle,
         Scenario::Storm,
@@ -77,6 +83,7 @@ impl Scenario {
         Some(match s {
             "baseline" => Self::Baseline,
             "rpc" => Self::Rpc,
+            "tells" => Self::Tells,
             "fanout" => Self::Fanout,
             "idle" => Self::Idle,
             "reconnect-storm" | "storm" => Self::Storm,
@@ -93,6 +100,7 @@ pub(crate) struct Opts {
     pub(crate) scenarios: Vec<Scenario>,
     pub(crate) smoke: bool,
     pub(crate) connections: usize,
+    pub(crate) tells: usize,
     pub(crate) duration: Duration,
     pub(crate) payload: usize,
     pub(crate) subscribers: usize,
@@ -115,6 +123,7 @@ impl Opts {
             scenarios: Vec::new(),
             smoke: false,
             connections: 50,
+            tells: 100,
             duration: Duration::from_secs(10),
             payload: 100,
             subscribers: 1000,
@@ -169,6 +178,7 @@ impl Opts {
                 "-h" | "--help" => return Ok(None),
                 "--smoke" => {}
                 "--connections" => o.connections = num(a, value(a)?)?,
+                "--tells" => o.tells = num::<usize>(a, value(a)?)?.max(1),
                 "--duration" => {
                     o.duration = Duration::from_secs_f64(num::<f64>(a, value(a)?)?.max(0.1));
                 }

@@ -240,6 +240,7 @@ async fn build_server(scaler: BoxedScaler) -> Result<Server> {
             .on_ask("echo", |_socket: Socket, msg: Box<RawValue>| async move {
                 Ok::<_, Rejection>(msg)
             })
+            .on_tell("note", |_socket: Socket, _msg: Box<RawValue>| async move {})
             .on_ask("publish", |socket: Socket, req: PublishReq| async move {
                 let server = socket
                     .server()
@@ -317,13 +318,17 @@ async fn echo_instance() -> Result<Instance> {
     Ok(Instance { addr, killer: None })
 }
 
-/// The baseline's whole per-connection work: read a message, write it back.
+/// The baseline's whole per-connection work: read a message, write it back (a tell, which
+/// has no answer, is read and dropped).
 async fn echo_conn(tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
         return;
     };
     while let Some(Ok(msg)) = ws.next().await {
+        if msg.to_text().is_ok_and(|t| t.starts_with(r#"{"t":"tell""#)) {
+            continue;
+        }
         if msg.is_text() || msg.is_binary() {
             if ws.send(msg).await.is_err() {
                 break;

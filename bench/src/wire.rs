@@ -102,6 +102,12 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<Ws> {
 }
 
 /// Sends one text frame.
+/// Queues a text frame for the next `send` (which writes everything queued at once).
+pub(crate) async fn feed(ws: &mut Ws, text: String) -> Result<()> {
+    ws.feed(Message::Text(text.into())).await?;
+    Ok(())
+}
+
 pub(crate) async fn send(ws: &mut Ws, text: String) -> Result<()> {
     ws.send(Message::Text(text.into())).await?;
     Ok(())

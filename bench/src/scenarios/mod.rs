@@ -132,6 +132,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
         let name = match scenario {
             Scenario::Baseline => "baseline",
             Scenario::Rpc => "rpc",
+            Scenario::Tells => "tells",
             Scenario::Fanout if redis => "fanout[redis]",
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
@@ -152,6 +153,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
                     .await
                     .map(drop)
             }
+            Scenario::Tells => tells_scenario(o, report, name).await,
             Scenario::Fanout => fanout_scenario(o, report, o.server_cpus.clone(), name).await,
             Scenario::Idle => idle_scenario(o, report).await,
             Scenario::Storm => storm_scenario(o, report, name).await,
@@ -166,6 +168,56 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
     }
 }
 
+/// `tells`: the raw echo server, then the sss server, under T tells and an ask per write.
+async fn tells_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()> {
+    let cpus = o.server_cpus.clone();
+    let base = rpc::run(o, Kind::Echo, cpus.clone(), o.tells).await?;
+    let r = rpc::run(o, Kind::Sss, cpus.clone(), o.tells).await?;
+    for x in [&base, &r] {
+        report.line(&json!({
+            "scenario": name,
+            "server": x.kind.as_str(),
+            "server_cpus": cpus_json(&cpus),
+            "connections": x.connections,
+            "tells_per_ask": x.tells,
+            "payload_bytes": o.payload,
+            "seconds": x.cpu.wall.as_secs_f64(),
+            "batches": x.count,
+            "tells_per_s": x.tells_per_second(),
+            "batch_latency": latency_json(&x.hist),
+            "server_cpu_us_per_frame": x.server_us_per_frame(),
+            "server_cores": x.cpu.server_cores(),
+            "errors": x.errors,
+        }));
+        let ms = |q: f64| x.hist.value_at_quantile(q) as f64 / 1000.0;
+        let who = x.kind.as_str();
+        report.info(
+            name,
+            &format!("{who}: tells/s"),
+            format!("{:.0}", x.tells_per_second()),
+        );
+        report.info(
+            name,
+            &format!("{who}: {} tells + ask p50/p99 ms", x.tells),
+            format!("{:.2}/{:.2}", ms(0.5), ms(0.99)),
+        );
+        report.info(
+            name,
+            &format!("{who}: server CPU µs/frame"),
+            format!("{:.2}", x.server_us_per_frame()),
+        );
+        report.check(
+            name,
+            &format!("{who}: errors"),
+            x.errors,
+            "connections failed",
+        );
+    }
+    let ratio = r.server_us_per_frame() / base.server_us_per_frame().max(1e-9);
+    report.info(name, "server CPU per frame / raw", format!("{ratio:.2}x"));
+    Ok(())
+}
+
 /// `rpc` (kind sss) or `baseline` (kind echo); returns the round trips per second.
 async fn rpc_scenario(
     o: &Opts,
@@ -175,7 +227,7 @@ async fn rpc_scenario(
     baseline: Option<f64>,
     name: &str,
 ) -> Result<f64> {
-    let r = rpc::run(o, kind, cpus.clone()).await?;
+    let r = rpc::run(o, kind, cpus.clone(), 0).await?;
     let rps = r.per_second();
     let ratio = baseline.map(|b| rps / b.max(1e-9));
     report.line(&json!({

@@ -1,4 +1,5 @@
-//! `rpc` and `baseline`: C connections doing sequential asks (or echoes) with a small payload.
+//! `rpc` and `baseline`: C connections doing sequential asks (or echoes) with a small payload;
+//! `tells`: the same with T tells written before each ask, in the same write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use crate::Result;
 pub(crate) struct RpcResult {
     pub(crate) kind: Kind,
     pub(crate) connections: usize,
+    /// Tells written before each ask.
+    pub(crate) tells: usize,
     /// Round trips completed in the measured window.
     pub(crate) count: u64,
     pub(crate) errors: u64,
@@ -33,22 +36,37 @@ impl RpcResult {
         self.cpu.server_us as f64 / self.count.max(1) as f64
     }
 
+    /// Tells (and the asks after them) handled per second.
+    pub(crate) fn tells_per_second(&self) -> f64 {
+        self.per_second() * self.tells as f64
+    }
+
+    /// Server CPU per frame handled (each tell and each ask).
+    pub(crate) fn server_us_per_frame(&self) -> f64 {
+        self.server_us_per_rt() / (self.tells + 1) as f64
+    }
+
     pub(crate) fn load_us_per_rt(&self) -> f64 {
         self.cpu.load_us as f64 / self.count.max(1) as f64
     }
 }
 
-/// Starts a server of `kind` and drives it.
-pub(crate) async fn run(o: &Opts, kind: Kind, cpus: Option<String>) -> Result<RpcResult> {
+/// Starts a server of `kind` and drives it, with `tells` tells before each ask.
+pub(crate) async fn run(
+    o: &Opts,
+    kind: Kind,
+    cpus: Option<String>,
+    tells: usize,
+) -> Result<RpcResult> {
     let server = ServerProc::spawn(&Spec::new(kind, cpus)).await?;
-    let r = measure(o, kind, &server).await;
+    let r = measure(o, kind, &server, tells).await;
     server.stop().await;
     r
 }
 
 const MAX_ASKS_PER_CONNECTION: u64 = 100_000_000;
 
-async fn measure(o: &Opts, kind: Kind, server: &ServerProc) -> Result<RpcResult> {
+async fn measure(o: &Opts, kind: Kind, server: &ServerProc, tells: usize) -> Result<RpcResult> {
     let addr = server.addrs[0];
     let limit = Duration::from_secs(10);
     let mut conns = Vec::with_capacity(o.connections);
@@ -70,7 +88,10 @@ async fn measure(o: &Opts, kind: Kind, server: &ServerProc) -> Result<RpcResult>
     let payload: Arc<str> = wire::pad(o.payload).into();
     let tasks: Vec<_> = conns
         .into_iter()
-        .map(|ws| tokio::spawn(ask_loop(ws, kind, payload.clone(), start, from, until)))
+        .map(|ws| {
+            let window = Window { start, from, until };
+            tokio::spawn(ask_loop(ws, kind, payload.clone(), tells, window))
+        })
         .collect();
     sleep_until(from).await;
     let before = CpuSnap::take(&[server.pid()])?;
@@ -97,6 +118,7 @@ async fn measure(o: &Opts, kind: Kind, server: &ServerProc) -> Result<RpcResult>
     Ok(RpcResult {
         kind,
         connections: o.connections,
+        tells,
         count,
         errors,
         hist,
@@ -104,27 +126,38 @@ async fn measure(o: &Opts, kind: Kind, server: &ServerProc) -> Result<RpcResult>
     })
 }
 
-/// Sequential asks until `until`; those started after `from` are counted.
+/// When a connection's loop starts, from when it counts, and when it stops.
+struct Window {
+    start: Instant,
+    from: Instant,
+    until: Instant,
+}
+
+/// Sequential asks (each after `tells` tells, in the same write) until `until`; those started
+/// after `from` are counted.
 async fn ask_loop(
     mut ws: Ws,
     kind: Kind,
     payload: Arc<str>,
-    start: Instant,
-    from: Instant,
-    until: Instant,
+    tells: usize,
+    w: Window,
 ) -> Result<(u64, Histogram<u64>)> {
-    sleep_until(start).await;
+    sleep_until(w.start).await;
     let want = match kind {
         Kind::Sss => "res",
         // The echo server sends the ask frame itself back.
         Kind::Echo => "ask",
     };
+    let tell = format!(r#"{{"t":"tell","topic":"note","msg":{payload}}}"#);
     let mut hist = histogram();
     let mut count = 0;
     for id in 1..=MAX_ASKS_PER_CONNECTION {
         let t0 = Instant::now();
-        if t0 >= until {
+        if t0 >= w.until {
             break;
+        }
+        for _ in 0..tells {
+            wire::feed(&mut ws, tell.clone()).await?;
         }
         let frame = format!(r#"{{"t":"ask","id":{id},"topic":"echo","msg":{payload}}}"#);
         wire::send(&mut ws, frame).await?;
@@ -133,7 +166,7 @@ async fn ask_loop(
         if answer.t != want || answer.id != Some(id) {
             return Err(format!("ask {id}: unexpected answer {text}").into());
         }
-        if t0 >= from {
+        if t0 >= w.from {
             record(&mut hist, t0.elapsed().as_micros() as u64);
             count += 1;
         }
