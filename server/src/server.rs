@@ -314,14 +314,14 @@ impl ServerBuilder {
     {
         let f = Arc::new(f);
         let topic = topic.into();
-        let name = topic.clone();
+        let name: Arc<str> = Arc::from(topic.as_str());
         let handler: TellHandler = Arc::new(move |socket, msg| {
             let f = f.clone();
             let name = name.clone();
             Box::pin(async move {
                 match serde_json::from_str::<Msg>(msg.get()) {
                     Ok(m) => f(socket, m).await,
-                    Err(e) => warn!(topic = name, error = %e, "tell dropped: bad message"),
+                    Err(e) => warn!(topic = &*name, error = %e, "tell dropped: bad message"),
                 }
             })
         });

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -218,8 +220,14 @@ where
         machine,
         ws,
         outgoing: Vec::new(),
+        tells: FuturesUnordered::new(),
     };
     let end = driver.run(&mut rx).await;
+    // Tells already read are handled even though the socket is gone, as a spawned task would
+    // have; they no longer hold up anything.
+    for tell in std::mem::take(&mut driver.tells) {
+        tokio::spawn(tell);
+    }
     inner.registry.remove_socket(&shared);
     if let End::Close(code, reason) = end {
         debug!(socket = %shared.id, code, reason, "closing socket");
@@ -265,6 +273,10 @@ struct Driver<S> {
     ws: WebSocketStream<S>,
     /// Frames produced while handling one event, written together.
     outgoing: Vec<Message>,
+    /// The socket's tell handlers, polled by its own task: a spawned task per tell cost
+    /// 3.2 µs of server CPU per tell against 1.1 µs for a raw server that drops them
+    /// (`sss-bench tells`), and its completion had to come back through the queue.
+    tells: FuturesUnordered<BoxFuture<'static, ()>>,
 }
 
 impl<S> Driver<S>
@@ -325,6 +337,13 @@ where
                             Ok(out) => self.on_out(out),
                             Err(_) => break,
                         }
+                    }
+                }
+                Some(()) = self.tells.next(), if !self.tells.is_empty() => {
+                    self.machine.handle_verdict(Verdict::TellDone);
+                    // Others that finished meanwhile, in the same wakeup.
+                    while let Some(Some(())) = self.tells.next().now_or_never() {
+                        self.machine.handle_verdict(Verdict::TellDone);
                     }
                 }
                 () = &mut timer, if deadline.is_some() => {
@@ -438,13 +457,13 @@ where
         });
     }
 
-    fn tell(&self, topic: String, msg: Box<RawValue>) {
+    fn tell(&mut self, topic: String, msg: Box<RawValue>) {
         let Some(handler) = self.inner.tells.get(&topic).cloned() else {
             return;
         };
         let inner = self.inner.clone();
         let socket = Socket(self.shared.clone());
-        tokio::spawn(async move {
+        self.tells.push(Box::pin(async move {
             let work = async {
                 let msg = match &inner.middleware {
                     Some(mw) => match mw(socket.clone(), Inbound::Tell { topic, msg }).await {
@@ -458,8 +477,7 @@ where
             if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                 warn!(socket = socket.id(), "tell handler panicked");
             }
-            socket.0.report(Verdict::TellDone).await;
-        });
+        }));
     }
 
     /// Writes the outgoing frames. `Err(Some(close))` when the socket was killed meanwhile,
