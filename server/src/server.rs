@@ -306,6 +306,12 @@ impl ServerBuilder {
 
     /// Registers the handler of tells on `topic`. A message that does not deserialize into
     /// `Msg` is dropped and logged.
+    ///
+    /// Tell handlers run on their socket's own task (up to
+    /// [`max_concurrent_tells`](ServerOptions::max_concurrent_tells) of a socket at once): cheap
+    /// for the short handlers tells are for. A handler that does long blocking work should move
+    /// it to `tokio::task::spawn_blocking` or its own task, or it holds up that socket. A tell
+    /// read before its socket closed still runs to the end.
     pub fn on_tell<Msg, F, Fut>(mut self, topic: impl Into<String>, f: F) -> Self
     where
         Msg: DeserializeOwned + Send + 'static,
