@@ -382,11 +382,6 @@ impl Machine {
             .map(|(c, _)| c.as_str())
     }
 
-    /// Number of subscriptions held, pending or live.
-    pub fn subscription_count(&self) -> usize {
-        self.subs.len()
-    }
-
     fn op(&mut self, channel: &str) -> OpId {
         self.next_op += 1;
         self.ops.insert(self.next_op, channel.to_owned());
@@ -874,17 +869,11 @@ impl Machine {
             }
             (Synced::History(History::Recovered(_)), None) => {
                 // A driver answering a head read with a history: refuse rather than guess.
-                self.subs.insert(
-                    ch.clone(),
-                    Sub::Syncing {
-                        id,
-                        op,
-                        since: None,
-                        held,
-                    },
-                );
-                let r = Rejection::new(codes::INTERNAL, "sync answered the wrong question");
-                return self.refuse(&ch, r);
+                self.commands.push_back(Command::Leave {
+                    channel: ch.clone(),
+                });
+                let reason = "sync answered the wrong question";
+                return self.subrej(id, &ch, codes::INTERNAL, reason);
             }
         };
         self.go_live(ch, id, pos, recovered, replay, held);
