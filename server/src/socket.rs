@@ -288,6 +288,7 @@ where
         // `Sleep` per event registered and removed a timer-wheel entry for every message.
         let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
+        let shared = self.shared.clone();
         loop {
             let close = self.carry_out();
             // Frames commanded before a close (an `error` frame) still go out. One `flush` call
@@ -321,7 +322,6 @@ where
                 }
             }
             let reading = self.machine.wants_read();
-            let shared = self.shared.clone();
             tokio::select! {
                 biased;
                 () = shared.killed.notified() => {
