@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
-use ::redis::{Client, Msg, RedisResult, Script};
+use ::redis::{Client, Msg, RedisResult};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -53,179 +53,15 @@ impl Default for RedisOptions {
     }
 }
 
-/// Every script's start: reads the channel's epoch, or creates it from ARGV[1] (a fresh epoch)
-/// with expiry ARGV[2] (ms). An empty ARGV[1] means a [`Store`] seeds the channel instead: the
-/// script then returns `UNSEEDED` (its own reply with an empty epoch) and changes nothing.
-///
-/// KEYS: epoch, seq, stream.
-const EPOCH_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  if ARGV[1] == '' then return UNSEEDED end
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[2])
-  redis.call('DEL', KEYS[2], KEYS[3])
-end
-"#;
+mod scripts;
+mod store;
 
-/// Atomic per channel: reads or creates the epoch, takes the next seq, appends to the stream,
-/// refreshes the three keys' expiry together, publishes the full record.
-///
-/// KEYS: epoch, seq, stream. ARGV: fresh epoch, ttl (ms), max stream length, pub/sub channel,
-/// topic, msg (raw JSON).
-const PUBLISH_LUA: &str = r#"
-local seq = redis.call('INCR', KEYS[2])
-local s = string.format('%d', seq)
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], s .. '-0', 't', ARGV[5], 'm', ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
-redis.call('PUBLISH', ARGV[4], '{"e":' .. cjson.encode(epoch) .. ',"s":' .. s ..
-  ',"t":' .. cjson.encode(ARGV[5]) .. ',"m":' .. ARGV[6] .. '}')
-return {epoch, seq}
-"#;
-
-/// The channel's head; creates its epoch if it has none, so the answer is stable.
-///
-/// KEYS: epoch, seq, stream. ARGV: fresh epoch, ttl (ms).
-const POSITION_LUA: &str = r#"
-return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
-"#;
-
-/// The publications after a position, with the head, in one consistent read.
-///
-/// KEYS: epoch, seq, stream. ARGV: fresh epoch, ttl (ms), since epoch, since seq, mode.
-/// Mode `strict`: `{epoch, seq, 0, {}}` when the history does not reach back to the position.
-/// Mode `tail`: whatever is kept after the position (everything kept if the epoch differs).
-/// Otherwise `{epoch, seq, 1, {{seq, topic, msg}, ...}}`.
-const HISTORY_LUA: &str = r#"
-local head = tonumber(redis.call('GET', KEYS[2]) or '0')
-local strict = ARGV[5] == 'strict'
-local since = tonumber(ARGV[4])
-if ARGV[3] ~= epoch then
-  if strict then return {epoch, head, 0, {}} end
-  since = 0
-end
-if since >= head then
-  if strict and since > head then return {epoch, head, 0, {}} end
-  return {epoch, head, 1, {}}
-end
-local function seq_of(id)
-  return tonumber(string.match(id, '^(%d+)'))
-end
-if strict then
-  local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
-  if #first == 0 or seq_of(first[1][1]) > since + 1 then return {epoch, head, 0, {}} end
-end
-local out = {}
-local entries = redis.call('XRANGE', KEYS[3], string.format('%d', since + 1) .. '-0', '+')
-for i, entry in ipairs(entries) do
-  local fields = entry[2]
-  local topic, msg = '', 'null'
-  for j = 1, #fields, 2 do
-    if fields[j] == 't' then topic = fields[j + 1] elseif fields[j] == 'm' then msg = fields[j + 1] end
-  end
-  out[i] = {seq_of(entry[1]), topic, msg}
-end
-return {epoch, head, 1, out}
-"#;
-
-/// Seeds a channel Redis has no state for with a [`Store`]'s head, unless another instance
-/// seeded it first. Returns the channel's head and whether this seed was applied.
-///
-/// KEYS: epoch, seq, stream. ARGV: epoch, seq, ttl (ms).
-const SEED_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if epoch then return {epoch, tonumber(redis.call('GET', KEYS[2]) or '0'), 0} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[3])
-return {ARGV[1], tonumber(ARGV[2]), 1}
-"#;
-
-/// Ends a channel's epoch (if it is still ARGV[1]) and starts ARGV[2] at seq 0. Returns the
-/// channel's epoch afterwards (empty if Redis has none).
-///
-/// KEYS: epoch, seq, stream. ARGV: epoch to end, fresh epoch, ttl (ms).
-const RESTART_LUA: &str = r#"
-local epoch = redis.call('GET', KEYS[1])
-if epoch ~= ARGV[1] then return epoch or '' end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], '0', 'PX', ARGV[3])
-redis.call('DEL', KEYS[3])
-return ARGV[2]
-"#;
-
-/// A script that starts with [`EPOCH_LUA`], answering `unseeded` on a channel without state.
-fn with_epoch(body: &str, unseeded: &str) -> Script {
-    Script::new(&format!(
-        "{}{body}",
-        EPOCH_LUA.replace("UNSEEDED", unseeded)
-    ))
-}
-
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| with_epoch(PUBLISH_LUA, "{'', 0}"));
-static POSITION: LazyLock<Script> = LazyLock::new(|| with_epoch(POSITION_LUA, "{'', 0}"));
-static HISTORY: LazyLock<Script> = LazyLock::new(|| with_epoch(HISTORY_LUA, "{'', 0, 0, {}}"));
-static SEED: LazyLock<Script> = LazyLock::new(|| Script::new(SEED_LUA));
-static RESTART: LazyLock<Script> = LazyLock::new(|| Script::new(RESTART_LUA));
+use self::scripts::{HISTORY, POSITION, PUBLISH, RESTART, SEED};
+pub(super) use self::store::{Appended, Store};
 
 /// How often a script may find its channel unseeded (Redis lost it in between) before the
 /// operation gives up.
 const SEED_ATTEMPTS: usize = 3;
-
-/// What a [`Store`] made of a publication Redis sequenced.
-// Only the `mongo` feature's store makes these.
-#[cfg_attr(not(feature = "mongo"), allow(dead_code))]
-pub(super) enum Appended {
-    /// Written (or already there, identical).
-    Stored,
-    /// The store holds a different publication at this position of this epoch: Redis handed
-    /// the seq out twice (it lost data, or failed over to a lagging replica).
-    Conflict,
-}
-
-/// A durable history tier behind the Redis machinery (the MongoDB scaler's collection).
-///
-/// With a store, Redis allocates seqs (in [`PUBLISH_LUA`], together with the stream append and
-/// the PUBLISH, so live order is exact) and keeps only a short window; the store keeps every
-/// publication and the channel's epoch:
-///
-/// - When Redis has no state for a channel (it lost its data, or the keys expired), the scripts
-///   answer "unseeded" instead of inventing an epoch, and the channel is seeded from
-///   [`head`](Store::head): the same epoch continues at the same seq. Only a channel the store
-///   has nothing (live) of starts a new epoch, and [`retire`](Store::retire) then drops what the
-///   store still holds of older epochs.
-/// - Each publication is [`append`](Store::append)ed after Redis sequenced it, before `publish`
-///   returns. A [`Conflict`](Appended::Conflict) ends the channel's epoch (subscribers resync as
-///   unrecoverable) rather than letting two histories coexist.
-/// - Reads take the Redis window first and ask [`range`](Store::range) only for what is older.
-#[async_trait::async_trait]
-pub(super) trait Store: Send + Sync + 'static {
-    /// The channel's newest kept publication's position, `None` if none is kept.
-    async fn head(&self, channel: &str) -> Result<Option<Position>, ScalerError>;
-    /// Keeps a publication. Returns [`Appended::Conflict`] if the position holds another one.
-    async fn append(
-        &self,
-        channel: &str,
-        position: &Position,
-        topic: &str,
-        msg: &RawValue,
-    ) -> Result<Appended, ScalerError>;
-    /// Every publication of `epoch` with `since < seq <= upto`, oldest first; `None` unless all
-    /// of them are kept.
-    async fn range(
-        &self,
-        channel: &str,
-        epoch: &str,
-        since: u64,
-        upto: u64,
-    ) -> Result<Option<Vec<Record>>, ScalerError>;
-    /// Drops the channel's publications of every epoch but `epoch` (a new epoch began).
-    async fn retire(&self, channel: &str, epoch: &str) -> Result<(), ScalerError>;
-    /// How far behind the head a read may reach (publications), whatever is kept.
-    fn reach(&self) -> u64;
-}
 
 /// First and largest delay between attempts to reconnect the pub/sub connection.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
@@ -234,7 +70,7 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Channels per SUBSCRIBE when resubscribing after a reconnection.
 const SUBSCRIBE_BATCH: usize = 512;
 
-/// A publication as it travels over pub/sub (built by [`PUBLISH_LUA`]).
+/// A publication as it travels over pub/sub (built by `publish.lua`).
 #[derive(Deserialize)]
 struct Wire {
     e: String,

@@ -1,0 +1,36 @@
+//! The Lua scripts of the Redis scaler, one file each beside this one (their header comments
+//! say what they do, their keys and their arguments). Each runs atomically in Redis: a channel's
+//! epoch, seq and stream change together.
+
+use std::sync::LazyLock;
+
+use ::redis::Script;
+
+/// Every script's start: reads the channel's epoch, or creates it (see `epoch.lua`).
+const EPOCH_LUA: &str = include_str!("epoch.lua");
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const POSITION_LUA: &str = include_str!("position.lua");
+const HISTORY_LUA: &str = include_str!("history.lua");
+const SEED_LUA: &str = include_str!("seed.lua");
+const RESTART_LUA: &str = include_str!("restart.lua");
+
+/// A script that starts with [`EPOCH_LUA`], answering `unseeded` on a channel without state.
+fn with_epoch(body: &str, unseeded: &str) -> Script {
+    Script::new(&format!(
+        "{}{body}",
+        EPOCH_LUA.replace("UNSEEDED", unseeded)
+    ))
+}
+
+/// `publish.lua` after `epoch.lua`.
+pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| with_epoch(PUBLISH_LUA, "{'', 0}"));
+/// `position.lua` after `epoch.lua`.
+pub(super) static POSITION: LazyLock<Script> =
+    LazyLock::new(|| with_epoch(POSITION_LUA, "{'', 0}"));
+/// `history.lua` after `epoch.lua`.
+pub(super) static HISTORY: LazyLock<Script> =
+    LazyLock::new(|| with_epoch(HISTORY_LUA, "{'', 0, 0, {}}"));
+/// `seed.lua`.
+pub(super) static SEED: LazyLock<Script> = LazyLock::new(|| Script::new(SEED_LUA));
+/// `restart.lua`.
+pub(super) static RESTART: LazyLock<Script> = LazyLock::new(|| Script::new(RESTART_LUA));
