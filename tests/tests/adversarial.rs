@@ -261,7 +261,8 @@ async fn tell_flood_at_a_slow_handler_holds_a_bounded_number_of_tasks() {
             async move {
                 let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                 p.fetch_max(now, Ordering::SeqCst);
-                let _ = g.acquire().await.map(|permit| permit.forget());
+                // Held until the handler ends; the test opens the gate for all at once.
+                let _permit = g.acquire().await;
                 r.fetch_sub(1, Ordering::SeqCst);
                 d.fetch_add(1, Ordering::SeqCst);
             }
@@ -302,31 +303,48 @@ async fn tell_flood_at_a_slow_handler_holds_a_bounded_number_of_tasks() {
     );
 }
 
+/// A peer with a narrow receive window, subscribed to `channel`, that has read the first of
+/// `count` publications of `chunk` bytes and none of the rest: the server's writes to it back up
+/// (it stops reading the peer while they are blocked), and what it sends next waits unread.
+async fn backed_up_subscriber(
+    server: &Server,
+    url: &str,
+    user: &str,
+    channel: &str,
+    chunk: usize,
+    count: usize,
+) -> RawPeer {
+    let peer = RawPeer::connect_narrow(&format!("{url}?user={user}"), 4096).await;
+    let mut peer = peer.welcomed().await;
+    peer.send_pipelined(&[sub(1, channel)]).await;
+    assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
+    let payload = "x".repeat(chunk);
+    for _ in 0..count {
+        server
+            .publish(channel, "m", &payload)
+            .await
+            .expect("publish");
+    }
+    // The first publication proves the server is writing them (up to 64 in one write).
+    let first = peer.next_text().await.expect("a publication");
+    assert!(first.contains(r#""t":"pub""#), "{first}");
+    peer
+}
+
 #[tokio::test]
 async fn slow_consumer_that_wrote_many_asks_still_gets_its_4004_close_frame() {
     let (server, _l, url) = start(app(ServerOptions::default().outbound_queue(64))).await;
     for round in 0..3 {
-        // A narrow receive window: the server's writes block early, and at the close its send
-        // queue still holds publications ahead of the close frame.
-        let peer = RawPeer::connect_narrow(&format!("{url}?user=ann"), 4096).await;
-        let mut peer = peer.welcomed().await;
-        peer.send_pipelined(&[sub(1, "room:firehose")]).await;
-        assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
-        // 2.5 MiB the peer does not read: the server's write blocks and it stops reading.
-        let chunk = "x".repeat(64 * 1024);
-        for _ in 0..40 {
-            server
-                .publish("room:firehose", "m", &chunk)
-                .await
-                .expect("publish");
-        }
-        let first = peer.next_text().await.expect("a publication");
-        assert!(first.contains(r#""t":"pub""#), "{first}");
+        // 2.5 MiB backed up: at the close the server's send queue still holds publications
+        // ahead of the close frame.
+        let mut peer =
+            backed_up_subscriber(&server, &url, "ann", "room:firehose", 64 * 1024, 40).await;
         // Asks the server cannot read while its write blocks, then publications until its
         // queue overflows: closing with the asks unread made the kernel reset the connection,
         // destroying the queued publications and the 4004 close frame.
         let asks: Vec<String> = (0..1000).map(mark).collect();
         peer.send_pipelined(&asks).await;
+        let chunk = "x".repeat(64 * 1024);
         for _ in 0..200 {
             server
                 .publish("room:firehose", "m", &chunk)
@@ -343,22 +361,8 @@ async fn a_close_frame_queued_behind_unread_data_is_not_lost_to_a_reset() {
     let (server, _l, url) = start(app(ServerOptions::default())).await;
     for round in 0..3 {
         let user = format!("ann{round}");
-        let peer = RawPeer::connect_narrow(&format!("{url}?user={user}"), 4096).await;
-        let mut peer = peer.welcomed().await;
-        peer.send_pipelined(&[sub(1, "room:big")]).await;
-        assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
-        // 6 MiB the peer does not read yet: more than the socket buffers hold, so the server's
-        // write blocks and it stops reading the peer.
-        let chunk = "x".repeat(64 * 1024);
-        for _ in 0..96 {
-            server
-                .publish("room:big", "m", &chunk)
-                .await
-                .expect("publish");
-        }
-        // The first publication proves the server is writing them (up to 64 in one write).
-        let first = peer.next_text().await.expect("a publication");
-        assert!(first.contains(r#""t":"pub""#), "{first}");
+        // 6 MiB: more than the socket buffers hold.
+        let mut peer = backed_up_subscriber(&server, &url, &user, "room:big", 64 * 1024, 96).await;
         // Frames the server cannot read while its write is blocked; then it closes the socket.
         let asks: Vec<String> = (0..1000).map(mark).collect();
         peer.send_pipelined(&asks).await;
@@ -378,20 +382,8 @@ async fn a_close_frame_queued_behind_unread_data_is_not_lost_to_a_reset() {
 async fn oversized_message_then_more_data_gets_1009_not_a_reset() {
     let (server, _l, url) = start(app(ServerOptions::default().max_message_size(1024))).await;
     for round in 0..3 {
-        let peer = RawPeer::connect_narrow(&format!("{url}?user=ann"), 4096).await;
-        let mut peer = peer.welcomed().await;
-        peer.send_pipelined(&[sub(1, "room:feed")]).await;
-        assert_eq!(kinds(&answers(&mut peer, &[1]).await), ["subok"]);
         // Publications the peer has not read yet wait in the server's send queue...
-        let chunk = "x".repeat(16 * 1024);
-        for _ in 0..16 {
-            server
-                .publish("room:feed", "m", &chunk)
-                .await
-                .expect("publish");
-        }
-        let first = peer.next_text().await.expect("a publication");
-        assert!(first.contains(r#""t":"pub""#), "{first}");
+        let mut peer = backed_up_subscriber(&server, &url, "ann", "room:feed", 16 * 1024, 16).await;
         // ...when the peer sends a message over the limit, whose rest the server never reads.
         let big = json!({"t": "tell", "topic": "x", "msg": "a".repeat(512 * 1024)}).to_string();
         peer.send_pipelined(&[big]).await;
