@@ -222,6 +222,7 @@ impl Client {
                 ch,
                 pos,
                 recovered,
+                ..
             } => self.handle_subok(id, ch, pos, recovered),
             ServerFrame::Subrej {
                 id,
@@ -250,6 +251,8 @@ impl Client {
             }
             ServerFrame::Ping {} => self.send(&ClientFrame::Pong {}),
             ServerFrame::Pong {} => {}
+            // Presence events are only sent to subscriptions that asked for them.
+            ServerFrame::Join { .. } | ServerFrame::Leave { .. } => {}
         }
     }
 
@@ -373,6 +376,7 @@ impl Client {
                 ch: channel.to_owned(),
                 q: query.clone(),
                 since: None,
+                presence: false,
             });
             id
         });
@@ -540,6 +544,7 @@ impl Client {
                 ch: channel.clone(),
                 q: sub.query.clone(),
                 since: sub.last.clone(),
+                presence: false,
             };
             self.transmits.push_back(frame.encode());
         }
@@ -747,6 +752,7 @@ impl Client {
                     ch: channel,
                     q: sub.query.clone(),
                     since: sub.last.clone(),
+                    presence: false,
                 };
                 self.transmits.push_back(frame.encode());
                 return;

@@ -54,6 +54,61 @@ impl Position {
     }
 }
 
+/// One member of a channel's presence: one subscribed socket. A user with three tabs open is
+/// three members with the same `user`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Member {
+    /// The socket's cluster-wide id.
+    pub socket: String,
+    /// The user id the session parser gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The session id the session parser gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// What the session parser attached to the session for others to see (a display name, an
+    /// avatar, ...), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+}
+
+impl PartialEq for Member {
+    /// Field by field; `info` by its JSON text.
+    fn eq(&self, other: &Self) -> bool {
+        self.socket == other.socket
+            && self.user == other.user
+            && self.session == other.session
+            && self.info.as_deref().map(RawValue::get) == other.info.as_deref().map(RawValue::get)
+    }
+}
+
+/// A channel's presence counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceStats {
+    /// Members (subscribed sockets with presence).
+    pub sockets: u64,
+    /// Distinct users among them (anonymous sockets are not counted).
+    pub users: u64,
+}
+
+impl PresenceStats {
+    /// The counts of `members`.
+    pub fn of<'a>(members: impl IntoIterator<Item = &'a Member>) -> Self {
+        let mut users = std::collections::HashSet::new();
+        let mut sockets = 0;
+        for m in members {
+            sockets += 1;
+            if let Some(u) = &m.user {
+                users.insert(u.as_str());
+            }
+        }
+        Self {
+            sockets,
+            users: users.len() as u64,
+        }
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.epoch, self.seq)
@@ -88,6 +143,11 @@ pub mod codes {
     pub const SUPERSEDED: &str = "superseded";
     /// An `unsub` for the channel arrived before this `sub` was answered.
     pub const CANCELLED: &str = "cancelled";
+    /// A presence request for a channel whose subscription has no presence (the subscription
+    /// parser or the server's options did not grant it).
+    pub const NO_PRESENCE: &str = "no_presence";
+    /// A presence request for a channel this socket is not subscribed to.
+    pub const NOT_SUBSCRIBED: &str = "not_subscribed";
     /// Client side: no reply arrived within the ask timeout.
     pub const TIMEOUT: &str = "timeout";
     /// Client side: the connection dropped after the ask was sent; its outcome is unknown.
@@ -205,6 +265,26 @@ pub enum ClientFrame {
         /// Last position the client has seen; the server replays what followed it.
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<Position>,
+        /// Whether the client wants the channel's presence events (`join` / `leave`), when the
+        /// subscription has presence.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        presence: bool,
+    },
+    /// Asks for the members of a channel the socket is subscribed to with presence; answered
+    /// by `res` (an array of [`Member`]s) or `rej`, with the same id.
+    Presence {
+        /// Client-chosen id, from the same space as the asks' ids.
+        id: u64,
+        /// Channel.
+        ch: String,
+    },
+    /// Asks for a channel's presence counts ([`PresenceStats`]); answered like `presence`.
+    #[serde(rename = "pstats")]
+    PresenceStats {
+        /// Client-chosen id, from the same space as the asks' ids.
+        id: u64,
+        /// Channel.
+        ch: String,
     },
     /// Leave a channel.
     Unsub {
@@ -275,6 +355,10 @@ pub enum ServerFrame {
         /// `false` if the history no longer reaches back that far (or its epoch changed).
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// Whether the subscription has presence: `presence` and `pstats` requests are
+        /// answered, and `join` / `leave` follow if the `sub` asked for them.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        presence: bool,
     },
     /// The subscription was refused.
     Subrej {
@@ -297,6 +381,21 @@ pub enum ServerFrame {
         pos: Position,
         /// Payload.
         msg: Box<RawValue>,
+    },
+    /// A socket joined the presence of a subscribed channel (sent only to subscriptions that
+    /// asked for presence events).
+    Join {
+        /// Channel.
+        ch: String,
+        /// The member ([`Member`] as JSON, passed through as is).
+        m: Box<RawValue>,
+    },
+    /// A socket left the presence of a subscribed channel.
+    Leave {
+        /// Channel.
+        ch: String,
+        /// The member ([`Member`] as JSON, passed through as is).
+        m: Box<RawValue>,
     },
     /// The server ended a subscription (the channel was booted).
     Unsubbed {
@@ -352,10 +451,12 @@ struct Wire<'a> {
     hb: Option<u64>,
     code: Option<Cow<'a, str>>,
     reason: Option<Cow<'a, str>>,
+    presence: Option<bool>,
+    m: Option<&'a RawValue>,
 }
 
 /// The keys of [`Wire`], in field order.
-const WIRE_KEYS: [&str; 16] = [
+const WIRE_KEYS: [&str; 18] = [
     "t",
     "v",
     "id",
@@ -372,6 +473,8 @@ const WIRE_KEYS: [&str; 16] = [
     "hb",
     "code",
     "reason",
+    "presence",
+    "m",
 ];
 
 fn malformed(what: &str, at: usize) -> ProtocolError {
@@ -659,7 +762,7 @@ fn opt_position(frame: &str, v: Option<&RawValue>) -> Result<Option<Position>, P
 }
 
 fn parse_wire(frame: &str) -> Result<Wire<'_>, ProtocolError> {
-    let [t, v, id, topic, msg, ch, q, since, pos, recovered, socket, user, session, hb, code, reason] =
+    let [t, v, id, topic, msg, ch, q, since, pos, recovered, socket, user, session, hb, code, reason, presence, m] =
         fields(frame, &WIRE_KEYS)?;
     let f = frame;
     Ok(Wire {
@@ -679,6 +782,8 @@ fn parse_wire(frame: &str) -> Result<Wire<'_>, ProtocolError> {
         hb: opt_u64(f, hb)?,
         code: opt_string(f, code)?,
         reason: opt_string(f, reason)?,
+        presence: opt_bool(f, presence)?,
+        m: non_null(m),
     })
 }
 
@@ -725,6 +830,15 @@ impl ClientFrame {
                 ch: text(w.ch, "sub", "ch")?,
                 q: w.q.map(RawValue::to_owned),
                 since: w.since,
+                presence: w.presence.unwrap_or(false),
+            },
+            "presence" => Self::Presence {
+                id: req(w.id, "presence", "id")?,
+                ch: text(w.ch, "presence", "ch")?,
+            },
+            "pstats" => Self::PresenceStats {
+                id: req(w.id, "pstats", "id")?,
+                ch: text(w.ch, "pstats", "ch")?,
             },
             "unsub" => Self::Unsub {
                 ch: text(w.ch, "unsub", "ch")?,
@@ -746,6 +860,8 @@ impl ClientFrame {
             Self::Ask { .. } => "ask",
             Self::Tell { .. } => "tell",
             Self::Sub { .. } => "sub",
+            Self::Presence { .. } => "presence",
+            Self::PresenceStats { .. } => "pstats",
             Self::Unsub { .. } => "unsub",
             Self::Ping {} => "ping",
             Self::Pong {} => "pong",
@@ -765,7 +881,13 @@ impl ClientFrame {
                 push_str(&mut out, topic);
                 push_raw(&mut out, "msg", msg);
             }
-            Self::Sub { id, ch, q, since } => {
+            Self::Sub {
+                id,
+                ch,
+                q,
+                since,
+                presence,
+            } => {
                 push_u64(&mut out, "id", *id);
                 push_key(&mut out, "ch");
                 push_str(&mut out, ch);
@@ -779,6 +901,14 @@ impl ClientFrame {
                     push_u64(&mut out, "s", since.seq);
                     out.push('}');
                 }
+                if *presence {
+                    out.push_str(",\"presence\":true");
+                }
+            }
+            Self::Presence { id, ch } | Self::PresenceStats { id, ch } => {
+                push_u64(&mut out, "id", *id);
+                push_key(&mut out, "ch");
+                push_str(&mut out, ch);
             }
             Self::Unsub { ch } => {
                 push_key(&mut out, "ch");
@@ -866,6 +996,7 @@ impl ServerFrame {
                 ch: text(w.ch, "subok", "ch")?,
                 pos: req(w.pos, "subok", "pos")?,
                 recovered: w.recovered,
+                presence: w.presence.unwrap_or(false),
             },
             "subrej" => Self::Subrej {
                 id: req(w.id, "subrej", "id")?,
@@ -878,6 +1009,14 @@ impl ServerFrame {
                 topic: text(w.topic, "pub", "topic")?,
                 pos: req(w.pos, "pub", "pos")?,
                 msg: raw(w.msg),
+            },
+            "join" => Self::Join {
+                ch: text(w.ch, "join", "ch")?,
+                m: req(w.m, "join", "m")?.to_owned(),
+            },
+            "leave" => Self::Leave {
+                ch: text(w.ch, "leave", "ch")?,
+                m: req(w.m, "leave", "m")?.to_owned(),
             },
             "unsubbed" => Self::Unsubbed {
                 ch: text(w.ch, "unsubbed", "ch")?,
@@ -1046,8 +1185,16 @@ mod tests {
             ch: "room:1".into(),
             q: Some(msg.clone()),
             since: Some(Position::new("ep", 41)),
+            presence: true,
         }) {
-            ClientFrame::Sub { id, ch, q, since } => {
+            ClientFrame::Sub {
+                id,
+                ch,
+                q,
+                since,
+                presence,
+            } => {
+                assert!(presence);
                 assert_eq!(id, 3);
                 assert_eq!(ch, "room:1");
                 assert_eq!(q.map(|q| q.get().to_owned()), Some(msg.get().to_owned()));
@@ -1078,6 +1225,22 @@ mod tests {
                 assert_eq!(topic, "msg");
                 assert_eq!(pos, Position::new("k3x", 12));
                 assert_eq!(msg.get(), r#"{"text":"hi"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        let f = ServerFrame::decode(
+            r#"{"t":"join","ch":"room:lobby","m":{"socket":"6f1c-17","user":"ann","info":{"name":"Ann"}}}"#,
+        )
+        .expect("join");
+        match f {
+            ServerFrame::Join { ch, m } => {
+                assert_eq!(ch, "room:lobby");
+                let m: Member = serde_json::from_str(m.get()).expect("member");
+                assert_eq!(m.user.as_deref(), Some("ann"));
+                assert_eq!(
+                    m.info.map(|i| i.get().to_owned()).as_deref(),
+                    Some(r#"{"name":"Ann"}"#)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -1250,6 +1413,9 @@ mod tests {
             code: Option<Cow<'a, str>>,
             #[serde(borrow)]
             reason: Option<Cow<'a, str>>,
+            presence: Option<bool>,
+            #[serde(borrow)]
+            m: Option<&'a RawValue>,
         }
     }
 
@@ -1328,6 +1494,9 @@ mod tests {
             r#"{"t":"x","pos":["e",1,2]}"#,
             r#"{"t":"x","msg":1}garbage"#,
             r#"{"t":"x","q":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}"#,
+            r#"{"t":"sub","id":2,"ch":"room","presence":true}"#,
+            r#"{"t":"join","ch":"room","m":{"socket":"a-1","user":"ann","info":{"n":"Ann"}}}"#,
+            r#"{"t":"subok","id":2,"ch":"room","pos":{"e":"x","s":0},"presence":1}"#,
         ];
         const ALPHABET: &[u8] = b"{}[]\\\":, \t0123456789aenrtuzlsfdD-.+eE";
         for frame in frames {
@@ -1436,12 +1605,22 @@ mod tests {
                 ch: odd.into(),
                 q: Some(msg.clone()),
                 since: Some(Position::new(odd, 41)),
+                presence: true,
             },
             ClientFrame::Sub {
                 id: 9,
                 ch: "c".into(),
                 q: None,
                 since: None,
+                presence: false,
+            },
+            ClientFrame::Presence {
+                id: 10,
+                ch: odd.into(),
+            },
+            ClientFrame::PresenceStats {
+                id: u64::MAX,
+                ch: "c".into(),
             },
             ClientFrame::Unsub { ch: odd.into() },
             ClientFrame::Ping {},
