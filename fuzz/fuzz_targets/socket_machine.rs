@@ -40,7 +40,7 @@ use sss_server::machine::{
     AskOutcome, Command, Config, Identity, Machine, OpId, Publication, Synced, Topics, Verdict,
 };
 use sss_server::scaler::{History, Record};
-use sss_server::Rejection;
+use sss_server::{Grant, Rejection};
 
 const SESSION: &str = "sess-1";
 /// The subscription parser's one fixed rule: `room:secret` needs this in its query.
@@ -330,7 +330,11 @@ impl Harness {
                     self.subs.insert(id, ch.clone());
                     self.held.remove(&ch);
                 }
-                Ok(sss_core::protocol::ClientFrame::Ask { id, .. }) => {
+                Ok(
+                    sss_core::protocol::ClientFrame::Ask { id, .. }
+                    | sss_core::protocol::ClientFrame::Presence { id, .. }
+                    | sss_core::protocol::ClientFrame::PresenceStats { id, .. },
+                ) => {
                     if !self.ask_ids.insert(id) {
                         return;
                     }
@@ -352,11 +356,17 @@ impl Harness {
                 let allowed = channel != "room:secret"
                     || query.as_deref().is_some_and(|q| q.contains(PASSWORD));
                 let accepted = ok && allowed;
+                let presence = channel == "news";
                 if accepted && self.latest_auth.get(&channel) == Some(&op) {
                     self.accepted.insert(channel);
                 }
                 let result = if accepted {
-                    Ok(())
+                    // Presence on one channel, so presence requests and events are reached.
+                    Ok(if presence {
+                        Grant::with_presence()
+                    } else {
+                        Grant::default()
+                    })
                 } else {
                     Err(Rejection::refused("the parser said no"))
                 };
@@ -425,7 +435,7 @@ impl Harness {
                     let query = query.map(|q| q.get().to_owned());
                     self.pending.push(Work::Authorize { op, channel, query });
                 }
-                Command::Join { op, channel } => {
+                Command::Join { op, channel, .. } => {
                     assert!(
                         self.joined.insert(channel.clone()),
                         "(d) Join for {channel:?}, already joined"
@@ -445,7 +455,9 @@ impl Harness {
                     );
                     self.pending.push(Work::Sync { op, since });
                 }
-                Command::Ask { id, .. } => self.pending.push(Work::Ask { id }),
+                Command::Ask { id, .. } | Command::Presence { id, .. } => {
+                    self.pending.push(Work::Ask { id })
+                }
                 Command::Tell { .. } => self.pending.push(Work::Tell),
                 Command::Close { .. } => self.closed = true,
             }
@@ -502,6 +514,12 @@ impl Harness {
                 assert!(
                     self.ask_answered.insert(id),
                     "(f) ask answered twice: {text}"
+                );
+            }
+            "join" | "leave" => {
+                assert!(
+                    self.held.contains(&ch),
+                    "(f) presence event for a channel the client does not hold: {text}"
                 );
             }
             "error" | "ping" | "pong" => {}

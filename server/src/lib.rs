@@ -38,7 +38,7 @@ pub use handshake::{is_upgrade_request, Body, HandshakeRequest, Listening, Refus
 pub use scaler::{MemoryOptions, MemoryScaler, Scaler};
 pub use server::{Inbound, Server, ServerBuilder, ServerError, ServerOptions};
 pub use socket::Socket;
-pub use sss_core::protocol::{close, codes, session_channel, user_channel};
+pub use sss_core::protocol::{close, codes, session_channel, user_channel, Member, PresenceStats};
 pub use sss_core::Position;
 
 /// Who a socket belongs to, as the session parser decided.
@@ -52,6 +52,9 @@ pub struct Session {
     pub session: Option<String>,
     /// Values for handlers and parsers, read with [`Socket::local`].
     pub locals: http::Extensions,
+    /// What other members of a channel's presence see of this session (a display name, an
+    /// avatar, ...): the `info` of its sockets' [`Member`]s.
+    pub info: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Session {
@@ -74,10 +77,44 @@ impl Session {
         self
     }
 
+    /// Sets the [`info`](Self::info) that other members of a channel's presence see.
+    pub fn with_info<T: serde::Serialize + ?Sized>(
+        mut self,
+        info: &T,
+    ) -> Result<Self, serde_json::Error> {
+        self.info = Some(serde_json::value::to_raw_value(info)?);
+        Ok(self)
+    }
+
     /// Stores a value in the locals.
     pub fn with_local<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
         self.locals.insert(value);
         self
+    }
+}
+
+/// The subscription parser's acceptance of a subscription, and what comes with it.
+///
+/// A parser that returns `Ok(())` grants the default (no presence unless the server's
+/// [`presence_prefixes`](ServerOptions::presence_prefixes) match the channel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Grant {
+    /// The subscription has presence: the socket is a member of the channel's presence, may
+    /// ask for its members, and receives its join and leave events if the client asked.
+    pub presence: bool,
+}
+
+impl Grant {
+    /// An acceptance with presence.
+    pub fn with_presence() -> Self {
+        Self { presence: true }
+    }
+}
+
+impl From<()> for Grant {
+    fn from((): ()) -> Self {
+        Self::default()
     }
 }
 

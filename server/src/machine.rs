@@ -41,7 +41,7 @@ use sss_core::Position;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::scaler::{History, Record};
-use crate::Rejection;
+use crate::{Grant, Rejection};
 
 /// Limits and timers of one socket (from [`ServerOptions`](crate::ServerOptions)).
 #[derive(Clone, Debug)]
@@ -95,6 +95,17 @@ pub struct Publication {
     pub frame: Utf8Bytes,
 }
 
+/// One presence event as every local subscriber of its channel receives it.
+#[derive(Debug)]
+pub struct PresenceNote {
+    /// Channel.
+    pub channel: Arc<str>,
+    /// The socket that joined or left (a socket is not told of itself).
+    pub socket: String,
+    /// The `join` or `leave` frame, encoded once for every subscriber.
+    pub frame: Utf8Bytes,
+}
+
 /// What the machine asks its driver to do, in order.
 #[derive(Debug)]
 pub enum Command {
@@ -109,15 +120,19 @@ pub enum Command {
         /// The client's query.
         query: Option<Box<RawValue>>,
     },
-    /// Add the socket to the channel's local subscribers now, then make sure the scaler
-    /// delivers the channel to this instance; answer with [`Verdict::Joined`].
+    /// Add the socket to the channel's local subscribers now (and to its presence, with
+    /// `presence`), then make sure the scaler delivers the channel to this instance; answer
+    /// with [`Verdict::Joined`].
     Join {
         /// Operation id.
         op: OpId,
         /// Channel.
         channel: String,
+        /// The socket becomes a member of the channel's presence.
+        presence: bool,
     },
-    /// Remove the socket from the channel's local subscribers now (no answer).
+    /// Remove the socket from the channel's local subscribers (and its presence) now (no
+    /// answer).
     Leave {
         /// Channel.
         channel: String,
@@ -140,6 +155,16 @@ pub enum Command {
         topic: String,
         /// Payload.
         msg: Box<RawValue>,
+    },
+    /// Read the channel's presence: its members, or with `stats` their counts; answer with
+    /// [`Verdict::AskDone`] (it counts as an ask).
+    Presence {
+        /// The request's id.
+        id: u64,
+        /// Channel.
+        channel: String,
+        /// Counts instead of members.
+        stats: bool,
     },
     /// Run the tell handler; answer with [`Verdict::TellDone`].
     Tell {
@@ -184,8 +209,8 @@ pub enum Verdict {
     Authorized {
         /// The [`Command::Authorize`] operation.
         op: OpId,
-        /// Accepted, or the rejection.
-        result: Result<(), Rejection>,
+        /// Accepted (with what), or the rejection.
+        result: Result<Grant, Rejection>,
     },
     /// The registry join finished.
     Joined {
@@ -201,7 +226,7 @@ pub enum Verdict {
         /// What was read, or why not.
         result: Result<Synced, Rejection>,
     },
-    /// An ask handler finished.
+    /// An ask handler (or a presence read) finished.
     AskDone {
         /// The ask's id.
         id: u64,
@@ -212,14 +237,23 @@ pub enum Verdict {
     TellDone,
 }
 
+/// A subscription's presence: granted by the server, events asked for by the client.
+#[derive(Clone, Copy, Debug, Default)]
+struct Presence {
+    granted: bool,
+    events: bool,
+}
+
 /// A subscription's state.
 #[derive(Debug)]
 enum Sub {
-    /// The parser is deciding; the socket is not in the registry.
+    /// The parser is deciding; the socket is not in the registry. `events`: the client asked
+    /// for presence events.
     Authorizing {
         id: u64,
         op: OpId,
         since: Option<Position>,
+        events: bool,
     },
     /// Accepted; the registry join is running. Publications are held.
     Joining {
@@ -227,6 +261,7 @@ enum Sub {
         op: OpId,
         since: Option<Position>,
         held: Vec<Arc<Publication>>,
+        presence: Presence,
     },
     /// Joined; the position or history is being read. Publications are held.
     Syncing {
@@ -234,9 +269,10 @@ enum Sub {
         op: OpId,
         since: Option<Position>,
         held: Vec<Arc<Publication>>,
+        presence: Presence,
     },
     /// Publications after `last` are sent.
-    Live { last: Last },
+    Live { last: Last, presence: Presence },
 }
 
 impl Sub {
@@ -253,6 +289,16 @@ impl Sub {
     /// Whether the socket is in the channel's registry entry.
     fn joined(&self) -> bool {
         !matches!(self, Sub::Authorizing { .. })
+    }
+
+    /// The presence of an accepted subscription (`None` while authorizing).
+    fn presence(&self) -> Option<Presence> {
+        match self {
+            Sub::Authorizing { .. } => None,
+            Sub::Joining { presence, .. }
+            | Sub::Syncing { presence, .. }
+            | Sub::Live { presence, .. } => Some(*presence),
+        }
     }
 }
 
@@ -454,7 +500,15 @@ impl Machine {
             ClientFrame::Hello { .. } => self.protocol_error("hello sent twice"),
             ClientFrame::Ask { id, topic, msg } => self.on_ask(id, topic, msg),
             ClientFrame::Tell { topic, msg } => self.on_tell(topic, msg),
-            ClientFrame::Sub { id, ch, q, since } => self.on_sub(id, ch, q, since),
+            ClientFrame::Sub {
+                id,
+                ch,
+                q,
+                since,
+                presence,
+            } => self.on_sub(id, ch, q, since, presence),
+            ClientFrame::Presence { id, ch } => self.on_presence(id, &ch, false),
+            ClientFrame::PresenceStats { id, ch } => self.on_presence(id, &ch, true),
             ClientFrame::Unsub { ch } => self.on_unsub(&ch),
             ClientFrame::Ping {} => self.send(&ServerFrame::Pong {}),
             ClientFrame::Pong {} => {}
@@ -554,6 +608,33 @@ impl Machine {
         self.commands.push_back(Command::Ask { id, topic, msg });
     }
 
+    /// A presence request: answered like an ask, and counted with them.
+    fn on_presence(&mut self, id: u64, ch: &str, stats: bool) {
+        let refusal = match self.subs.get(ch).and_then(Sub::presence) {
+            None => Some((codes::NOT_SUBSCRIBED, "not subscribed to this channel")),
+            Some(p) if !p.granted => {
+                Some((codes::NO_PRESENCE, "this subscription has no presence"))
+            }
+            Some(_) if self.asks >= self.config.max_concurrent_asks => {
+                Some((codes::BUSY, "too many asks in flight on this socket"))
+            }
+            Some(_) => None,
+        };
+        if let Some((code, reason)) = refusal {
+            return self.send(&ServerFrame::Rej {
+                id,
+                code: code.into(),
+                reason: reason.into(),
+            });
+        }
+        self.asks += 1;
+        self.commands.push_back(Command::Presence {
+            id,
+            channel: ch.to_owned(),
+            stats,
+        });
+    }
+
     fn on_tell(&mut self, topic: String, msg: Box<RawValue>) {
         // Unknown topics are dropped: a tell has no answer to carry an error.
         if self.topics.has_tell(&topic) {
@@ -562,9 +643,16 @@ impl Machine {
         }
     }
 
-    fn on_sub(&mut self, id: u64, ch: String, q: Option<Box<RawValue>>, since: Option<Position>) {
+    fn on_sub(
+        &mut self,
+        id: u64,
+        ch: String,
+        q: Option<Box<RawValue>>,
+        since: Option<Position>,
+        events: bool,
+    ) {
         let Some(current) = self.subs.remove(&ch) else {
-            return self.new_sub(id, ch, q, since);
+            return self.new_sub(id, ch, q, since, events);
         };
         if let Some(old) = current.pending() {
             self.subrej(
@@ -584,38 +672,56 @@ impl Machine {
                     channel: ch.clone(),
                     query: q,
                 });
-                Sub::Authorizing { id, op, since }
+                Sub::Authorizing {
+                    id,
+                    op,
+                    since,
+                    events,
+                }
             }
-            // Accepted: a resync. The join in flight carries on for the newer `sub`.
-            Sub::Joining { op, held, .. } => Sub::Joining {
+            // Accepted: a resync. The join in flight carries on for the newer `sub`; the grant
+            // stands, the newer `sub` says whether it wants presence events.
+            Sub::Joining {
+                op, held, presence, ..
+            } => Sub::Joining {
                 id,
                 op,
                 since,
                 held,
+                presence: Presence { events, ..presence },
             },
-            Sub::Syncing { held, .. } => {
+            Sub::Syncing { held, presence, .. } => {
                 let op = self.sync(&ch, since.clone());
                 Sub::Syncing {
                     id,
                     op,
                     since,
                     held,
+                    presence: Presence { events, ..presence },
                 }
             }
-            Sub::Live { .. } => {
+            Sub::Live { presence, .. } => {
                 let op = self.sync(&ch, since.clone());
                 Sub::Syncing {
                     id,
                     op,
                     since,
                     held: Vec::new(),
+                    presence: Presence { events, ..presence },
                 }
             }
         };
         self.subs.insert(ch, next);
     }
 
-    fn new_sub(&mut self, id: u64, ch: String, q: Option<Box<RawValue>>, since: Option<Position>) {
+    fn new_sub(
+        &mut self,
+        id: u64,
+        ch: String,
+        q: Option<Box<RawValue>>,
+        since: Option<Position>,
+        events: bool,
+    ) {
         if self.subs.len() >= self.config.max_subscriptions {
             let reason = format!(
                 "a socket may hold {} subscriptions",
@@ -645,17 +751,25 @@ impl Machine {
                 channel: ch.clone(),
                 query: q,
             });
-            Sub::Authorizing { id, op, since }
+            Sub::Authorizing {
+                id,
+                op,
+                since,
+                events,
+            }
         } else {
+            // A socket's own user or session channel: no parser, and no presence.
             self.commands.push_back(Command::Join {
                 op,
                 channel: ch.clone(),
+                presence: false,
             });
             Sub::Joining {
                 id,
                 op,
                 since,
                 held: Vec::new(),
+                presence: Presence::default(),
             }
         };
         self.subs.insert(ch, sub);
@@ -688,7 +802,7 @@ impl Machine {
     /// A publication for a channel the socket joined (or did, before a queued leave).
     pub fn handle_publication(&mut self, p: &Arc<Publication>) {
         let overflow = match self.subs.get_mut(&*p.channel) {
-            Some(Sub::Live { last }) => {
+            Some(Sub::Live { last, .. }) => {
                 if last.admits(&p.epoch, p.seq) {
                     self.commands.push_back(Command::Send(p.frame.clone()));
                 }
@@ -707,6 +821,18 @@ impl Machine {
         };
         if overflow {
             self.close(close::SLOW_CONSUMER, "too many publications while syncing");
+        }
+    }
+
+    /// A presence event of a channel the socket joined: sent to a live subscription that asked
+    /// for presence events, unless it is the socket's own.
+    pub fn handle_presence(&mut self, note: &PresenceNote) {
+        let wanted = matches!(
+            self.subs.get(&*note.channel),
+            Some(Sub::Live { presence, .. }) if presence.granted && presence.events
+        );
+        if wanted && note.socket != self.identity.socket {
+            self.commands.push_back(Command::Send(note.frame.clone()));
         }
     }
 
@@ -798,24 +924,33 @@ impl Machine {
         }
     }
 
-    fn on_authorized(&mut self, op: OpId, result: Result<(), Rejection>) {
+    fn on_authorized(&mut self, op: OpId, result: Result<Grant, Rejection>) {
         let Some(ch) = self.waiting_for(op) else {
             return;
         };
-        if let Err(r) = result {
-            return self.refuse(&ch, r);
-        }
-        if let Some(Sub::Authorizing { id, since, .. }) = self.subs.remove(&ch) {
+        let grant = match result {
+            Ok(g) => g,
+            Err(r) => return self.refuse(&ch, r),
+        };
+        if let Some(Sub::Authorizing {
+            id, since, events, ..
+        }) = self.subs.remove(&ch)
+        {
             let op = self.op(&ch);
             self.commands.push_back(Command::Join {
                 op,
                 channel: ch.clone(),
+                presence: grant.presence,
             });
             let joining = Sub::Joining {
                 id,
                 op,
                 since,
                 held: Vec::new(),
+                presence: Presence {
+                    granted: grant.presence,
+                    events,
+                },
             };
             self.subs.insert(ch, joining);
         }
@@ -829,7 +964,11 @@ impl Machine {
             return self.refuse(&ch, r);
         }
         if let Some(Sub::Joining {
-            id, since, held, ..
+            id,
+            since,
+            held,
+            presence,
+            ..
         }) = self.subs.remove(&ch)
         {
             let op = self.sync(&ch, since.clone());
@@ -838,6 +977,7 @@ impl Machine {
                 op,
                 since,
                 held,
+                presence,
             };
             self.subs.insert(ch, syncing);
         }
@@ -852,7 +992,11 @@ impl Machine {
             Err(r) => return self.refuse(&ch, r),
         };
         let Some(Sub::Syncing {
-            id, since, held, ..
+            id,
+            since,
+            held,
+            presence,
+            ..
         }) = self.subs.remove(&ch)
         else {
             return;
@@ -876,23 +1020,34 @@ impl Machine {
                 return self.subrej(id, &ch, codes::INTERNAL, reason);
             }
         };
-        self.go_live(ch, id, pos, recovered, replay, held);
+        let synced = SyncedSub {
+            id,
+            pos,
+            recovered,
+            presence,
+        };
+        self.go_live(ch, synced, replay, held);
     }
 
     fn go_live(
         &mut self,
         ch: String,
-        id: u64,
-        pos: Position,
-        recovered: Option<bool>,
+        synced: SyncedSub,
         replay: Vec<Arc<Record>>,
         held: Vec<Arc<Publication>>,
     ) {
+        let SyncedSub {
+            id,
+            pos,
+            recovered,
+            presence,
+        } = synced;
         self.send(&ServerFrame::Subok {
             id,
             ch: ch.clone(),
             pos: pos.clone(),
             recovered,
+            presence: presence.granted,
         });
         let mut last = Last {
             epoch: Arc::from(pos.epoch.as_str()),
@@ -907,6 +1062,14 @@ impl Machine {
                 self.commands.push_back(Command::Send(h.frame.clone()));
             }
         }
-        self.subs.insert(ch, Sub::Live { last });
+        self.subs.insert(ch, Sub::Live { last, presence });
     }
+}
+
+/// What a subscription that finished syncing answers with.
+struct SyncedSub {
+    id: u64,
+    pos: Position,
+    recovered: Option<bool>,
+    presence: Presence,
 }

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sss_core::protocol::{classify_channel, codes};
+use sss_core::protocol::{classify_channel, codes, Member, PresenceStats};
 use sss_core::Position;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -21,7 +21,7 @@ use crate::handshake::{Body, ConnectionCounts, HandshakeRequest, Refusal};
 use crate::registry::Registry;
 use crate::scaler::{Control, Scaler, ScalerError, ScalerEvent};
 use crate::socket::Socket;
-use crate::{Rejection, Session};
+use crate::{Grant, Rejection, Session};
 
 /// Tunables of a server. `ServerOptions::default()` is a sensible production start.
 #[derive(Clone, Debug)]
@@ -77,6 +77,10 @@ pub struct ServerOptions {
     /// listener: closed without an answer). Behind a reverse proxy every client has the proxy's
     /// address, so leave this unset there and limit at the proxy.
     pub max_connections_per_ip: Option<usize>,
+    /// Subscriptions to channels whose names start with one of these prefixes have presence
+    /// (default: none), whatever the subscription parser grants. See
+    /// [`Grant`](crate::Grant) for deciding per subscription.
+    pub presence_prefixes: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -96,11 +100,18 @@ impl Default for ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_connections_per_ip: None,
+            presence_prefixes: Vec::new(),
         }
     }
 }
 
 impl ServerOptions {
+    /// Sets [`presence_prefixes`](Self::presence_prefixes).
+    pub fn presence_prefixes<I: IntoIterator<Item = S>, S: Into<String>>(mut self, p: I) -> Self {
+        self.presence_prefixes = p.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Sets [`allowed_origins`](Self::allowed_origins).
     pub fn allowed_origins<I: IntoIterator<Item = S>, S: Into<String>>(mut self, o: I) -> Self {
         self.allowed_origins = Some(o.into_iter().map(Into::into).collect());
@@ -204,7 +215,7 @@ pub enum Inbound {
 pub(crate) type SessionParser =
     Arc<dyn Fn(HandshakeRequest) -> BoxFuture<'static, Result<Session, Refusal>> + Send + Sync>;
 pub(crate) type SubscriptionParser = Arc<
-    dyn Fn(Socket, String, Option<Box<RawValue>>) -> BoxFuture<'static, Result<(), Rejection>>
+    dyn Fn(Socket, String, Option<Box<RawValue>>) -> BoxFuture<'static, Result<Grant, Rejection>>
         + Send
         + Sync,
 >;
@@ -256,15 +267,21 @@ impl ServerBuilder {
     }
 
     /// Sets the subscription parser: it accepts or refuses each subscription to an ordinary
-    /// channel, given the socket, the channel and the client's query. Without one, every valid
-    /// channel is accepted. (User and session channels are never passed to it: a socket may
-    /// subscribe to its own and to no one else's.)
-    pub fn subscription_parser<F, Fut>(mut self, f: F) -> Self
+    /// channel, given the socket, the channel and the client's query. It accepts with `Ok(())`,
+    /// or with a [`Grant`] that says more (`Ok(Grant::with_presence())`). Without one, every
+    /// valid channel is accepted. (User and session channels are never passed to it: a socket
+    /// may subscribe to its own and to no one else's.)
+    pub fn subscription_parser<F, Fut, G>(mut self, f: F) -> Self
     where
         F: Fn(Socket, String, Option<Box<RawValue>>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Rejection>> + Send + 'static,
+        Fut: Future<Output = Result<G, Rejection>> + Send + 'static,
+        G: Into<Grant> + 'static,
     {
-        self.subscription_parser = Some(Arc::new(move |s, c, q| Box::pin(f(s, c, q))));
+        let f = Arc::new(f);
+        self.subscription_parser = Some(Arc::new(move |s, c, q| {
+            let fut = f(s, c, q);
+            Box::pin(async move { fut.await.map(Into::into) })
+        }));
         self
     }
 
@@ -431,7 +448,7 @@ impl Inner {
         socket: &Socket,
         channel: &str,
         query: Option<Box<RawValue>>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Grant, Rejection> {
         let query = match &self.middleware {
             Some(mw) => {
                 let ev = Inbound::Subscribe {
@@ -445,10 +462,13 @@ impl Inner {
             }
             None => query,
         };
-        match &self.subscription_parser {
-            Some(parser) => parser(socket.clone(), channel.to_owned(), query).await,
-            None => Ok(()),
-        }
+        let mut grant = match &self.subscription_parser {
+            Some(parser) => parser(socket.clone(), channel.to_owned(), query).await?,
+            None => Grant::default(),
+        };
+        let prefixes = &self.options.presence_prefixes;
+        grant.presence |= prefixes.iter().any(|p| channel.starts_with(p.as_str()));
+        Ok(grant)
     }
 }
 
@@ -462,6 +482,11 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut events: mpsc::UnboundedRece
                 inner.registry.fan_out(&channel, &record);
             }
             ScalerEvent::Control(c) => inner.registry.control(c),
+            ScalerEvent::Presence {
+                channel,
+                joined,
+                member,
+            } => inner.registry.presence(&channel, joined, &member),
         }
     }
 }
@@ -613,6 +638,17 @@ impl Server {
             channel: channel.to_owned(),
         })
         .await
+    }
+
+    /// The members of a channel's presence, on every instance (in no particular order).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, ServerError> {
+        classify_channel(channel)?;
+        Ok(self.inner.scaler.presence(channel).await?)
+    }
+
+    /// A channel's presence counts: sockets, and distinct users among them.
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ServerError> {
+        Ok(PresenceStats::of(&self.presence(channel).await?))
     }
 
     /// Number of channels this instance holds local subscribers for (a structure count: it

@@ -9,7 +9,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -17,7 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sss_core::protocol::{close, codes, encode_tell};
+use sss_core::protocol::{close, codes, encode_tell, Member, PresenceStats};
 use sss_core::Position;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
@@ -29,7 +29,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use crate::machine::{
-    AskOutcome, Command, Config, Identity, Machine, Publication, Synced, Topics, Verdict,
+    AskOutcome, Command, Config, Identity, Machine, PresenceNote, Publication, Synced, Topics,
+    Verdict,
 };
 use crate::scaler::ScalerError;
 use crate::server::{Inbound, Inner};
@@ -48,6 +49,8 @@ pub(crate) enum Out {
     Pub(Arc<Publication>),
     /// The channel was booted: drop the subscription and tell the client.
     BootChannel(Arc<str>),
+    /// A presence event of a channel the socket joined, encoded once for every subscriber.
+    Presence(Arc<PresenceNote>),
     /// The outcome of work the socket's task spawned (boxed: it is rare and large, and the
     /// queue's blocks are sized by the largest variant).
     Verdict(Box<Verdict>),
@@ -62,9 +65,25 @@ pub(crate) struct SocketShared {
     tx: mpsc::Sender<Out>,
     kill: Mutex<Option<(u16, String)>>,
     killed: Notify,
+    /// The socket as a presence member, made when it first joins a presence.
+    member: OnceLock<Arc<Member>>,
 }
 
 impl SocketShared {
+    /// The socket as a member of a channel's presence.
+    pub(crate) fn member(&self) -> Arc<Member> {
+        self.member
+            .get_or_init(|| {
+                Arc::new(Member {
+                    socket: self.id.to_string(),
+                    user: self.session.user.clone(),
+                    session: self.session.session.clone(),
+                    info: self.session.info.clone(),
+                })
+            })
+            .clone()
+    }
+
     /// Reports the outcome of async work to the socket's task. Waits for room in the queue:
     /// verdicts must not be lost (the state machine counts the work in flight), and there are
     /// at most as many as the machine's limits on asks, tells and subscriptions allow.
@@ -196,6 +215,7 @@ where
         tx,
         kill: Mutex::new(None),
         killed: Notify::new(),
+        member: OnceLock::new(),
     });
     inner.registry.add_socket(&shared);
     let opts = &inner.options;
@@ -360,8 +380,12 @@ where
             match cmd {
                 Command::Send(f) => self.outgoing.push(Message::Text(f)),
                 Command::Authorize { op, channel, query } => self.authorize(op, channel, query),
-                Command::Join { op, channel } => {
-                    self.inner.registry.insert(&channel, &self.shared);
+                Command::Join {
+                    op,
+                    channel,
+                    presence,
+                } => {
+                    self.inner.registry.insert(&channel, &self.shared, presence);
                     let inner = self.inner.clone();
                     let shared = self.shared.clone();
                     tokio::spawn(async move {
@@ -385,6 +409,7 @@ where
                 }
                 Command::Sync { op, channel, since } => self.sync(op, channel, since),
                 Command::Ask { id, topic, msg } => self.ask(id, topic, msg),
+                Command::Presence { id, channel, stats } => self.presence(id, channel, stats),
                 Command::Tell { topic, msg } => self.tell(topic, msg),
                 Command::Close { code, reason } => close = Some((code, reason)),
             }
@@ -425,6 +450,28 @@ where
             };
             let result = result.map_err(unavailable);
             shared.report(Verdict::Synced { op, result }).await;
+        });
+    }
+
+    fn presence(&self, id: u64, channel: String, stats: bool) {
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let outcome = match inner.scaler.presence(&channel).await {
+                Ok(members) => {
+                    let json = if stats {
+                        serde_json::value::to_raw_value(&PresenceStats::of(&members))
+                    } else {
+                        serde_json::value::to_raw_value(&members)
+                    };
+                    match json {
+                        Ok(json) => AskOutcome::Ok(json),
+                        Err(e) => AskOutcome::Err(Rejection::new(codes::INTERNAL, e.to_string())),
+                    }
+                }
+                Err(e) => AskOutcome::Err(unavailable(e)),
+            };
+            shared.report(Verdict::AskDone { id, outcome }).await;
         });
     }
 
@@ -534,6 +581,7 @@ where
             Out::Frame(frame) => m.handle_told(frame),
             Out::Pub(p) => m.handle_publication(&p),
             Out::BootChannel(channel) => m.handle_boot_channel(&channel),
+            Out::Presence(note) => m.handle_presence(&note),
             Out::Verdict(v) => m.handle_verdict(*v),
         }
     }

@@ -11,10 +11,11 @@ use serde_json::{json, Value};
 use sss_core::protocol::{close, codes, encode_pub};
 use sss_core::Position;
 use sss_server::machine::{
-    AskOutcome, Command, Config, Identity, Machine, OpId, Publication, Synced, Topics, Verdict,
+    AskOutcome, Command, Config, Identity, Machine, OpId, PresenceNote, Publication, Synced,
+    Topics, Verdict,
 };
 use sss_server::scaler::{History, Record};
-use sss_server::Rejection;
+use sss_server::{Grant, Rejection};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 struct AppTopics;
@@ -67,6 +68,19 @@ fn parser(channel: &str, query: Option<&str>) -> Result<(), Rejection> {
     }
 }
 
+/// What the application's parser grants: presence on `room:p...` channels.
+fn grant(channel: &str) -> Grant {
+    if granted(channel) {
+        Grant::with_presence()
+    } else {
+        Grant::default()
+    }
+}
+
+fn granted(channel: &str) -> bool {
+    channel.starts_with("room:p")
+}
+
 /// Async work the machine asked for and that has not completed yet.
 #[derive(Debug)]
 enum Pending {
@@ -100,6 +114,7 @@ enum Pending {
 /// What reaches the socket's task through its queue, in order.
 enum Inbox {
     Pub(Arc<Publication>),
+    Presence(Arc<PresenceNote>),
     Boot(String),
     Verdict(Verdict),
 }
@@ -143,6 +158,8 @@ struct World {
     awaiting: HashMap<String, u64>,
     /// Last position ever seen per channel, kept across unsubscribes for `since`.
     seen: HashMap<String, Position>,
+    /// Whether the latest `sub` of each channel asked for presence events.
+    events: HashMap<String, bool>,
 }
 
 impl World {
@@ -168,6 +185,7 @@ impl World {
             live: HashMap::new(),
             awaiting: HashMap::new(),
             seen: HashMap::new(),
+            events: HashMap::new(),
         }
     }
 
@@ -197,9 +215,24 @@ impl World {
     }
 
     fn sub(&mut self, channel: &str, q: Option<Value>, since: Option<&Position>) -> u64 {
+        self.sub_with(channel, q, since, false)
+    }
+
+    /// A `sub`; with `events`, asking for presence events.
+    fn sub_with(
+        &mut self,
+        channel: &str,
+        q: Option<Value>,
+        since: Option<&Position>,
+        events: bool,
+    ) -> u64 {
         self.next_sub_id += 1;
         let id = self.next_sub_id;
         let mut f = json!({"t": "sub", "id": id, "ch": channel});
+        if events {
+            f["presence"] = json!(true);
+        }
+        self.events.insert(channel.to_owned(), events);
         if let Some(q) = q {
             f["q"] = q;
         }
@@ -233,13 +266,22 @@ impl World {
                     let query = query.map(|q| q.get().to_owned());
                     self.pending.push(Pending::Authorize { op, channel, query });
                 }
-                Command::Join { op, channel } if self.racy_registry => {
+                Command::Join { op, channel, .. } if self.racy_registry => {
                     self.pending.push(Pending::RegistryJoin { op, channel });
                 }
                 Command::Leave { channel } if self.racy_registry => {
                     self.pending.push(Pending::RegistryLeave { channel });
                 }
-                Command::Join { op, channel } => {
+                Command::Join {
+                    op,
+                    channel,
+                    presence,
+                } => {
+                    assert_eq!(
+                        presence,
+                        granted(&channel),
+                        "presence of {channel} is not what the parser granted"
+                    );
                     self.registry.insert(channel);
                     self.pending.push(Pending::Join { op });
                 }
@@ -257,6 +299,13 @@ impl World {
                     self.pending.push(Pending::Sync { op, channel, since });
                 }
                 Command::Ask { id, .. } => self.pending.push(Pending::Ask { id }),
+                Command::Presence { id, channel, .. } => {
+                    assert!(
+                        self.registry.contains(&channel) && granted(&channel),
+                        "presence read of {channel} without a presence membership"
+                    );
+                    self.pending.push(Pending::Ask { id });
+                }
                 Command::Tell { .. } => self.pending.push(Pending::Tell),
                 Command::Close { code, .. } => self.closed = Some(code),
             }
@@ -268,7 +317,7 @@ impl World {
         let verdict = match self.pending.remove(i) {
             Pending::Authorize { op, channel, query } => Verdict::Authorized {
                 op,
-                result: parser(&channel, query.as_deref()),
+                result: parser(&channel, query.as_deref()).map(|()| grant(&channel)),
             },
             Pending::RegistryJoin { op, channel } => {
                 self.registry.insert(channel);
@@ -342,6 +391,19 @@ impl World {
         }
     }
 
+    /// Another socket (or this one) joins or leaves the channel's presence.
+    fn presence_event(&mut self, channel: &str, socket: &str, joined: bool) {
+        if self.registry.contains(channel) {
+            let t = if joined { "join" } else { "leave" };
+            let frame = json!({"t": t, "ch": channel, "m": {"socket": socket}}).to_string();
+            self.inbox.push_back(Inbox::Presence(Arc::new(PresenceNote {
+                channel: Arc::from(channel),
+                socket: socket.to_owned(),
+                frame: Utf8Bytes::from(frame),
+            })));
+        }
+    }
+
     fn boot(&mut self, channel: &str) {
         if self.registry.contains(channel) {
             self.inbox.push_back(Inbox::Boot(channel.to_owned()));
@@ -355,6 +417,7 @@ impl World {
         };
         match item {
             Inbox::Pub(p) => self.m.handle_publication(&p),
+            Inbox::Presence(n) => self.m.handle_presence(&n),
             Inbox::Boot(c) => self.m.handle_boot_channel(&c),
             Inbox::Verdict(v) => {
                 if let Verdict::Authorized { op, result } = &v {
@@ -414,6 +477,11 @@ impl World {
                         self.allowed(&ch),
                         "subok for {ch} the parser did not accept: {v}"
                     );
+                    assert_eq!(
+                        v["presence"] == true,
+                        granted(&ch),
+                        "subok presence is not the grant: {v}"
+                    );
                     if self.awaiting.get(&ch) == Some(&id) {
                         self.awaiting.remove(&ch);
                         let mut pos: Position =
@@ -458,6 +526,15 @@ impl World {
             }
             "unsubbed" => {
                 self.live.remove(&ch);
+            }
+            "join" | "leave" => {
+                assert!(
+                    self.live.contains_key(&ch) && !self.awaiting.contains_key(&ch),
+                    "presence event on {ch}, which is not live: {v}"
+                );
+                assert!(granted(&ch), "presence event without presence: {v}");
+                assert_eq!(self.events.get(&ch), Some(&true), "unasked event: {v}");
+                assert_ne!(v["m"]["socket"], "i-1", "a socket told of itself: {v}");
             }
             "res" | "rej" => {
                 let id = v["id"].as_u64().expect("ask id");
@@ -772,10 +849,11 @@ impl Rng {
     }
 }
 
-const CHANNELS: [&str; 8] = [
+const CHANNELS: [&str; 9] = [
     "room:a",
     "room:b",
     "room:secret",
+    "room:pres",
     "#user:bob",
     "#user:eve",
     "#session:s-eve",
@@ -799,9 +877,16 @@ fn client_frame(w: &mut World, rng: &mut Rng) {
                 2 => Some(Position::new("other", 1)),
                 _ => None,
             };
-            w.sub(ch, q, since.as_ref());
+            let events = rng.chance(50);
+            w.sub_with(ch, q, since.as_ref(), events);
         }
-        4 | 5 => w.unsub(ch),
+        4 => w.unsub(ch),
+        5 => {
+            w.next_ask_id += 1;
+            let id = w.next_ask_id;
+            let t = if rng.chance(50) { "presence" } else { "pstats" };
+            w.text(&json!({"t": t, "id": id, "ch": ch}).to_string());
+        }
         6 | 7 => {
             w.next_ask_id += 1;
             let id = w.next_ask_id;
@@ -840,8 +925,13 @@ fn play(seed: u64, steps: usize, racy_registry: bool) {
                 w.deliver();
             }
             8 => {
-                let ch = CHANNELS[rng.below(3)];
-                w.publish(ch);
+                let ch = CHANNELS[rng.below(4)];
+                if rng.chance(70) {
+                    w.publish(ch);
+                } else {
+                    let socket = if rng.chance(20) { "i-1" } else { "i-2" };
+                    w.presence_event(ch, socket, rng.chance(50));
+                }
             }
             _ => {
                 if rng.chance(20) {
@@ -880,4 +970,52 @@ fn model_finds_a_driver_that_reorders_registry_changes() {
         found.is_some(),
         "the model did not notice a reordering driver"
     );
+}
+
+// ---- presence ---------------------------------------------------------------------------
+
+#[test]
+fn presence_follows_the_grant_and_is_answered_like_an_ask() {
+    let mut w = World::welcomed();
+    w.text(r#"{"t":"presence","id":1,"ch":"room:pres"}"#);
+    w.sub_with("room:pres", None, None, true);
+    // Still authorizing: not a subscription yet.
+    w.text(r#"{"t":"pstats","id":2,"ch":"room:pres"}"#);
+    w.sub("room:a", None, None);
+    w.settle();
+    let frames = w.take();
+    assert_eq!(
+        kinds(&frames),
+        ["rej:not_subscribed", "rej:not_subscribed", "subok", "subok"]
+    );
+    assert_eq!(frames[2]["presence"], true);
+    assert!(frames[3].get("presence").is_none(), "{}", frames[3]);
+    w.text(r#"{"t":"presence","id":3,"ch":"room:pres"}"#);
+    w.text(r#"{"t":"pstats","id":4,"ch":"room:a"}"#);
+    w.settle();
+    assert_eq!(kinds(&w.take()), ["rej:no_presence", "res"]);
+    w.next_ask_id = 4;
+    w.check_quiescent();
+}
+
+#[test]
+fn presence_events_reach_live_subscriptions_that_asked_but_not_their_own() {
+    let mut w = World::welcomed();
+    w.sub_with("room:pres", None, None, true);
+    w.presence_event("room:pres", "i-2", true); // while joining: not sent
+    w.settle();
+    assert_eq!(kinds(&w.take()), ["subok"]);
+    w.presence_event("room:pres", "i-1", true); // its own join
+    w.presence_event("room:pres", "i-2", false);
+    w.settle();
+    assert_eq!(kinds(&w.take()), ["leave"]);
+    // A resync without `presence` turns the events off; the membership stays.
+    let since = w.seen["room:pres"].clone();
+    w.sub("room:pres", None, Some(&since));
+    w.settle();
+    w.presence_event("room:pres", "i-3", true);
+    w.settle();
+    assert_eq!(kinds(&w.take()), ["subok"]);
+    assert!(w.registry.contains("room:pres"));
+    w.check_quiescent();
 }

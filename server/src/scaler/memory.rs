@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
+use sss_core::protocol::Member;
 use sss_core::Position;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -76,6 +77,8 @@ struct ChannelState {
     seq: u64,
     history: VecDeque<Stored>,
     nodes: HashSet<u64>,
+    /// Presence, by socket id: each member with the instance that holds its socket.
+    members: HashMap<String, (u64, Arc<Member>)>,
 }
 
 impl ChannelState {
@@ -85,6 +88,7 @@ impl ChannelState {
             seq: 0,
             history: VecDeque::new(),
             nodes: HashSet::new(),
+            members: HashMap::new(),
         }
     }
 
@@ -105,9 +109,10 @@ impl ChannelState {
         Position::new(self.epoch.clone(), self.seq)
     }
 
-    /// Nothing here is worth keeping: no instance subscribed, no publication left to recover.
+    /// Nothing here is worth keeping: no instance subscribed, no member, no publication left to
+    /// recover.
     fn idle(&self) -> bool {
-        self.nodes.is_empty() && self.history.is_empty()
+        self.nodes.is_empty() && self.history.is_empty() && self.members.is_empty()
     }
 }
 
@@ -230,6 +235,16 @@ impl Hub {
         channels.retain(|channel, state| {
             if let Some(node) = gone {
                 state.nodes.remove(&node);
+                // A stopped instance's sockets are gone: their members leave.
+                let mut left = Vec::new();
+                state.members.retain(|_, (n, m)| {
+                    let keep = *n != node;
+                    if !keep {
+                        left.push(m.clone());
+                    }
+                    keep
+                });
+                self.announce(channel, state, false, &left);
             }
             state.trim(&self.opts, now);
             if !state.idle() {
@@ -252,6 +267,25 @@ impl Hub {
 
     fn channel_count(&self) -> usize {
         self.shards.iter().map(|s| lock(s).channels.len()).sum()
+    }
+
+    /// Delivers presence changes to every instance subscribed to the channel. Called under the
+    /// channel's lock, like publications, so each instance sees one order.
+    fn announce(&self, channel: &str, state: &ChannelState, joined: bool, members: &[Arc<Member>]) {
+        if members.is_empty() {
+            return;
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        for &node in &state.nodes {
+            for member in members {
+                let event = ScalerEvent::Presence {
+                    channel: channel.clone(),
+                    joined,
+                    member: member.clone(),
+                };
+                self.send(node, event);
+            }
+        }
     }
 
     fn send(&self, node: u64, event: ScalerEvent) {
@@ -481,6 +515,42 @@ impl Scaler for MemoryScaler {
             self.hub.send(node, ScalerEvent::Control(msg.clone()));
         }
         Ok(())
+    }
+
+    async fn presence_update(
+        &self,
+        channel: &str,
+        joined: &[Arc<Member>],
+        left: &[Arc<Member>],
+    ) -> Result<(), ScalerError> {
+        let hub = &self.hub;
+        hub.with_channel(channel, |state| {
+            let left: Vec<Arc<Member>> = left
+                .iter()
+                .filter_map(|m| state.members.remove(&m.socket).map(|(_, m)| m))
+                .collect();
+            hub.announce(channel, state, false, &left);
+            for m in joined {
+                state
+                    .members
+                    .insert(m.socket.clone(), (self.node, m.clone()));
+            }
+            hub.announce(channel, state, true, joined);
+        });
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError> {
+        Ok(self
+            .hub
+            .with_existing(channel, |state| {
+                state
+                    .members
+                    .values()
+                    .map(|(_, m)| Member::clone(m))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn stop(&self) {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use sss_core::protocol::Member;
 use sss_core::Position;
 use tokio::sync::mpsc;
 
@@ -120,6 +121,16 @@ pub enum ScalerEvent {
     },
     /// A control message.
     Control(Control),
+    /// A member joined or left the presence of a channel this instance subscribed to. Per
+    /// channel, presence events and publications arrive in the order the scaler saw them.
+    Presence {
+        /// Channel.
+        channel: Arc<str>,
+        /// `true` for a join, `false` for a leave.
+        joined: bool,
+        /// The member.
+        member: Arc<Member>,
+    },
 }
 
 /// Why a scaler operation failed.
@@ -164,6 +175,21 @@ pub trait Scaler: Send + Sync + 'static {
     async fn position(&self, channel: &str) -> Result<Position, ScalerError>;
     /// Sends a control message to every instance, this one included.
     async fn control(&self, msg: Control) -> Result<(), ScalerError>;
+    /// Adds `joined` to the channel's presence and removes `left` from it (members are sockets
+    /// of this instance, keyed by their socket id), and delivers a
+    /// [`ScalerEvent::Presence`] for each change to every instance interested in the channel.
+    /// Removing a member that is not there changes nothing and delivers nothing. A member stays
+    /// until it is removed or this instance stops; a scaler that joins processes keeps it only
+    /// while this instance is alive, and removes (with its leave event) the members of an
+    /// instance that died, within a bound it documents.
+    async fn presence_update(
+        &self,
+        channel: &str,
+        joined: &[Arc<Member>],
+        left: &[Arc<Member>],
+    ) -> Result<(), ScalerError>;
+    /// The channel's presence: its members on every instance, in no particular order.
+    async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError>;
     /// Stops delivering events; called on server shutdown.
     async fn stop(&self);
 }

@@ -12,6 +12,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sss_core::protocol::Member;
 use sss_core::Position;
 use tokio::sync::mpsc;
 
@@ -50,6 +51,8 @@ pub struct MongoOptions {
     /// fail with [`ScalerError::Unavailable`] within this time (twice it for a `publish`, which
     /// uses both).
     pub command_timeout: Duration,
+    /// Presence is kept in Redis: see `RedisOptions::presence_ttl` (default 15 s).
+    pub presence_ttl: Duration,
 }
 
 impl Default for MongoOptions {
@@ -61,6 +64,7 @@ impl Default for MongoOptions {
             history_ttl: Duration::from_secs(3600),
             prefix: "sss".to_owned(),
             command_timeout: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -443,6 +447,7 @@ impl MongoScaler {
             history_ttl: opts.history_ttl.max(Duration::from_secs(1)),
             prefix: opts.prefix.clone(),
             command_timeout: opts.command_timeout,
+            presence_ttl: opts.presence_ttl,
         };
         RedisScaler::with_store(url, redis_opts, store)
     }
@@ -481,6 +486,19 @@ impl Scaler for MongoScaler {
 
     async fn control(&self, msg: Control) -> Result<(), ScalerError> {
         self.redis.control(msg).await
+    }
+
+    async fn presence_update(
+        &self,
+        channel: &str,
+        joined: &[Arc<Member>],
+        left: &[Arc<Member>],
+    ) -> Result<(), ScalerError> {
+        self.redis.presence_update(channel, joined, left).await
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError> {
+        self.redis.presence(channel).await
     }
 
     async fn stop(&self) {

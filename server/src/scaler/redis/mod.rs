@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex};
 use tokio::task::JoinHandle;
 
 use super::{Control, History, Record, Scaler, ScalerError, ScalerEvent};
+use sss_core::protocol::Member;
 
 /// Settings of a [`RedisScaler`].
 #[derive(Clone, Debug)]
@@ -38,6 +39,11 @@ pub struct RedisOptions {
     /// seconds). While Redis is unreachable, operations fail with
     /// [`ScalerError::Unavailable`] within this time.
     pub command_timeout: Duration,
+    /// How long a presence member outlives its instance's last refresh (default 15 s; each
+    /// instance refreshes its members every third of this). The members of an instance that
+    /// died without a goodbye disappear, with their leave events, at most 4/3 of this after it
+    /// died (20 s by default).
+    pub presence_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -47,10 +53,12 @@ impl Default for RedisOptions {
             history_ttl: Duration::from_secs(300),
             prefix: "sss".to_owned(),
             command_timeout: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(15),
         }
     }
 }
 
+mod presence;
 mod pubsub;
 mod scripts;
 mod store;
@@ -87,6 +95,8 @@ struct PubSubState {
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    /// Refreshes this instance's presence members and sweeps expired ones.
+    presence: JoinHandle<()>,
 }
 
 struct Shared {
@@ -101,6 +111,8 @@ struct Shared {
     /// The channels this instance delivers, each with the last position it delivered (or the
     /// channel's head when it was subscribed).
     channels: Mutex<HashMap<String, Position>>,
+    /// This instance's presence members, refreshed while it runs.
+    members: Mutex<presence::Members>,
     pubsub: AsyncMutex<PubSubState>,
     running: Mutex<Option<Running>>,
 }
@@ -491,6 +503,7 @@ impl RedisScaler {
                 pub_prefix: format!("{}:pub:", opts.prefix),
                 opts,
                 channels: Mutex::new(HashMap::new()),
+                members: Mutex::new(HashMap::new()),
                 pubsub: AsyncMutex::new(PubSubState {
                     sink: None,
                     stopped: false,
@@ -510,9 +523,15 @@ impl Scaler for RedisScaler {
         let halves = self.shared.connect_pubsub(&events).await?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(self.shared.clone().run(events, halves, stopped));
-        let previous = lock(&self.shared.running).replace(Running { stop, task });
+        let presence = tokio::spawn(self.shared.clone().presence_keeper());
+        let previous = lock(&self.shared.running).replace(Running {
+            stop,
+            task,
+            presence,
+        });
         if let Some(previous) = previous {
             previous.task.abort();
+            previous.presence.abort();
         }
         Ok(())
     }
@@ -589,8 +608,22 @@ impl Scaler for RedisScaler {
         .await
     }
 
+    async fn presence_update(
+        &self,
+        channel: &str,
+        joined: &[Arc<Member>],
+        left: &[Arc<Member>],
+    ) -> Result<(), ScalerError> {
+        self.shared.presence_update(channel, joined, left).await
+    }
+
+    async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError> {
+        self.shared.presence(channel).await
+    }
+
     async fn stop(&self) {
         let s = &self.shared;
+        s.leave_presence().await;
         {
             let mut state = s.pubsub.lock().await;
             state.stopped = true;
@@ -605,7 +638,13 @@ impl Scaler for RedisScaler {
             }
         }
         let running = lock(&s.running).take();
-        if let Some(Running { stop, task }) = running {
+        if let Some(Running {
+            stop,
+            task,
+            presence,
+        }) = running
+        {
+            presence.abort();
             let _ = stop.send(());
             let abort = task.abort_handle();
             if tokio::time::timeout(s.opts.command_timeout, task)

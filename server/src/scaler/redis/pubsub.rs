@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use sss_core::Position;
 use tokio::sync::{mpsc, oneshot};
 
+use super::presence::{PresenceWire, PRESENCE_MARK};
 use super::{lock, Read, Shared, BACKOFF, SUBSCRIBE_BATCH};
 use crate::scaler::{Control, Record, ScalerError, ScalerEvent};
 
@@ -69,6 +70,9 @@ impl Shared {
         let Some(channel) = name.strip_prefix(&self.pub_prefix) else {
             return true;
         };
+        if payload.starts_with(PRESENCE_MARK) {
+            return self.on_presence(channel, payload, events);
+        }
         match serde_json::from_slice::<Wire>(payload) {
             Ok(w) => {
                 let record = Record {
@@ -83,6 +87,33 @@ impl Shared {
                 true
             }
         }
+    }
+
+    /// Hands a presence change to the instance if it still delivers the channel. Returns
+    /// `false` once the instance no longer listens.
+    fn on_presence(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        events: &mpsc::UnboundedSender<ScalerEvent>,
+    ) -> bool {
+        let w = match serde_json::from_slice::<PresenceWire>(payload) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "ignoring an undecodable presence change");
+                return true;
+            }
+        };
+        if !lock(&self.channels).contains_key(channel) {
+            return true;
+        }
+        events
+            .send(ScalerEvent::Presence {
+                channel: Arc::from(channel),
+                joined: w.p == "join",
+                member: Arc::new(w.who),
+            })
+            .is_ok()
     }
 
     /// Opens the pub/sub connection, subscribes the control channel and every channel of

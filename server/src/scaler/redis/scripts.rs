@@ -13,6 +13,10 @@ const POSITION_LUA: &str = include_str!("position.lua");
 const HISTORY_LUA: &str = include_str!("history.lua");
 const SEED_LUA: &str = include_str!("seed.lua");
 const RESTART_LUA: &str = include_str!("restart.lua");
+const PRESENCE_UPDATE_LUA: &str = include_str!("presence_update.lua");
+const PRESENCE_REFRESH_LUA: &str = include_str!("presence_refresh.lua");
+const PRESENCE_SWEEP_LUA: &str = include_str!("presence_sweep.lua");
+const PRESENCE_LUA: &str = include_str!("presence.lua");
 
 /// A script that starts with [`EPOCH_LUA`], answering `unseeded` on a channel without state.
 fn with_epoch(body: &str, unseeded: &str) -> Script {
@@ -34,3 +38,14 @@ pub(super) static HISTORY: LazyLock<Script> =
 pub(super) static SEED: LazyLock<Script> = LazyLock::new(|| Script::new(SEED_LUA));
 /// `restart.lua`.
 pub(super) static RESTART: LazyLock<Script> = LazyLock::new(|| Script::new(RESTART_LUA));
+/// `presence_update.lua`.
+pub(super) static PRESENCE_UPDATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(PRESENCE_UPDATE_LUA));
+/// `presence_refresh.lua`.
+pub(super) static PRESENCE_REFRESH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(PRESENCE_REFRESH_LUA));
+/// `presence_sweep.lua`.
+pub(super) static PRESENCE_SWEEP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(PRESENCE_SWEEP_LUA));
+/// `presence.lua`.
+pub(super) static PRESENCE: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENCE_LUA));

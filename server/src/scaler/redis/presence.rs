@@ -1,0 +1,179 @@
+//! Presence in Redis: who is subscribed to a channel, on every instance.
+//!
+//! Per channel, a hash `<prefix>:{<channel>}:presence` maps socket ids to member JSON; one
+//! sorted set `<prefix>:presence:expiry` holds every member (`<channel>\n<socket id>`) by the
+//! time it expires. Each instance keeps the members it added, refreshes them every third of
+//! `presence_ttl`, and sweeps expired members (of any instance) at the same pace: the members of
+//! an instance that died without a goodbye are removed, and their leave announced once, at most
+//! `presence_ttl` plus one sweep period after its last refresh. Joins and leaves are published
+//! on the channel's pub/sub channel, in order with its publications.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sss_core::protocol::Member;
+
+use super::scripts::{PRESENCE, PRESENCE_REFRESH, PRESENCE_SWEEP, PRESENCE_UPDATE};
+use super::{lock, unavailable, Shared};
+use crate::scaler::ScalerError;
+
+/// Members refreshed per script run, and most members one sweep run removes: bounds the time
+/// Redis spends in one script.
+const BATCH: usize = 500;
+
+/// A presence change as it travels over pub/sub (built by the presence scripts). Told apart
+/// from a publication by its first key.
+#[derive(serde::Deserialize)]
+pub(super) struct PresenceWire {
+    pub(super) p: String,
+    pub(super) who: Member,
+}
+
+/// The start of every [`PresenceWire`] message (a publication starts with `{"e":`).
+pub(super) const PRESENCE_MARK: &[u8] = b"{\"p\":";
+
+/// This instance's members: (channel, socket id) -> member JSON.
+pub(super) type Members = HashMap<(String, String), String>;
+
+impl Shared {
+    fn presence_key(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:presence", self.opts.prefix)
+    }
+
+    fn expiry_key(&self) -> String {
+        format!("{}:presence:expiry", self.opts.prefix)
+    }
+
+    fn presence_ttl_ms(&self) -> u64 {
+        u64::try_from(self.opts.presence_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    pub(super) async fn presence_update(
+        &self,
+        channel: &str,
+        joined: &[Arc<Member>],
+        left: &[Arc<Member>],
+    ) -> Result<(), ScalerError> {
+        let mut inv = PRESENCE_UPDATE.prepare_invoke();
+        inv.key(self.presence_key(channel))
+            .key(self.expiry_key())
+            .arg(self.presence_ttl_ms())
+            .arg(self.pub_channel(channel))
+            .arg(channel)
+            .arg(joined.len());
+        let mut jsons = Vec::with_capacity(joined.len());
+        for m in joined {
+            let json = serde_json::to_string(&**m).map_err(unavailable)?;
+            inv.arg(&m.socket).arg(&json);
+            jsons.push(json);
+        }
+        for m in left {
+            inv.arg(&m.socket);
+        }
+        // Forgotten first: a leave that fails is not refreshed, and expires.
+        {
+            let mut members = lock(&self.members);
+            for m in left {
+                members.remove(&(channel.to_owned(), m.socket.clone()));
+            }
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(inv.invoke_async::<()>(&mut conn)).await?;
+        let mut members = lock(&self.members);
+        for (m, json) in joined.iter().zip(jsons) {
+            members.insert((channel.to_owned(), m.socket.clone()), json);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError> {
+        let mut inv = PRESENCE.prepare_invoke();
+        inv.key(self.presence_key(channel))
+            .key(self.expiry_key())
+            .arg(channel);
+        let mut conn = self.conn.clone();
+        let jsons: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        jsons
+            .iter()
+            .map(|j| serde_json::from_str(j).map_err(|e| unavailable(format!("bad member: {e}"))))
+            .collect()
+    }
+
+    /// Refreshes this instance's members, then sweeps expired ones.
+    async fn maintain_presence(&self) -> Result<(), ScalerError> {
+        let mine: Vec<(String, String, String)> = lock(&self.members)
+            .iter()
+            .map(|((c, s), j)| (c.clone(), s.clone(), j.clone()))
+            .collect();
+        for batch in mine.chunks(BATCH) {
+            let mut inv = PRESENCE_REFRESH.prepare_invoke();
+            inv.key(self.expiry_key())
+                .arg(self.presence_ttl_ms())
+                .arg(&self.opts.prefix)
+                .arg(&self.pub_prefix);
+            for (channel, socket, json) in batch {
+                inv.arg(channel).arg(socket).arg(json);
+            }
+            let mut conn = self.conn.clone();
+            let rejoined: u64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+            if rejoined > 0 {
+                tracing::warn!(rejoined, "presence members had expired (Redis was unreachable for longer than presence_ttl) and joined again");
+            }
+        }
+        loop {
+            let mut inv = PRESENCE_SWEEP.prepare_invoke();
+            inv.key(self.expiry_key())
+                .arg(&self.opts.prefix)
+                .arg(&self.pub_prefix)
+                .arg(BATCH);
+            let mut conn = self.conn.clone();
+            let removed: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
+            if removed > 0 {
+                tracing::debug!(removed, "expired presence members swept");
+            }
+            if removed < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs [`maintain_presence`](Self::maintain_presence) every third of `presence_ttl` until
+    /// the instance stops.
+    pub(super) async fn presence_keeper(self: Arc<Self>) {
+        // A zero ttl would make a zero period, which `interval` refuses.
+        let period = (self.opts.presence_ttl / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.maintain_presence().await {
+                tracing::warn!(error = %e, "presence refresh failed");
+            }
+        }
+    }
+
+    /// Removes every member of this instance (it stops), announcing their leaves.
+    pub(super) async fn leave_presence(&self) {
+        let mine: Vec<(String, String)> = lock(&self.members).keys().cloned().collect();
+        let mut by_channel: HashMap<String, Vec<Arc<Member>>> = HashMap::new();
+        for (channel, socket) in mine {
+            by_channel
+                .entry(channel)
+                .or_default()
+                .push(Arc::new(Member {
+                    socket,
+                    user: None,
+                    session: None,
+                    info: None,
+                }));
+        }
+        for (channel, left) in by_channel {
+            if let Err(e) = self.presence_update(&channel, &[], &left).await {
+                tracing::warn!(channel, error = %e, "presence leave on stop failed; the members expire");
+            }
+        }
+    }
+}
