@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
+use sss_core::protocol::Member;
 use sss_core::Position;
 use sss_server::scaler::{Control, History, Record, Scaler, ScalerEvent};
 use tokio::sync::mpsc;
@@ -418,6 +419,86 @@ pub async fn control_reaches_every_instance(backend: &dyn Backend) {
     c.stop().await;
 }
 
+fn member(socket: &str, user: Option<&str>) -> Arc<Member> {
+    Arc::new(Member {
+        socket: socket.into(),
+        user: user.map(Into::into),
+        session: None,
+        info: Some(msg(1)),
+    })
+}
+
+impl Node {
+    /// The next event, which must be a presence change: (channel, joined, member).
+    pub async fn next_presence(&mut self) -> (Arc<str>, bool, Arc<Member>) {
+        match self.next().await {
+            ScalerEvent::Presence {
+                channel,
+                joined,
+                member,
+            } => (channel, joined, member),
+            other => panic!("expected a presence change, got {other:?}"),
+        }
+    }
+}
+
+async fn sockets(s: &dyn Scaler, channel: &str) -> Vec<String> {
+    let mut members: Vec<String> = s
+        .presence(channel)
+        .await
+        .expect("presence")
+        .into_iter()
+        .map(|m| m.socket)
+        .collect();
+    members.sort();
+    members
+}
+
+/// Members added on one instance are seen from every instance, in full; joins and leaves reach
+/// the instances subscribed to the channel, in order with its publications; removing a member
+/// that is not there announces nothing; a stopped instance's members leave.
+pub async fn presence_across_instances(backend: &dyn Backend) {
+    let mut c = start(backend, 3, 100).await;
+    c.nodes[1].scaler.subscribe("p").await.expect("subscribe");
+    let a = c.nodes[0].scaler.clone();
+    let (ann1, ann2) = (member("s-1", Some("ann")), member("s-2", Some("ann")));
+    a.presence_update("p", &[ann1.clone()], &[]).await.expect("join");
+    a.publish("p", "t", &msg(1)).await.expect("publish");
+    a.presence_update("p", &[ann2.clone()], &[]).await.expect("join");
+    let (channel, joined, m) = c.nodes[1].next_presence().await;
+    assert_eq!((&*channel, joined), ("p", true));
+    assert_eq!(*m, *ann1, "the member arrives in full");
+    assert_eq!(c.nodes[1].next_pub().await.1.position.seq, 1);
+    assert_eq!(c.nodes[1].next_presence().await.2.socket, "s-2");
+    for node in &c.nodes {
+        assert_eq!(sockets(node.scaler.as_ref(), "p").await, ["s-1", "s-2"]);
+    }
+    let all = c.nodes[2].scaler.presence("p").await.expect("presence");
+    assert!(all.iter().any(|m| *m == *ann1), "{all:?}");
+    assert_eq!(
+        sss_core::protocol::PresenceStats::of(&all),
+        sss_core::protocol::PresenceStats {
+            sockets: 2,
+            users: 1
+        }
+    );
+    a.presence_update("p", &[], &[ann1.clone(), member("s-9", None)])
+        .await
+        .expect("leave");
+    let (_, joined, m) = c.nodes[1].next_presence().await;
+    assert_eq!((joined, m.socket.as_str()), (false, "s-1"));
+    let via = c.nodes[2].scaler.clone();
+    c.nodes[1].expect_quiet(via.as_ref(), "marker").await;
+    assert_eq!(sockets(via.as_ref(), "p").await, ["s-2"]);
+    // A channel without members, and one never heard of.
+    assert!(sockets(a.as_ref(), "empty").await.is_empty());
+    within("scaler stop", a.stop()).await;
+    let (_, joined, m) = c.nodes[1].next_presence().await;
+    assert_eq!((joined, m.socket.as_str()), (false, "s-2"));
+    assert!(sockets(c.nodes[2].scaler.as_ref(), "p").await.is_empty());
+    c.stop().await;
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each with a backend made by `$make`
 /// (an expression of a future yielding a [`Backend`](crate::conformance::Backend), evaluated
 /// once per test).
@@ -433,6 +514,7 @@ macro_rules! conformance_tests {
             concurrent_publishers,
             unsubscribe_stops_delivery,
             control_reaches_every_instance,
+            presence_across_instances,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {
