@@ -462,9 +462,13 @@ pub async fn presence_across_instances(backend: &dyn Backend) {
     c.nodes[1].scaler.subscribe("p").await.expect("subscribe");
     let a = c.nodes[0].scaler.clone();
     let (ann1, ann2) = (member("s-1", Some("ann")), member("s-2", Some("ann")));
-    a.presence_update("p", &[ann1.clone()], &[]).await.expect("join");
+    a.presence_update("p", &[ann1.clone()], &[])
+        .await
+        .expect("join");
     a.publish("p", "t", &msg(1)).await.expect("publish");
-    a.presence_update("p", &[ann2.clone()], &[]).await.expect("join");
+    a.presence_update("p", &[ann2.clone()], &[])
+        .await
+        .expect("join");
     let (channel, joined, m) = c.nodes[1].next_presence().await;
     assert_eq!((&*channel, joined), ("p", true));
     assert_eq!(*m, *ann1, "the member arrives in full");

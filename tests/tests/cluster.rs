@@ -7,13 +7,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 use sss_client::{Client, Options, SubEvent};
 use sss_core::client::Reconnect;
 use sss_server::scaler::{RedisOptions, RedisScaler};
 use sss_server::Server;
 use sss_tests::services::{Persistence, RedisServer};
-use sss_tests::{init_tracing, within};
+use sss_tests::{init_tracing, within, RawPeer};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -26,8 +26,13 @@ struct Node {
 
 impl Node {
     async fn spawn(redis: &str, history: usize) -> Node {
+        Self::spawn_with(redis, &["--history", &history.to_string()]).await
+    }
+
+    async fn spawn_with(redis: &str, args: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sss-node"))
-            .args(["--redis", redis, "--history", &history.to_string()])
+            .args(["--redis", redis])
+            .args(args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -281,4 +286,120 @@ async fn redis_restart_with_its_data_loses_nothing() {
 #[tokio::test]
 async fn redis_restart_without_its_data_is_reported() {
     redis_restart(false).await;
+}
+
+/// A raw protocol peer of user `user` on `node`, subscribed to `channel`; with `events`, asking
+/// for its presence events.
+async fn member(node: &Node, user: &str, channel: &str, events: bool) -> (RawPeer, String) {
+    let mut peer = RawPeer::connect(&format!("{}?user={user}", node.url)).await;
+    peer.send(r#"{"t":"hello","v":1}"#).await;
+    let welcome: Value =
+        serde_json::from_str(&peer.next_text().await.expect("welcome")).expect("json");
+    let socket = welcome["socket"].as_str().expect("socket id").to_owned();
+    let sub = json!({"t": "sub", "id": 1, "ch": channel, "presence": events});
+    peer.send(&sub.to_string()).await;
+    let subok: Value = serde_json::from_str(&peer.next_text().await.expect("subok")).expect("json");
+    assert_eq!(
+        (subok["t"].as_str(), subok["presence"].as_bool()),
+        (Some("subok"), Some(true))
+    );
+    (peer, socket)
+}
+
+/// The answer to a presence request `kind` (`presence` or `pstats`) with id `id`.
+async fn ask_presence(peer: &mut RawPeer, kind: &str, id: u64, channel: &str) -> Value {
+    peer.send(&json!({"t": kind, "id": id, "ch": channel}).to_string())
+        .await;
+    loop {
+        let v: Value =
+            serde_json::from_str(&peer.next_text().await.expect("answer")).expect("json");
+        if v["t"] == "res" && v["id"] == id {
+            return v["msg"].clone();
+        }
+        assert!(v["t"] != "rej", "presence refused: {v}");
+    }
+}
+
+/// The next `join` or `leave` frame: (kind, socket, user).
+async fn next_event(peer: &mut RawPeer) -> (String, String, String) {
+    loop {
+        let v: Value = serde_json::from_str(&peer.next_text().await.expect("event")).expect("json");
+        if v["t"] == "join" || v["t"] == "leave" {
+            let s = |x: &Value| x.as_str().unwrap_or_default().to_owned();
+            return (s(&v["t"]), s(&v["m"]["socket"]), s(&v["m"]["user"]));
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_across_processes_and_a_killed_instance() {
+    init_tracing();
+    let redis = RedisServer::start().await;
+    // Members of a dead instance go within 4/3 of this (the sweep runs every third).
+    let ttl_ms = 900;
+    let ttl = ttl_ms.to_string();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::spawn_with(redis.url(), &["--presence-ttl-ms", &ttl]).await);
+    }
+    let ch = "room:presence";
+    let (mut watcher, _) = member(&nodes[0], "wes", ch, true).await;
+    let (mut ann1, ann1_id) = member(&nodes[1], "ann", ch, false).await;
+    let (_ann2, ann2_id) = member(&nodes[1], "ann", ch, false).await;
+    let (_bob, bob_id) = member(&nodes[2], "bob", ch, false).await;
+    let mut joined = Vec::new();
+    for _ in 0..3 {
+        let (kind, socket, _) = next_event(&mut watcher).await;
+        assert_eq!(kind, "join");
+        joined.push(socket);
+    }
+    joined.sort();
+    let mut expected = vec![ann1_id.clone(), ann2_id.clone(), bob_id.clone()];
+    expected.sort();
+    assert_eq!(joined, expected, "one join per socket, from every instance");
+    // Counted and listed the same from every instance.
+    assert_eq!(
+        ask_presence(&mut watcher, "pstats", 10, ch).await,
+        json!({"sockets": 4, "users": 3})
+    );
+    let members = ask_presence(&mut ann1, "presence", 11, ch).await;
+    let mut users: Vec<&str> = members
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            m["info"]["name"]
+                .as_str()
+                .expect("info from the session parser")
+        })
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, ["ann", "ann", "bob", "wes"]);
+
+    // kill -9: no goodbye. Its member expires and its leave is announced, within the bound.
+    let killed = std::time::Instant::now();
+    nodes[2].kill9().await;
+    let (kind, socket, user) = next_event(&mut watcher).await;
+    let took = killed.elapsed();
+    assert_eq!(
+        (kind.as_str(), socket.as_str(), user.as_str()),
+        ("leave", bob_id.as_str(), "bob")
+    );
+    let bound = Duration::from_millis(ttl_ms * 4 / 3) + Duration::from_secs(2);
+    assert!(took < bound, "leave after {took:?}, bound {bound:?}");
+    assert_eq!(
+        ask_presence(&mut watcher, "pstats", 12, ch).await,
+        json!({"sockets": 3, "users": 2})
+    );
+    // A socket that closes leaves at once.
+    drop(ann1);
+    let (kind, socket, _) = next_event(&mut watcher).await;
+    assert_eq!(
+        (kind.as_str(), socket.as_str()),
+        ("leave", ann1_id.as_str())
+    );
+    assert_eq!(
+        ask_presence(&mut watcher, "pstats", 13, ch).await,
+        json!({"sockets": 2, "users": 2})
+    );
 }

@@ -1,7 +1,10 @@
 //! One server instance as its own process, for the multi-instance tests: an `sss-server` on a
-//! Redis scaler, accepting every subscription, with an ask that publishes.
+//! Redis scaler, accepting every subscription (with presence on `room:` channels), with an ask
+//! that publishes. `?user=NAME` on the socket's URL gives it a user id (and `{"name": NAME}` as
+//! its presence info).
 //!
-//! Usage: `sss-node --redis URL [--addr HOST:PORT] [--history N] [--prefix P]`. Prints
+//! Usage: `sss-node --redis URL [--addr HOST:PORT] [--history N] [--prefix P]
+//! [--presence-ttl-ms MS]`. Prints
 //! `listening on HOST:PORT` on stdout once it accepts connections; stops on SIGTERM or when
 //! killed.
 
@@ -10,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sss_server::scaler::{RedisOptions, RedisScaler};
-use sss_server::{Rejection, Server};
+use sss_server::{Rejection, Server, ServerOptions, Session};
 
 #[derive(Deserialize)]
 struct Publish {
@@ -24,6 +27,7 @@ struct Args {
     redis: String,
     history: usize,
     prefix: String,
+    presence_ttl: Duration,
 }
 
 fn args() -> Result<Args, String> {
@@ -32,6 +36,7 @@ fn args() -> Result<Args, String> {
         redis: String::new(),
         history: 1000,
         prefix: "sss".into(),
+        presence_ttl: RedisOptions::default().presence_ttl,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +46,12 @@ fn args() -> Result<Args, String> {
             "--redis" => a.redis = value,
             "--history" => a.history = value.parse().map_err(|e| format!("--history: {e}"))?,
             "--prefix" => a.prefix = value,
+            "--presence-ttl-ms" => {
+                let ms = value
+                    .parse()
+                    .map_err(|e| format!("--presence-ttl-ms: {e}"))?;
+                a.presence_ttl = Duration::from_millis(ms);
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -62,11 +73,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         RedisOptions {
             history_size: args.history,
             prefix: args.prefix,
+            presence_ttl: args.presence_ttl,
             ..RedisOptions::default()
         },
     )
     .await?;
     let server = Server::builder(scaler)
+        .options(ServerOptions::default().presence_prefixes(["room:"]))
+        .session_parser(|req| async move {
+            Ok(match req.query.get("user") {
+                Some(user) => Session::user(user.clone())
+                    .with_info(&serde_json::json!({ "name": user }))
+                    .map_err(|e| sss_server::Refusal::unauthorized(e.to_string()))?,
+                None => Session::anonymous(),
+            })
+        })
         .on_ask("publish", |socket, p: Publish| async move {
             let server = socket
                 .server()
