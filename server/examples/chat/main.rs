@@ -7,6 +7,8 @@
 //! - Log in with a name (a cookie `sss_user` the session parser reads; no cookie, no socket).
 //! - Rooms are channels: `room:lobby`, `room:rust`, `room:random`, and `room:secret`, which the
 //!   subscription parser opens only with the password `letmein`.
+//! - Every room has presence: the page lists who is in it (each user's `info` is their name)
+//!   and shows who joins and leaves.
 //! - Messages go by ask (`say`), "typing" notices by tell (`typing`), direct messages by ask
 //!   (`dm`) into the recipient's user channel `#user:<name>`.
 //! - Sockets are accepted only from the page's own origin (`http://<addr>`, and
@@ -25,7 +27,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 use sss_server::{
-    Body, MemoryScaler, Refusal, Rejection, Scaler, Server, ServerOptions, Session, Socket,
+    Body, Grant, MemoryScaler, Refusal, Rejection, Scaler, Server, ServerOptions, Session, Socket,
 };
 use tokio::net::TcpListener;
 
@@ -92,7 +94,11 @@ fn build(
                 .filter(|u| valid_name(u))
                 .ok_or_else(|| Refusal::unauthorized("log in first"))?;
             let session = req.cookie("sss_session").unwrap_or(user).to_owned();
-            Ok(Session::user(user).with_session(session))
+            // What the other members of a room see of this user.
+            Session::user(user)
+                .with_session(session)
+                .with_info(&json!({ "name": user }))
+                .map_err(|e| Refusal::unauthorized(e.to_string()))
         })
         .subscription_parser(|_socket, channel, query| async move {
             if !ROOMS.contains(&channel.as_str()) {
@@ -111,7 +117,8 @@ fn build(
                     return Err(Rejection::refused("wrong password"));
                 }
             }
-            Ok(())
+            // Every room shows who is in it.
+            Ok(Grant::with_presence())
         })
         .on_ask("say", |socket: Socket, say: Say| async move {
             let from = user_of(&socket)?;
