@@ -462,11 +462,11 @@ pub async fn presence_across_instances(backend: &dyn Backend) {
     c.nodes[1].scaler.subscribe("p").await.expect("subscribe");
     let a = c.nodes[0].scaler.clone();
     let (ann1, ann2) = (member("s-1", Some("ann")), member("s-2", Some("ann")));
-    a.presence_update("p", &[ann1.clone()], &[])
+    a.presence_update("p", std::slice::from_ref(&ann1), &[])
         .await
         .expect("join");
     a.publish("p", "t", &msg(1)).await.expect("publish");
-    a.presence_update("p", &[ann2.clone()], &[])
+    a.presence_update("p", std::slice::from_ref(&ann2), &[])
         .await
         .expect("join");
     let (channel, joined, m) = c.nodes[1].next_presence().await;
@@ -478,7 +478,7 @@ pub async fn presence_across_instances(backend: &dyn Backend) {
         assert_eq!(sockets(node.scaler.as_ref(), "p").await, ["s-1", "s-2"]);
     }
     let all = c.nodes[2].scaler.presence("p").await.expect("presence");
-    assert!(all.iter().any(|m| *m == *ann1), "{all:?}");
+    assert!(all.contains(&ann1), "{all:?}");
     assert_eq!(
         sss_core::protocol::PresenceStats::of(&all),
         sss_core::protocol::PresenceStats {

@@ -92,6 +92,7 @@ impl Channel {
             ch: ch.to_owned(),
             pos: self.head(),
             recovered,
+            presence: false,
         }];
         if let (Some(true), Some(since)) = (recovered, since) {
             for (i, (seq, ..)) in self.log.iter().enumerate() {
