@@ -17,6 +17,8 @@ Scenarios (default: all, in this order):
   channels          N distinct channels subscribed then left (twice): server RSS before, at
                     peak and after (is channel state freed?)
   cores             baseline, rpc and fanout with the server pinned to 1 core, then 2 cores
+  presence          M sockets join one channel's presence at once, then leave: time to the
+                    last join / leave event a watcher sees, and (over Redis) the Redis commands
 
 Options:
   --smoke                 every scenario tiny (a few seconds); exit 1 if a correctness check fails
@@ -33,6 +35,7 @@ Options:
   --storm-jitter-ms MS    reconnect delay drawn from [0, MS] like the client's first backoff (250)
   --channels N            distinct channels of the channels scenario, per round (100000)
   --channel-sockets S     sockets the channels are spread over (100)
+  --members M             presence members (1000)
   --server-cpus LIST      pin the server children with taskset -c LIST
   --load-cpus LIST        pin this load generator with taskset -c LIST
   --scaler memory|redis   scaler of the servers (memory); redis needs the `redis` feature
@@ -65,10 +68,11 @@ pub(crate) enum Scenario {
     Storm,
     Channels,
     Cores,
+    Presence,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Baseline,
         Scenario::Rpc,
         Scenario::Tells,
@@ -77,6 +81,7 @@ impl Scenario {
         Scenario::Storm,
         Scenario::Channels,
         Scenario::Cores,
+        Scenario::Presence,
     ];
 
     fn parse(s: &str) -> Option<Self> {
@@ -89,6 +94,7 @@ impl Scenario {
             "reconnect-storm" | "storm" => Self::Storm,
             "channels" => Self::Channels,
             "cores" => Self::Cores,
+            "presence" => Self::Presence,
             _ => return None,
         })
     }
@@ -112,6 +118,8 @@ pub(crate) struct Opts {
     pub(crate) storm_jitter: Duration,
     pub(crate) channels: usize,
     pub(crate) channel_sockets: usize,
+    /// Members of the presence scenario.
+    pub(crate) members: usize,
     pub(crate) server_cpus: Option<String>,
     pub(crate) load_cpus: Option<String>,
     pub(crate) scaler: ScalerOpt,
@@ -135,6 +143,7 @@ impl Opts {
             storm_jitter: Duration::from_millis(250),
             channels: 100_000,
             channel_sockets: 100,
+            members: 1000,
             server_cpus: None,
             load_cpus: None,
             scaler: ScalerOpt::Memory,
@@ -154,6 +163,7 @@ impl Opts {
         self.storm_rate = 20;
         self.channels = 2000;
         self.channel_sockets = 10;
+        self.members = 50;
     }
 
     /// Parses the arguments; `Ok(None)` for `--help`.
@@ -194,6 +204,7 @@ impl Opts {
                 }
                 "--channels" => o.channels = num::<usize>(a, value(a)?)?.max(1),
                 "--channel-sockets" => o.channel_sockets = num::<usize>(a, value(a)?)?.max(1),
+                "--members" => o.members = num::<usize>(a, value(a)?)?.max(1),
                 "--server-cpus" => o.server_cpus = Some(value(a)?),
                 "--load-cpus" => o.load_cpus = Some(value(a)?),
                 "--scaler" => match value(a)?.as_str() {

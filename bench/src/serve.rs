@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sss_server::{codes, MemoryScaler, Rejection, Scaler, Server, Socket};
+use sss_server::{codes, MemoryScaler, Rejection, Scaler, Server, ServerOptions, Socket};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -237,6 +237,8 @@ struct PublishReq {
 async fn build_server(scaler: BoxedScaler) -> Result<Server> {
     fn with_handlers<S: Scaler>(scaler: S) -> sss_server::ServerBuilder {
         Server::builder(scaler)
+            // The presence scenario's channel.
+            .options(ServerOptions::default().presence_prefixes(["presence:"]))
             .on_ask("echo", |_socket: Socket, msg: Box<RawValue>| async move {
                 Ok::<_, Rejection>(msg)
             })

@@ -3,6 +3,7 @@
 mod channels;
 mod fanout;
 mod idle;
+mod presence;
 mod rpc;
 mod storm;
 
@@ -93,7 +94,7 @@ pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
         .scenarios
         .iter()
         .copied()
-        .filter(|s| matches!(s, Scenario::Fanout | Scenario::Storm))
+        .filter(|s| matches!(s, Scenario::Fanout | Scenario::Storm | Scenario::Presence))
         .collect();
     if o.smoke && cfg!(feature = "redis") && o.scaler == ScalerOpt::Memory && !over_redis.is_empty()
     {
@@ -140,6 +141,8 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Storm => "reconnect-storm",
             Scenario::Channels => "channels",
             Scenario::Cores => "cores",
+            Scenario::Presence if redis => "presence[redis]",
+            Scenario::Presence => "presence",
         };
         eprintln!("== {name}");
         let r = match scenario {
@@ -159,6 +162,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Storm => storm_scenario(o, report, name).await,
             Scenario::Channels => channels_scenario(o, report).await,
             Scenario::Cores => cores_scenario(o, report).await,
+            Scenario::Presence => presence_scenario(o, report, name).await,
         };
         if let Err(e) = r {
             eprintln!("{name} failed: {e}");
@@ -464,6 +468,41 @@ async fn storm_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()>
         "clients told unrecoverable",
     );
     report.check(name, "errors", r.errors, "clients or publications failed");
+    Ok(())
+}
+
+/// `presence`: what joining and leaving one channel's presence costs, per member.
+async fn presence_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()> {
+    let r = presence::run(o).await?;
+    let counts = |c: Option<presence::RedisCounts>| {
+        c.map(|c| json!({"commands": c.commands, "script_calls": c.scripts}))
+    };
+    report.line(&json!({
+        "scenario": name,
+        "server_cpus": cpus_json(&o.server_cpus),
+        "members": r.members,
+        "join_s": r.join_time.as_secs_f64(),
+        "leave_s": r.leave_time.as_secs_f64(),
+        "join_redis": counts(r.join_redis),
+        "leave_redis": counts(r.leave_redis),
+        "errors": r.errors,
+    }));
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    report.info(
+        name,
+        &format!("{} joins / leaves, ms to the last event", r.members),
+        format!("{:.0} / {:.0}", ms(r.join_time), ms(r.leave_time)),
+    );
+    for (what, c) in [("joins", r.join_redis), ("leaves", r.leave_redis)] {
+        if let Some(c) = c {
+            report.info(
+                name,
+                &format!("Redis for the {what}: commands / script calls"),
+                format!("{} / {}", c.commands, c.scripts),
+            );
+        }
+    }
+    report.check(name, "errors", r.errors, "members failed");
     Ok(())
 }
 
