@@ -113,6 +113,8 @@ struct Shared {
     channels: Mutex<HashMap<String, Position>>,
     /// This instance's presence members, refreshed while it runs.
     members: Mutex<presence::Members>,
+    /// Shared by presence updates, exclusive to a refresh (see `presence.rs`).
+    presence_gate: tokio::sync::RwLock<()>,
     pubsub: AsyncMutex<PubSubState>,
     running: Mutex<Option<Running>>,
 }
@@ -504,6 +506,7 @@ impl RedisScaler {
                 opts,
                 channels: Mutex::new(HashMap::new()),
                 members: Mutex::new(HashMap::new()),
+                presence_gate: tokio::sync::RwLock::new(()),
                 pubsub: AsyncMutex::new(PubSubState {
                     sink: None,
                     stopped: false,

@@ -73,6 +73,9 @@ impl Shared {
         for m in left {
             inv.arg(&m.socket);
         }
+        // Never while a refresh runs: a refresh that read this member before its leave and
+        // wrote after it would bring it back (as a join nobody left again).
+        let _gate = self.presence_gate.read().await;
         // Forgotten first: a leave that fails is not refreshed, and expires.
         {
             let mut members = lock(&self.members);
@@ -104,6 +107,7 @@ impl Shared {
 
     /// Refreshes this instance's members, then sweeps expired ones.
     async fn maintain_presence(&self) -> Result<(), ScalerError> {
+        let gate = self.presence_gate.write().await;
         let mine: Vec<(String, String, String)> = lock(&self.members)
             .iter()
             .map(|((c, s), j)| (c.clone(), s.clone(), j.clone()))
@@ -123,6 +127,7 @@ impl Shared {
                 tracing::warn!(rejoined, "presence members had expired (Redis was unreachable for longer than presence_ttl) and joined again");
             }
         }
+        drop(gate);
         loop {
             let mut inv = PRESENCE_SWEEP.prepare_invoke();
             inv.key(self.expiry_key())
