@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use sss_core::client::{Client, Config, Instant};
+use sss_core::client::{Client, Config, Instant, SubscribeOptions};
 use sss_core::protocol::{encode_pub, raw_json, ClientFrame, ServerFrame};
 use sss_core::Position;
 
@@ -52,7 +52,8 @@ fn subscribed_client() -> Client {
     while c.poll_action().is_some() {}
     c.handle_open(now);
     c.handle_frame(now, r#"{"t":"welcome","v":1,"socket":"s-1","hb":25000}"#);
-    c.subscribe(now, "room:lobby", None).expect("subscribes");
+    c.subscribe(now, "room:lobby", SubscribeOptions::default())
+        .expect("subscribes");
     c.handle_frame(
         now,
         r#"{"t":"subok","id":1,"ch":"room:lobby","pos":{"e":"8c2f1e","s":0}}"#,

@@ -39,7 +39,7 @@ use crate::protocol::{
 };
 use config::Rng;
 
-pub use config::{backoff_delay, Config, Reconnect};
+pub use config::{backoff_delay, Config, Reconnect, SubscribeOptions};
 pub use error::{AskError, ClientError};
 pub use event::{Action, AskId, Event, Recovery, Status};
 pub use time::Instant;
@@ -78,28 +78,60 @@ struct PendingAsk {
     sent: bool,
 }
 
-/// An ask or tell waiting in the offline queue.
+/// A frame waiting in the offline queue: an ask (with its id, to drop it once it timed out) or
+/// a tell.
 #[derive(Debug)]
-enum Queued {
-    Ask {
-        id: u64,
-        topic: String,
-        msg: Box<RawValue>,
-    },
-    Tell {
-        topic: String,
-        msg: Box<RawValue>,
-    },
+struct Queued {
+    ask: Option<u64>,
+    frame: ClientFrame,
+}
+
+/// A presence request (`presence` or `pstats`) waiting for its channel's subscription to be
+/// live. Sent at once, it would race the `sub` resent after a reconnect (or a gap): the server
+/// answers `not_subscribed` to a request that overtakes the subscription's acceptance.
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    channel: String,
+    stats: bool,
+}
+
+impl Held {
+    fn frame(&self) -> ClientFrame {
+        let (id, ch) = (self.id, self.channel.clone());
+        if self.stats {
+            ClientFrame::PresenceStats { id, ch }
+        } else {
+            ClientFrame::Presence { id, ch }
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Subscription {
     query: Option<Box<RawValue>>,
+    /// Whether the application asked for the channel's join / leave events: every `sub` of
+    /// this subscription (first, after a reconnect, after a gap) asks for them.
+    presence: bool,
     /// The last position delivered (or the server's position at the last `subok`).
     last: Option<Position>,
-    /// The id of the `sub` frame awaiting its `subok` / `subrej`; publications are ignored
-    /// meanwhile. `None`: live, or not sent yet (it is sent at the next `welcome`).
+    /// The id of the `sub` frame awaiting its `subok` / `subrej`; publications and presence
+    /// events are ignored meanwhile. `None`: live, or not sent yet (it is sent at the next
+    /// `welcome`).
     awaiting: Option<u64>,
+}
+
+impl Subscription {
+    /// The `sub` frame of this subscription on `channel`.
+    fn frame(&self, id: u64, channel: &str) -> ClientFrame {
+        ClientFrame::Sub {
+            id,
+            ch: channel.to_owned(),
+            q: self.query.clone(),
+            since: self.last.clone(),
+            presence: self.presence,
+        }
+    }
 }
 
 /// A Super Scaled Sockets client connection, as a sans-IO state machine.
@@ -131,6 +163,8 @@ pub struct Client {
     /// monomorphized into the browser build at several kilobytes apiece.)
     asks: VecDeque<(u64, PendingAsk)>,
     queue: VecDeque<Queued>,
+    /// Presence requests waiting for their subscription's `subok`, in id order.
+    held: Vec<Held>,
     /// Every subscription, sorted by channel name (the order they are resent in).
     subs: Vec<(String, Subscription)>,
     /// Ids of the subscriptions resent on reconnect still awaiting an answer (while
@@ -160,6 +194,7 @@ impl Client {
             next_sub: 1,
             asks: VecDeque::new(),
             queue: VecDeque::new(),
+            held: Vec::new(),
             subs: Vec::new(),
             syncing: Vec::new(),
             transmits: VecDeque::new(),
@@ -222,8 +257,8 @@ impl Client {
                 ch,
                 pos,
                 recovered,
-                ..
-            } => self.handle_subok(id, ch, pos, recovered),
+                presence,
+            } => self.handle_subok(id, ch, pos, recovered, presence),
             ServerFrame::Subrej {
                 id,
                 ch,
@@ -236,6 +271,8 @@ impl Client {
                 pos,
                 msg,
             } => self.handle_pub(ch, topic, pos, msg),
+            ServerFrame::Join { ch, m } => self.handle_member(ch, m, true),
+            ServerFrame::Leave { ch, m } => self.handle_member(ch, m, false),
             ServerFrame::Unsubbed { ch, code, reason } => {
                 if let Some(sub) = self.remove_sub(&ch) {
                     self.settle_sync(sub.awaiting);
@@ -251,8 +288,6 @@ impl Client {
             }
             ServerFrame::Ping {} => self.send(&ClientFrame::Pong {}),
             ServerFrame::Pong {} => {}
-            // Presence events are only sent to subscriptions that asked for them.
-            ServerFrame::Join { .. } | ServerFrame::Leave { .. } => {}
         }
     }
 
@@ -312,25 +347,48 @@ impl Client {
         self.check_open()?;
         check_topic(topic)?;
         let id = self.next_ask;
+        let frame = ClientFrame::Ask {
+            id,
+            topic: topic.to_owned(),
+            msg,
+        };
         let sent = self.is_welcomed();
         if sent {
-            self.send(&ClientFrame::Ask {
-                id,
-                topic: topic.to_owned(),
-                msg,
-            });
+            self.send(&frame);
         } else {
-            self.enqueue(Queued::Ask {
-                id,
-                topic: topic.to_owned(),
-                msg,
+            self.enqueue(Queued {
+                ask: Some(id),
+                frame,
             })?;
         }
-        self.next_ask += 1;
-        let deadline = now + self.config.ask_timeout;
-        // Ids only grow: pushing keeps `asks` sorted.
-        self.asks.push_back((id, PendingAsk { deadline, sent }));
-        Ok(AskId(id))
+        Ok(self.track(now, sent))
+    }
+
+    /// Asks the server for the members of `channel`'s presence; the answer arrives as
+    /// [`Event::AskDone`] with the returned id: `Ok` with a JSON array of
+    /// [`Member`](crate::protocol::Member)s, or an error such as
+    /// [`codes::NO_PRESENCE`](crate::protocol::codes::NO_PRESENCE) (the subscription has no
+    /// presence).
+    ///
+    /// A presence request is an ask in all but its frame: it has an id from the same space,
+    /// the same timeout, fails with `disconnected` if its connection drops before the answer,
+    /// and counts against [`Config::offline_queue`] while it waits. It is sent once the
+    /// channel's subscription is live: at once if it is, else after its `subok` (the first one,
+    /// or the one of a resync after a reconnect or a gap), so it never overtakes the `sub` it
+    /// depends on. Without a subscription to `channel` (never made, ended by the server or
+    /// [`Client::unsubscribe`], before or while the request waits) it fails with
+    /// [`codes::NOT_SUBSCRIBED`](crate::protocol::codes::NOT_SUBSCRIBED).
+    ///
+    /// Members are not tracked by the client: [`Event::Join`] and [`Event::Leave`] are passed
+    /// on, and after a resync an application that shows the members asks again.
+    pub fn presence(&mut self, now: Instant, channel: &str) -> Result<AskId, ClientError> {
+        self.presence_request(now, channel, false)
+    }
+
+    /// Asks the server for `channel`'s presence counts: like [`Client::presence`], answered
+    /// with a JSON [`PresenceStats`](crate::protocol::PresenceStats) object.
+    pub fn presence_stats(&mut self, now: Instant, channel: &str) -> Result<AskId, ClientError> {
+        self.presence_request(now, channel, true)
     }
 
     /// Sends a message to the server's tell handler for `topic`, with no answer. While not
@@ -343,25 +401,30 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.check_open()?;
         check_topic(topic)?;
-        let topic = topic.to_owned();
+        let frame = ClientFrame::Tell {
+            topic: topic.to_owned(),
+            msg,
+        };
         if self.is_welcomed() {
-            self.send(&ClientFrame::Tell { topic, msg });
+            self.send(&frame);
             Ok(())
         } else {
-            self.enqueue(Queued::Tell { topic, msg })
+            self.enqueue(Queued { ask: None, frame })
         }
     }
 
-    /// Subscribes to `channel`, with an optional query for the server's subscription parser.
+    /// Subscribes to `channel`, with an optional query for the server's subscription parser
+    /// and, if asked for, the channel's presence events ([`SubscribeOptions`]).
     ///
     /// The server's answer arrives as [`Event::Subscribed`] or [`Event::SubscribeFailed`]. While
     /// not connected the subscription is sent on the next `welcome`. It lasts, across
-    /// reconnects, until [`Client::unsubscribe`] or the server ends it.
+    /// reconnects, until [`Client::unsubscribe`] or the server ends it; every `sub` the client
+    /// sends for it (after a reconnect, after a gap) carries the same query and presence option.
     pub fn subscribe(
         &mut self,
         _now: Instant,
         channel: &str,
-        query: Option<Box<RawValue>>,
+        options: SubscribeOptions,
     ) -> Result<(), ClientError> {
         self.check_open()?;
         classify_channel(channel)?;
@@ -369,28 +432,18 @@ impl Client {
             Ok(_) => return Err(ClientError::AlreadySubscribed),
             Err(slot) => slot,
         };
-        let awaiting = self.is_welcomed().then(|| {
+        let mut sub = Subscription {
+            query: options.query,
+            presence: options.presence,
+            last: None,
+            awaiting: None,
+        };
+        if self.is_welcomed() {
             let id = bump(&mut self.next_sub);
-            self.send(&ClientFrame::Sub {
-                id,
-                ch: channel.to_owned(),
-                q: query.clone(),
-                since: None,
-                presence: false,
-            });
-            id
-        });
-        self.subs.insert(
-            slot,
-            (
-                channel.to_owned(),
-                Subscription {
-                    query,
-                    last: None,
-                    awaiting,
-                },
-            ),
-        );
+            sub.awaiting = Some(id);
+            self.send(&sub.frame(id, channel));
+        }
+        self.subs.insert(slot, (channel.to_owned(), sub));
         Ok(())
     }
 
@@ -539,28 +592,16 @@ impl Client {
             if reconnect {
                 self.syncing.push(id);
             }
-            let frame = ClientFrame::Sub {
-                id,
-                ch: channel.clone(),
-                q: sub.query.clone(),
-                since: sub.last.clone(),
-                presence: false,
-            };
-            self.transmits.push_back(frame.encode());
+            self.transmits.push_back(sub.frame(id, channel).encode());
         }
         self.expire_asks(now);
-        while let Some(queued) = self.queue.pop_front() {
-            let frame = match queued {
-                Queued::Ask { id, topic, msg } => match self.ask_index(id) {
-                    Some(i) => {
-                        let ask = &mut self.asks[i].1;
-                        ask.sent = true;
-                        ClientFrame::Ask { id, topic, msg }
-                    }
+        while let Some(Queued { ask, frame }) = self.queue.pop_front() {
+            if let Some(id) = ask {
+                match self.ask_index(id) {
+                    Some(i) => self.asks[i].1.sent = true,
                     None => continue,
-                },
-                Queued::Tell { topic, msg } => ClientFrame::Tell { topic, msg },
-            };
+                }
+            }
             self.send(&frame);
         }
         self.set_status(if self.syncing.is_empty() {
@@ -624,6 +665,7 @@ impl Client {
         self.welcome = None;
         self.transmits.clear();
         self.queue.clear();
+        self.held.clear();
         self.subs.clear();
         self.syncing.clear();
         for (id, _) in std::mem::take(&mut self.asks) {
@@ -644,9 +686,9 @@ impl Client {
         }
     }
 
-    /// Fails every ask whose deadline passed, queued or sent.
+    /// Fails every ask whose deadline passed, queued, held or sent.
     fn expire_asks(&mut self, now: Instant) {
-        let mut dropped_queued = false;
+        let mut dropped_unsent = false;
         while self
             .asks
             .front()
@@ -655,15 +697,15 @@ impl Client {
             let Some((id, ask)) = self.asks.pop_front() else {
                 break;
             };
-            dropped_queued |= !ask.sent;
+            dropped_unsent |= !ask.sent;
             self.ask_done(id, Err(AskError::timeout()));
         }
-        if dropped_queued {
+        if dropped_unsent {
             let asks = &self.asks;
-            self.queue.retain(|queued| {
-                !matches!(queued, Queued::Ask { id, .. }
-                    if asks.binary_search_by_key(id, |&(a, _)| a).is_err())
-            });
+            let pending = |id: &u64| asks.binary_search_by_key(id, |&(a, _)| a).is_ok();
+            self.queue
+                .retain(|queued| queued.ask.as_ref().is_none_or(pending));
+            self.held.retain(|held| pending(&held.id));
         }
     }
 
@@ -679,17 +721,98 @@ impl Client {
         });
     }
 
+    /// Starts tracking the ask (or presence request) with the next id; returns that id.
+    fn track(&mut self, now: Instant, sent: bool) -> AskId {
+        let id = bump(&mut self.next_ask);
+        let deadline = now + self.config.ask_timeout;
+        // Ids only grow: pushing keeps `asks` sorted.
+        self.asks.push_back((id, PendingAsk { deadline, sent }));
+        AskId(id)
+    }
+
+    /// Whether the frames waiting to be sent (queued offline, or held for their subscription)
+    /// reached [`Config::offline_queue`].
+    fn unsent_full(&self) -> bool {
+        self.queue.len() + self.held.len() >= self.config.offline_queue
+    }
+
     fn enqueue(&mut self, queued: Queued) -> Result<(), ClientError> {
-        if self.queue.len() >= self.config.offline_queue {
+        if self.unsent_full() {
             return Err(ClientError::QueueFull);
         }
         self.queue.push_back(queued);
         Ok(())
     }
 
+    fn presence_request(
+        &mut self,
+        now: Instant,
+        channel: &str,
+        stats: bool,
+    ) -> Result<AskId, ClientError> {
+        self.check_open()?;
+        let live = match self.sub(channel) {
+            Some(sub) => self.is_welcomed() && sub.awaiting.is_none(),
+            None => {
+                // The server would answer the same; no need to ask it.
+                let id = bump(&mut self.next_ask);
+                self.ask_done(id, Err(AskError::not_subscribed()));
+                return Ok(AskId(id));
+            }
+        };
+        let held = Held {
+            id: self.next_ask,
+            channel: channel.to_owned(),
+            stats,
+        };
+        if live {
+            self.send(&held.frame());
+        } else if self.unsent_full() {
+            return Err(ClientError::QueueFull);
+        } else {
+            self.held.push(held);
+        }
+        Ok(self.track(now, live))
+    }
+
+    /// `channel`'s subscription is live: its held presence requests go out, in order.
+    fn release_held(&mut self, channel: &str) {
+        let (ready, waiting) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.channel == channel);
+        self.held = waiting;
+        for held in ready {
+            if let Some(i) = self.ask_index(held.id) {
+                self.asks[i].1.sent = true;
+                self.send(&held.frame());
+            }
+        }
+    }
+
+    /// `channel`'s subscription is gone: its held presence requests fail.
+    fn fail_held(&mut self, channel: &str) {
+        let (gone, waiting) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.channel == channel);
+        self.held = waiting;
+        for held in gone {
+            if let Some(i) = self.ask_index(held.id) {
+                self.asks.remove(i);
+                self.ask_done(held.id, Err(AskError::not_subscribed()));
+            }
+        }
+    }
+
     // ---- Subscriptions ------------------------------------------------------------------
 
-    fn handle_subok(&mut self, id: u64, channel: String, pos: Position, recovered: Option<bool>) {
+    fn handle_subok(
+        &mut self,
+        id: u64,
+        channel: String,
+        pos: Position,
+        recovered: Option<bool>,
+        presence: bool,
+    ) {
         let Some(sub) = self.sub_mut(&channel) else {
             return;
         };
@@ -705,10 +828,12 @@ impl Client {
         if recovery != Recovery::Recovered || sub.last.is_none() {
             sub.last = Some(pos.clone());
         }
+        self.release_held(&channel);
         self.events.push_back(Event::Subscribed {
             channel,
             position: pos,
             recovery,
+            presence,
         });
         self.settle_sync(Some(id));
     }
@@ -747,14 +872,7 @@ impl Client {
             Some(_) => {
                 let id = bump(&mut self.next_sub);
                 sub.awaiting = Some(id);
-                let frame = ClientFrame::Sub {
-                    id,
-                    ch: channel,
-                    q: sub.query.clone(),
-                    since: sub.last.clone(),
-                    presence: false,
-                };
-                self.transmits.push_back(frame.encode());
+                self.transmits.push_back(sub.frame(id, &channel).encode());
                 return;
             }
             None => sub.last = Some(position.clone()),
@@ -765,6 +883,20 @@ impl Client {
             msg,
             position,
         });
+    }
+
+    /// A `join` or `leave`: passed on while the subscription is live and asked for presence
+    /// events. Dropped otherwise: while a resync is pending the application is about to be told
+    /// to ask for the members again anyway ([`Event::Subscribed`]).
+    fn handle_member(&mut self, channel: String, member: Box<RawValue>, joined: bool) {
+        let wanted = (self.sub(&channel)).is_some_and(|sub| sub.presence && sub.awaiting.is_none());
+        if wanted {
+            self.events.push_back(if joined {
+                Event::Join { channel, member }
+            } else {
+                Event::Leave { channel, member }
+            });
+        }
     }
 
     /// A subscription awaiting an answer got one (or went away): maybe syncing is over.
@@ -791,9 +923,12 @@ impl Client {
         Some(&mut self.subs[i].1)
     }
 
+    /// Removes `channel`'s subscription for good (its held presence requests fail).
     fn remove_sub(&mut self, channel: &str) -> Option<Subscription> {
         let i = self.find_sub(channel).ok()?;
-        Some(self.subs.remove(i).1)
+        let (_, sub) = self.subs.remove(i);
+        self.fail_held(channel);
+        Some(sub)
     }
 
     // ---- Small helpers ------------------------------------------------------------------

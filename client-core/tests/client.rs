@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sss_core::client::{
     Action, AskError, AskId, Client, ClientError, Config, Event, Instant, Reconnect, Recovery,
-    Status,
+    Status, SubscribeOptions,
 };
 use sss_core::protocol::{close, codes, ChannelError, ClientFrame, ServerFrame, MAX_TOPIC_LEN};
 use util::{config, json, pos, AskMode, Pair, HB};
@@ -57,6 +57,7 @@ fn subscribed(events: &[Event]) -> Vec<(String, u64, Recovery)> {
                 channel,
                 position,
                 recovery,
+                ..
             } => Some((channel.clone(), position.seq, *recovery)),
             _ => None,
         })
@@ -106,7 +107,7 @@ fn closes(pair: &Pair) -> Vec<u16> {
 fn subscribed_pair() -> Pair {
     let mut pair = Pair::connected();
     pair.client
-        .subscribe(pair.now, "room", None)
+        .subscribe(pair.now, "room", SubscribeOptions::default())
         .expect("subscribe");
     pair.drive();
     assert_eq!(
@@ -228,11 +229,13 @@ fn command_misuse_is_refused() {
     let mut pair = subscribed_pair();
     let now = pair.now;
     assert_eq!(
-        pair.client.subscribe(now, "room", None),
+        pair.client
+            .subscribe(now, "room", SubscribeOptions::default()),
         Err(ClientError::AlreadySubscribed)
     );
     assert_eq!(
-        pair.client.subscribe(now, "a b", None),
+        pair.client
+            .subscribe(now, "a b", SubscribeOptions::default()),
         Err(ClientError::InvalidChannel(ChannelError::BadChar(' ')))
     );
     assert_eq!(
@@ -254,7 +257,14 @@ fn subscribe_accepted_and_refused() {
     pair.publish_lost("room", "1");
     pair.publish_lost("room", "2");
     pair.client
-        .subscribe(pair.now, "room", Some(json(r#"{"k":1}"#)))
+        .subscribe(
+            pair.now,
+            "room",
+            SubscribeOptions {
+                query: Some(json(r#"{"k":1}"#)),
+                ..SubscribeOptions::default()
+            },
+        )
         .expect("subscribe");
     pair.drive();
     assert!(matches!(
@@ -269,7 +279,7 @@ fn subscribe_accepted_and_refused() {
 
     pair.server.refuse.insert("secret".into());
     pair.client
-        .subscribe(pair.now, "secret", None)
+        .subscribe(pair.now, "secret", SubscribeOptions::default())
         .expect("subscribe");
     pair.drive();
     match &pair.take_events()[..] {
@@ -280,7 +290,11 @@ fn subscribe_accepted_and_refused() {
         other => panic!("{other:?}"),
     }
     // The refused subscription is gone: subscribing again is allowed.
-    assert_eq!(pair.client.subscribe(pair.now, "secret", None), Ok(()));
+    assert_eq!(
+        pair.client
+            .subscribe(pair.now, "secret", SubscribeOptions::default()),
+        Ok(())
+    );
 }
 
 #[test]
@@ -335,7 +349,7 @@ fn gap_triggers_resync_and_replay_is_delivered_once() {
 fn publications_while_awaiting_subok_or_unsubscribed_are_ignored() {
     let mut pair = Pair::connected();
     pair.client
-        .subscribe(pair.now, "room", None)
+        .subscribe(pair.now, "room", SubscribeOptions::default())
         .expect("subscribe");
     // Not driven yet: the sub awaits its subok, so a pub is ignored.
     pair.server_send(ServerFrame::Pub {
@@ -378,7 +392,11 @@ fn server_unsubbed_removes_the_subscription() {
     }
     pair.publish("room", "1");
     assert!(pair.take_events().is_empty());
-    assert_eq!(pair.client.subscribe(pair.now, "room", None), Ok(()));
+    assert_eq!(
+        pair.client
+            .subscribe(pair.now, "room", SubscribeOptions::default()),
+        Ok(())
+    );
 }
 
 /// The delays between a failure and the next `Connect`, with their attempt numbers.
@@ -484,7 +502,7 @@ fn max_attempts_exhausted_closes_for_good() {
 fn reconnect_resubscribes_and_recovers_without_duplicates() {
     let mut pair = subscribed_pair();
     pair.client
-        .subscribe(pair.now, "news", None)
+        .subscribe(pair.now, "news", SubscribeOptions::default())
         .expect("subscribe");
     pair.drive();
     pair.publish("room", "1");
@@ -539,7 +557,7 @@ fn reconnect_resubscribes_and_recovers_without_duplicates() {
 fn syncing_lasts_until_every_resent_subscription_is_answered() {
     let mut pair = subscribed_pair();
     pair.client
-        .subscribe(pair.now, "news", None)
+        .subscribe(pair.now, "news", SubscribeOptions::default())
         .expect("subscribe");
     pair.drive();
     pair.take_events();
@@ -627,7 +645,9 @@ fn offline_queue_is_flushed_in_order_after_welcome() {
         pair.client.ask(now, "four", json("4")),
         Err(ClientError::QueueFull)
     );
-    pair.client.subscribe(now, "room", None).expect("subscribe");
+    pair.client
+        .subscribe(now, "room", SubscribeOptions::default())
+        .expect("subscribe");
     pair.clear_received();
     pair.server.up = true;
     pair.advance(ms(1_000));
@@ -852,7 +872,7 @@ fn user_close_fails_everything_with_closed() {
     let mut pair = Pair::connected();
     pair.server.ask_mode = AskMode::Ignore;
     pair.client
-        .subscribe(pair.now, "room", None)
+        .subscribe(pair.now, "room", SubscribeOptions::default())
         .expect("subscribe");
     let sent = pair.client.ask(pair.now, "x", json("1")).expect("ask");
     pair.drive();
@@ -879,7 +899,7 @@ fn user_close_fails_everything_with_closed() {
         Err(ClientError::Closed)
     );
     assert_eq!(
-        pair.client.subscribe(now, "b", None),
+        pair.client.subscribe(now, "b", SubscribeOptions::default()),
         Err(ClientError::Closed)
     );
     pair.client.close(now);
@@ -931,4 +951,378 @@ fn garbage_never_panics() {
         fresh.server_send_text(frame);
         fresh.advance(ms(60_000));
     }
+}
+
+// ---- Presence ---------------------------------------------------------------------------------
+
+const ANN: &str = r#"{"socket":"s-2","user":"ann","info":{"name":"Ann"}}"#;
+const BOB: &str = r#"{"socket":"s-3","user":"bob"}"#;
+
+fn with_presence() -> SubscribeOptions {
+    SubscribeOptions {
+        presence: true,
+        ..SubscribeOptions::default()
+    }
+}
+
+/// Join and leave events as `(channel, joined, member JSON)`.
+fn members(events: &[Event]) -> Vec<(String, bool, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Join { channel, member } => Some((channel.clone(), true, member.get().into())),
+            Event::Leave { channel, member } => Some((channel.clone(), false, member.get().into())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `presence` field of every `Subscribed` event, as `(channel, presence)`.
+fn presence_granted(events: &[Event]) -> Vec<(String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Subscribed {
+                channel, presence, ..
+            } => Some((channel.clone(), *presence)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `presence` option of every `sub` frame the server received, as `(channel, presence)`.
+fn presence_asked(pair: &Pair) -> Vec<(String, bool)> {
+    pair.server
+        .received
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Sub { ch, presence, .. } => Some((ch.clone(), *presence)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The presence requests the server received, as `(id, channel, stats)`.
+fn presence_requests(pair: &Pair) -> Vec<(u64, String, bool)> {
+    pair.server
+        .received
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Presence { id, ch } => Some((*id, ch.clone(), false)),
+            ClientFrame::PresenceStats { id, ch } => Some((*id, ch.clone(), true)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A connected pair subscribed to `room` (with presence, events asked for) and to `quiet`
+/// (with presence, no events asked for), with events taken.
+fn presence_pair() -> Pair {
+    let mut pair = Pair::connected();
+    pair.server.presence.extend(["room".into(), "quiet".into()]);
+    let now = pair.now;
+    pair.client
+        .subscribe(now, "room", with_presence())
+        .expect("subscribe");
+    pair.client
+        .subscribe(now, "quiet", SubscribeOptions::default())
+        .expect("subscribe");
+    pair.drive();
+    assert_eq!(
+        presence_granted(&pair.take_events()),
+        [("room".to_owned(), true), ("quiet".to_owned(), true)]
+    );
+    pair
+}
+
+#[test]
+fn every_sub_carries_the_presence_option_and_subok_says_if_granted() {
+    let mut pair = presence_pair();
+    pair.client
+        .subscribe(pair.now, "plain", with_presence())
+        .expect("subscribe");
+    pair.drive();
+    // Asked for, but the server did not grant presence to `plain`.
+    assert_eq!(
+        presence_granted(&pair.take_events()),
+        [("plain".to_owned(), false)]
+    );
+    // A gap: the resync asks again.
+    pair.publish("room", "1");
+    pair.publish_lost("room", "2");
+    pair.publish("room", "3");
+    // A reconnect: every resent `sub` asks again.
+    pair.drop_connection(close::GOING_AWAY, "restart");
+    pair.advance(ms(1_000));
+    let asked = presence_asked(&pair);
+    assert_eq!(
+        asked,
+        [
+            ("room".to_owned(), true),
+            ("quiet".to_owned(), false),
+            ("plain".to_owned(), true),
+            ("room".to_owned(), true),
+            ("plain".to_owned(), true),
+            ("quiet".to_owned(), false),
+            ("room".to_owned(), true),
+        ]
+    );
+    // The resyncs say again whether the subscription has presence, and replay no presence.
+    let events = pair.take_events();
+    assert_eq!(
+        presence_granted(&events),
+        [
+            ("room".to_owned(), true),
+            ("plain".to_owned(), false),
+            ("quiet".to_owned(), true),
+            ("room".to_owned(), true),
+        ]
+    );
+    assert_eq!(members(&events), []);
+}
+
+#[test]
+fn join_and_leave_reach_only_live_subscriptions_that_asked() {
+    let mut pair = presence_pair();
+    pair.member("room", ANN, true);
+    pair.member("quiet", ANN, true);
+    pair.member("room", BOB, true);
+    pair.member("room", ANN, false);
+    assert_eq!(
+        members(&pair.take_events()),
+        [
+            ("room".to_owned(), true, ANN.to_owned()),
+            ("room".to_owned(), true, BOB.to_owned()),
+            ("room".to_owned(), false, ANN.to_owned()),
+        ]
+    );
+    // Unknown channel: dropped.
+    pair.server_send(ServerFrame::Join {
+        ch: "nowhere".into(),
+        m: json(ANN),
+    });
+    // While a resync is pending: dropped (the application asks again after `Subscribed`).
+    pair.server.defer_subs = true;
+    pair.publish_lost("room", "1");
+    pair.publish("room", "2");
+    pair.member("room", ANN, true);
+    assert_eq!(members(&pair.take_events()), []);
+    pair.answer_subs();
+    pair.member("room", ANN, false);
+    let events = pair.take_events();
+    assert_eq!(
+        presence_granted(&events),
+        [("room".to_owned(), true)],
+        "{events:?}"
+    );
+    assert_eq!(
+        members(&events),
+        [("room".to_owned(), false, ANN.to_owned())]
+    );
+    // After unsubscribing: dropped.
+    pair.client.unsubscribe(pair.now, "room");
+    pair.server_send(ServerFrame::Join {
+        ch: "room".into(),
+        m: json(BOB),
+    });
+    assert_eq!(members(&pair.take_events()), []);
+}
+
+#[test]
+fn presence_requests_are_asks_with_their_own_frames() {
+    let mut pair = presence_pair();
+    pair.member("room", ANN, true);
+    pair.member("room", BOB, true);
+    pair.take_events();
+    let now = pair.now;
+    let ask = pair.client.ask(now, "add", json("1")).expect("ask");
+    let list = pair.client.presence(now, "room").expect("presence");
+    let stats = pair.client.presence_stats(now, "room").expect("stats");
+    let no_presence = pair.client.presence(now, "plain");
+    pair.drive();
+    // One id space, in call order.
+    assert_eq!((ask.as_u64(), list.as_u64(), stats.as_u64()), (1, 2, 3));
+    assert_eq!(
+        presence_requests(&pair),
+        [(2, "room".to_owned(), false), (3, "room".to_owned(), true)]
+    );
+    // `plain` has no subscription: refused by the client itself, nothing sent.
+    let no_presence = no_presence.expect("an id").as_u64();
+    assert_eq!(no_presence, 4);
+    assert_eq!(
+        asks_done(&pair.take_events()),
+        [
+            (4, Err(codes::NOT_SUBSCRIBED.to_owned())),
+            (1, Ok("1".to_owned())),
+            (2, Ok(format!("[{ANN},{BOB}]"))),
+            (3, Ok(r#"{"sockets":2,"users":2}"#.to_owned())),
+        ]
+    );
+    // A subscription the server did not grant presence: the server refuses.
+    pair.client
+        .subscribe(pair.now, "plain", SubscribeOptions::default())
+        .expect("subscribe");
+    pair.drive();
+    pair.client.presence(pair.now, "plain").expect("presence");
+    pair.drive();
+    assert_eq!(
+        asks_done(&pair.take_events()),
+        [(5, Err(codes::NO_PRESENCE.to_owned()))]
+    );
+}
+
+#[test]
+fn presence_requests_wait_for_the_subscriptions_subok() {
+    let mut pair = Pair::connected();
+    pair.server.presence.insert("room".into());
+    pair.server.members.insert("room".into(), vec![ANN.into()]);
+    pair.server.defer_subs = true;
+    pair.client
+        .subscribe(pair.now, "room", with_presence())
+        .expect("subscribe");
+    let early = pair.client.presence(pair.now, "room").expect("presence");
+    pair.drive();
+    assert_eq!(presence_requests(&pair), [], "held until subok");
+    pair.answer_subs();
+    assert_eq!(
+        presence_requests(&pair),
+        [(early.as_u64(), "room".to_owned(), false)]
+    );
+    assert_eq!(
+        asks_done(&pair.take_events()),
+        [(early.as_u64(), Ok(format!("[{ANN}]")))]
+    );
+
+    // Offline: held (not queued), and after the reconnect sent only once the resent `sub` is
+    // accepted, never ahead of it.
+    pair.server.up = false;
+    pair.drop_connection(close::ABNORMAL, "");
+    let offline = pair.client.presence_stats(pair.now, "room").expect("held");
+    pair.clear_received();
+    pair.server.up = true;
+    pair.advance(ms(1_000));
+    assert_eq!(presence_requests(&pair), []);
+    assert_eq!(pair.client.status(), Status::Syncing);
+    pair.answer_subs();
+    let order: Vec<String> = pair
+        .server
+        .received
+        .iter()
+        .map(|f| match f {
+            ClientFrame::Hello { .. } => "hello".to_owned(),
+            ClientFrame::Sub { ch, .. } => format!("sub {ch}"),
+            ClientFrame::PresenceStats { ch, .. } => format!("pstats {ch}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(order, ["hello", "sub room", "pstats room"]);
+    assert_eq!(
+        asks_done(&pair.take_events()),
+        [(
+            offline.as_u64(),
+            Ok(r#"{"sockets":1,"users":1}"#.to_owned())
+        )]
+    );
+}
+
+#[test]
+fn held_presence_requests_fail_when_their_subscription_goes() {
+    let mut pair = Pair::connected();
+    pair.server.defer_subs = true;
+    pair.server.refuse.insert("secret".into());
+    let now = pair.now;
+    for ch in ["secret", "room"] {
+        pair.client
+            .subscribe(now, ch, with_presence())
+            .expect("subscribe");
+    }
+    let refused = pair.client.presence(now, "secret").expect("held");
+    let left = pair.client.presence(now, "room").expect("held");
+    pair.client.unsubscribe(now, "room");
+    pair.answer_subs();
+    let events = pair.take_events();
+    assert_eq!(
+        asks_done(&events),
+        [
+            (left.as_u64(), Err(codes::NOT_SUBSCRIBED.to_owned())),
+            (refused.as_u64(), Err(codes::NOT_SUBSCRIBED.to_owned())),
+        ]
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::SubscribeFailed { channel, .. } if channel == "secret")));
+    assert_eq!(presence_requests(&pair), []);
+
+    // Closing fails what is still held with `closed`.
+    pair.client
+        .subscribe(pair.now, "again", with_presence())
+        .expect("subscribe");
+    let held = pair.client.presence(pair.now, "again").expect("held");
+    pair.client.close(pair.now);
+    pair.drive();
+    assert_eq!(
+        asks_done(&pair.take_events()),
+        [(held.as_u64(), Err(codes::CLOSED.to_owned()))]
+    );
+}
+
+#[test]
+fn presence_requests_time_out_fail_disconnected_and_fill_the_offline_queue_like_asks() {
+    let cfg = Config {
+        offline_queue: 2,
+        ..config()
+    };
+    let mut pair = Pair::new(cfg);
+    pair.server.presence.insert("room".into());
+    pair.client
+        .subscribe(pair.now, "room", with_presence())
+        .expect("subscribe");
+    pair.drive();
+    pair.take_events();
+
+    // Sent, then the connection drops: `disconnected`, never resent.
+    pair.server.ask_mode = AskMode::Ignore;
+    let sent = pair.client.presence(pair.now, "room").expect("sent");
+    pair.drive();
+    pair.server.up = false;
+    pair.drop_connection(close::ABNORMAL, "");
+    assert_eq!(
+        asks_done(&pair.take_events()),
+        [(sent.as_u64(), Err(codes::DISCONNECTED.to_owned()))]
+    );
+
+    // Offline: held requests and queued asks share the offline queue's bound.
+    let now = pair.now;
+    let held = pair.client.presence(now, "room").expect("held");
+    pair.client.ask(now, "add", json("1")).expect("queued");
+    assert_eq!(
+        pair.client.presence_stats(now, "room"),
+        Err(ClientError::QueueFull)
+    );
+    assert_eq!(
+        pair.client.tell(now, "t", json("1")),
+        Err(ClientError::QueueFull)
+    );
+
+    // Held past the ask timeout: times out, and is never sent.
+    pair.advance(ms(10_000));
+    let done = asks_done(&pair.take_events());
+    assert!(
+        done.contains(&(held.as_u64(), Err(codes::TIMEOUT.to_owned()))),
+        "{done:?}"
+    );
+    pair.clear_received();
+    pair.server.up = true;
+    pair.advance(ms(20_000));
+    assert_eq!(presence_requests(&pair), []);
+    assert_eq!(pair.client.status(), Status::Ready);
+
+    // Sent and unanswered: times out like an ask.
+    let slow = pair.client.presence(pair.now, "room").expect("sent");
+    pair.drive();
+    pair.advance(ms(10_000));
+    assert_eq!(
+        asks_done(&pair.take_events()),
+        [(slow.as_u64(), Err(codes::TIMEOUT.to_owned()))]
+    );
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde_json::value::RawValue;
+
 /// Settings of a [`Client`](super::Client).
 ///
 /// Build one with struct update syntax:
@@ -20,7 +22,8 @@ pub struct Config {
     /// The reconnect policy.
     pub reconnect: Reconnect,
     /// How many asks and tells together may wait, while the client is not connected, to be sent
-    /// once it is. Default: 1024.
+    /// once it is; presence requests waiting for their subscription to be live count too.
+    /// Default: 1024.
     pub offline_queue: usize,
     /// Seed of the jitter generator. Drivers pass a random value; tests a fixed one, which makes
     /// every delay reproducible. Default: 0.
@@ -38,6 +41,22 @@ impl Default for Config {
             seed: 0,
         }
     }
+}
+
+/// How to subscribe, besides the channel: see [`Client::subscribe`](super::Client::subscribe).
+///
+/// `SubscribeOptions::default()` sends no query and asks for no presence events. Build others
+/// with struct update syntax: `SubscribeOptions { presence: true, ..SubscribeOptions::default() }`.
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeOptions {
+    /// Query for the server's subscription parser (any JSON).
+    pub query: Option<Box<RawValue>>,
+    /// Whether to receive the channel's join / leave events ([`Event::Join`],
+    /// [`Event::Leave`](super::Event::Leave)), when the server grants the subscription
+    /// presence. Presence requests do not need it.
+    ///
+    /// [`Event::Join`]: super::Event::Join
+    pub presence: bool,
 }
 
 /// Reconnect policy: exponential backoff with full jitter.

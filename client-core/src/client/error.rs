@@ -55,6 +55,16 @@ impl AskError {
     pub(super) fn closed() -> Self {
         Self::new(codes::CLOSED, "the client is closed")
     }
+
+    /// A presence request for a channel without a subscription (code
+    /// [`codes::NOT_SUBSCRIBED`], as the server would answer). Public so that drivers answer a
+    /// request made on the handle of a subscription that has ended the same way.
+    pub fn not_subscribed() -> Self {
+        Self::new(
+            codes::NOT_SUBSCRIBED,
+            "the client holds no subscription to this channel",
+        )
+    }
 }
 
 /// A command the client could not accept (API misuse or local limits; nothing was sent).

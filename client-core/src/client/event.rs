@@ -103,6 +103,10 @@ pub enum Event {
         msg: Box<RawValue>,
     },
     /// A subscription started or resynced (after a reconnect or a gap).
+    ///
+    /// Presence is not replayed by a resync: [`Event::Join`] / [`Event::Leave`] that happened
+    /// while the client was away are not delivered, and an application that shows the
+    /// channel's members asks for them again ([`Client::presence`](super::Client::presence)).
     Subscribed {
         /// Channel.
         channel: String,
@@ -110,6 +114,9 @@ pub enum Event {
         position: Position,
         /// Whether missed publications follow, or were lost.
         recovery: Recovery,
+        /// Whether the subscription has presence (the server's `subok` said so): presence
+        /// requests are answered, and join / leave events follow if they were asked for.
+        presence: bool,
     },
     /// The server refused a subscription; it is removed.
     SubscribeFailed {
@@ -128,6 +135,25 @@ pub enum Event {
         msg: Box<RawValue>,
         /// Position of the publication.
         position: Position,
+    },
+    /// A socket joined the presence of a subscribed channel. Delivered only to a subscription
+    /// that asked for presence events ([`SubscribeOptions::presence`](super::SubscribeOptions)),
+    /// while it is live (never between a `sub` and its `subok`); never for this client's own
+    /// socket. A user with three tabs is three sockets: three joins.
+    Join {
+        /// Channel.
+        channel: String,
+        /// The member: a [`Member`](crate::protocol::Member) as raw JSON, passed through
+        /// undecoded (a browser parses it with `JSON.parse`).
+        member: Box<RawValue>,
+    },
+    /// A socket left the presence of a subscribed channel (unsubscribed, booted, disconnected,
+    /// or expired with its dead server instance). Delivered like [`Event::Join`].
+    Leave {
+        /// Channel.
+        channel: String,
+        /// The member, as raw JSON.
+        member: Box<RawValue>,
     },
     /// The server ended a subscription (the channel was booted); it is removed.
     Unsubscribed {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sss_core::client::{Action, Client, Config, Event, Instant};
-use sss_core::protocol::{raw_json, ClientFrame, Position, ServerFrame, PROTOCOL_VERSION};
+use sss_core::protocol::{
+    codes, raw_json, ClientFrame, Member, Position, PresenceStats, ServerFrame, PROTOCOL_VERSION,
+};
 
 /// Heartbeat interval the fake server announces, in milliseconds.
 pub(crate) const HB: u64 = 5_000;
@@ -83,7 +85,13 @@ impl Channel {
     }
 
     /// Answers a `sub`: `subok` (with replay when `since` is recoverable).
-    fn subscribe(&self, id: u64, ch: &str, since: Option<Position>) -> Vec<ServerFrame> {
+    fn subscribe(
+        &self,
+        id: u64,
+        ch: &str,
+        since: Option<Position>,
+        presence: bool,
+    ) -> Vec<ServerFrame> {
         let recovered = since.as_ref().map(|since| {
             since.epoch == self.epoch && since.seq + 1 >= self.first && since.seq <= self.seq
         });
@@ -92,7 +100,7 @@ impl Channel {
             ch: ch.to_owned(),
             pos: self.head(),
             recovered,
-            presence: false,
+            presence,
         }];
         if let (Some(true), Some(since)) = (recovered, since) {
             for (i, (seq, ..)) in self.log.iter().enumerate() {
@@ -118,6 +126,14 @@ pub(crate) struct Server {
     pub(crate) ask_mode: AskMode,
     /// Channels whose subscriptions are refused.
     pub(crate) refuse: BTreeSet<String>,
+    /// Channels whose subscriptions have presence.
+    pub(crate) presence: BTreeSet<String>,
+    /// The members of each channel's presence (other sockets), as JSON.
+    pub(crate) members: BTreeMap<String, Vec<String>>,
+    /// Whether `sub` frames wait for [`Pair::answer_subs`] instead of being answered at once.
+    pub(crate) defer_subs: bool,
+    /// The `sub` frames waiting for an answer: `(id, channel, since)`.
+    deferred: Vec<(u64, String, Option<Position>)>,
     /// URL of the open socket.
     pub(crate) socket: Option<String>,
     /// Channels the open socket is subscribed to.
@@ -138,6 +154,10 @@ impl Server {
             pinging: true,
             ask_mode: AskMode::Echo,
             refuse: BTreeSet::new(),
+            presence: BTreeSet::new(),
+            members: BTreeMap::new(),
+            defer_subs: false,
+            deferred: Vec::new(),
             socket: None,
             subs: BTreeSet::new(),
             received: Vec::new(),
@@ -161,6 +181,55 @@ impl Server {
     fn close_socket(&mut self) {
         self.socket = None;
         self.subs.clear();
+        self.deferred.clear();
+    }
+
+    /// Answers a `sub` the way the real server does (the parser's refusal, or `subok`).
+    fn answer_sub(&mut self, id: u64, ch: &str, since: Option<Position>) -> Vec<ServerFrame> {
+        if self.refuse.contains(ch) {
+            return vec![ServerFrame::Subrej {
+                id,
+                ch: ch.to_owned(),
+                code: "refused".into(),
+                reason: "private".into(),
+            }];
+        }
+        self.subs.insert(ch.to_owned());
+        let presence = self.presence.contains(ch);
+        self.channel(ch).subscribe(id, ch, since, presence)
+    }
+
+    /// Answers a `presence` or `pstats` request the way the real server does.
+    fn answer_presence(&self, id: u64, ch: &str, stats: bool) -> Vec<ServerFrame> {
+        let refuse = |code: &str| {
+            vec![ServerFrame::Rej {
+                id,
+                code: code.to_owned(),
+                reason: format!("{code} ({ch})"),
+            }]
+        };
+        if self.ask_mode == AskMode::Ignore {
+            return vec![];
+        }
+        if !self.subs.contains(ch) {
+            return refuse(codes::NOT_SUBSCRIBED);
+        }
+        if !self.presence.contains(ch) {
+            return refuse(codes::NO_PRESENCE);
+        }
+        let members = self.members.get(ch).cloned().unwrap_or_default();
+        let msg = if stats {
+            let parsed: Vec<Member> = (members.iter())
+                .map(|m| serde_json::from_str(m).expect("a member"))
+                .collect();
+            serde_json::to_string(&PresenceStats::of(&parsed)).expect("stats")
+        } else {
+            format!("[{}]", members.join(","))
+        };
+        vec![ServerFrame::Res {
+            id,
+            msg: json(&msg),
+        }]
     }
 
     fn next_ping(&self) -> Option<Instant> {
@@ -193,18 +262,13 @@ impl Server {
                 }],
                 AskMode::Ignore => vec![],
             },
-            ClientFrame::Sub { id, ch, since, .. } => {
-                if self.refuse.contains(ch) {
-                    return vec![ServerFrame::Subrej {
-                        id: *id,
-                        ch: ch.clone(),
-                        code: "refused".into(),
-                        reason: "private".into(),
-                    }];
-                }
-                self.subs.insert(ch.clone());
-                self.channel(ch).subscribe(*id, ch, since.clone())
+            ClientFrame::Sub { id, ch, since, .. } if self.defer_subs => {
+                self.deferred.push((*id, ch.clone(), since.clone()));
+                vec![]
             }
+            ClientFrame::Sub { id, ch, since, .. } => self.answer_sub(*id, ch, since.clone()),
+            ClientFrame::Presence { id, ch } => self.answer_presence(*id, ch, false),
+            ClientFrame::PresenceStats { id, ch } => self.answer_presence(*id, ch, true),
             ClientFrame::Unsub { ch } => {
                 self.subs.remove(ch);
                 vec![]
@@ -301,6 +365,35 @@ impl Pair {
     pub(crate) fn server_send_text(&mut self, text: &str) {
         self.client.handle_frame(self.now, text);
         self.drive();
+    }
+
+    /// Drives, answers every deferred `sub` (see [`Server::defer_subs`]) in order, and drives.
+    pub(crate) fn answer_subs(&mut self) {
+        self.drive();
+        for (id, ch, since) in std::mem::take(&mut self.server.deferred) {
+            for reply in self.server.answer_sub(id, &ch, since) {
+                self.client.handle_frame(self.now, &reply.encode());
+            }
+        }
+        self.drive();
+    }
+
+    /// A member joins (`joined`) or leaves `ch`'s presence on the fake server, which tells the
+    /// client when it is subscribed to `ch` (whether or not it asked: the client filters).
+    pub(crate) fn member(&mut self, ch: &str, member: &str, joined: bool) {
+        let members = self.server.members.entry(ch.to_owned()).or_default();
+        members.retain(|m| m != member);
+        if joined {
+            members.push(member.to_owned());
+        }
+        if self.server.socket.is_some() && self.server.subs.contains(ch) {
+            let (ch, m) = (ch.to_owned(), json(member));
+            self.server_send(if joined {
+                ServerFrame::Join { ch, m }
+            } else {
+                ServerFrame::Leave { ch, m }
+            });
+        }
     }
 
     /// Publishes on `ch`; subscribed sockets get it live.
