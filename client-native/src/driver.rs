@@ -7,8 +7,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::value::RawValue;
-use sss_core::client::{self as core, AskId, Config, Event, Recovery, Status};
-use sss_core::protocol::close;
+use sss_core::client::{self as core, AskError, AskId, Config, Event, Recovery, Status};
+use sss_core::protocol::{close, Member};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
@@ -20,7 +20,7 @@ use tokio_tungstenite::{
 };
 use tracing::{debug, warn};
 
-use crate::subscription::{Publication, SubEvent};
+use crate::subscription::{self, Publication, SubEvent};
 use crate::{ConnectError, Options, RequestError};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -44,12 +44,23 @@ pub(crate) enum Command {
     },
     Subscribe {
         channel: String,
-        query: Option<Box<RawValue>>,
+        options: core::SubscribeOptions,
+        shared: Arc<subscription::Shared>,
         events: mpsc::UnboundedSender<SubEvent>,
         ready: oneshot::Sender<Result<Recovery, RequestError>>,
     },
+    /// From the handle `sub` of `channel`'s subscription (ignored if it is not the current
+    /// one's).
     Unsubscribe {
         channel: String,
+        sub: Arc<subscription::Shared>,
+    },
+    /// `presence` (or `pstats` with `stats`) from the handle `sub`.
+    Presence {
+        channel: String,
+        sub: Arc<subscription::Shared>,
+        stats: bool,
+        reply: oneshot::Sender<Result<Box<RawValue>, RequestError>>,
     },
     OnTell {
         topic: String,
@@ -73,6 +84,7 @@ impl Drop for Owner {
 }
 
 struct SubEntry {
+    shared: Arc<subscription::Shared>,
     events: mpsc::UnboundedSender<SubEvent>,
     ready: Option<oneshot::Sender<Result<Recovery, RequestError>>>,
 }
@@ -281,14 +293,16 @@ impl Driver {
             }
             Command::Subscribe {
                 channel,
-                query,
+                options,
+                shared,
                 events,
                 ready,
-            } => match self.core.subscribe(now, &channel, query) {
+            } => match self.core.subscribe(now, &channel, options) {
                 Ok(()) => {
                     self.subs.insert(
                         channel,
                         SubEntry {
+                            shared,
                             events,
                             ready: Some(ready),
                         },
@@ -298,9 +312,33 @@ impl Driver {
                     let _ = ready.send(Err(e.into()));
                 }
             },
-            Command::Unsubscribe { channel } => {
-                self.core.unsubscribe(now, &channel);
-                self.subs.remove(&channel);
+            Command::Unsubscribe { channel, sub } => {
+                if self.is_current(&channel, &sub) {
+                    self.core.unsubscribe(now, &channel);
+                    self.subs.remove(&channel);
+                }
+            }
+            Command::Presence {
+                channel,
+                sub,
+                stats,
+                reply,
+            } => {
+                let id = if !self.is_current(&channel, &sub) {
+                    Err(AskError::not_subscribed().into())
+                } else if stats {
+                    self.core.presence_stats(now, &channel).map_err(Into::into)
+                } else {
+                    self.core.presence(now, &channel).map_err(Into::into)
+                };
+                match id {
+                    Ok(id) => {
+                        self.asks.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::OnTell { topic, sink } => self.tells.entry(topic).or_default().push(sink),
             Command::Close { done } => {
@@ -309,6 +347,14 @@ impl Driver {
             }
             Command::Shutdown => self.shutdown(),
         }
+    }
+
+    /// Whether `sub` is the handle of `channel`'s current subscription (not of one that ended
+    /// before the channel was subscribed again).
+    fn is_current(&self, channel: &str, sub: &Arc<subscription::Shared>) -> bool {
+        self.subs
+            .get(channel)
+            .is_some_and(|entry| Arc::ptr_eq(&entry.shared, sub))
     }
 
     fn shutdown(&mut self) {
@@ -416,8 +462,10 @@ impl Driver {
                 channel,
                 position,
                 recovery,
+                presence,
             } => {
                 if let Some(entry) = self.subs.get_mut(&channel) {
+                    entry.shared.set_presence(presence);
                     match entry.ready.take() {
                         Some(ready) => {
                             let _ = ready.send(Ok(recovery));
@@ -464,6 +512,8 @@ impl Driver {
                     }));
                 }
             }
+            Event::Join { channel, member } => self.member(&channel, &member, SubEvent::Join),
+            Event::Leave { channel, member } => self.member(&channel, &member, SubEvent::Leave),
             Event::Unsubscribed {
                 channel,
                 code,
@@ -506,6 +556,20 @@ impl Driver {
                 self.done = true;
             }
             _ => {}
+        }
+    }
+
+    /// A join or leave for `channel`'s stream. A member that is not a [`Member`] breaks the
+    /// protocol; it is logged and dropped rather than failing the subscription.
+    fn member(&self, channel: &str, member: &RawValue, event: fn(Member) -> SubEvent) {
+        let Some(entry) = self.subs.get(channel) else {
+            return;
+        };
+        match serde_json::from_str(member.get()) {
+            Ok(member) => {
+                let _ = entry.events.send(event(member));
+            }
+            Err(e) => warn!(channel, error = %e, "presence member dropped: not a member"),
         }
     }
 }

@@ -23,6 +23,14 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! **Presence.** A subscription the server grants presence answers
+//! [`Subscription::presence`] (the channel's members, cluster-wide) and
+//! [`Subscription::presence_stats`]; made with [`Client::subscribe_with`] and
+//! `SubscribeOptions::default().presence(true)`, its stream also yields [`SubEvent::Join`] and
+//! [`SubEvent::Leave`]. Presence is not replayed after a reconnect: on
+//! [`SubEvent::Recovered`] or [`SubEvent::Unrecoverable`], an application that shows the members
+//! asks for them again.
 #![forbid(unsafe_code)]
 
 mod driver;
@@ -40,9 +48,9 @@ use sss_core::client::{AskError, ClientError, Config, Reconnect, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use sss_core::client::{Recovery, Status as ClientStatus};
-pub use sss_core::protocol::{close, codes};
+pub use sss_core::protocol::{close, codes, Member, PresenceStats};
 pub use sss_core::Position;
-pub use subscription::{Publication, SubEvent, Subscription};
+pub use subscription::{Publication, SubEvent, SubscribeOptions, Subscription};
 
 use driver::Command;
 
@@ -159,6 +167,16 @@ fn to_raw<T: Serialize + ?Sized>(v: &T) -> Result<Box<RawValue>, RequestError> {
     serde_json::value::to_raw_value(v).map_err(|e| RequestError::Json(e.to_string()))
 }
 
+/// A server's answer, deserialized.
+fn from_raw<T: DeserializeOwned>(raw: &RawValue) -> Result<T, RequestError> {
+    serde_json::from_str(raw.get()).map_err(|e| RequestError::Json(e.to_string()))
+}
+
+/// The answer the driver sends back for a request (a dropped sender: the driver stopped).
+async fn answer<T>(rx: oneshot::Receiver<Result<T, RequestError>>) -> Result<T, RequestError> {
+    rx.await.unwrap_or_else(|_| Err(ClientError::Closed.into()))
+}
+
 /// A connection to a Super Scaled Sockets server (or cluster). Cheap to clone; all clones
 /// drive the same connection. Dropping the last clone closes it.
 #[derive(Clone, Debug)]
@@ -222,8 +240,7 @@ impl Client {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let raw = self.ask_raw(topic, to_raw(req)?).await?;
-        serde_json::from_str(raw.get()).map_err(|e| RequestError::Json(e.to_string()))
+        from_raw(&self.ask_raw(topic, to_raw(req)?).await?)
     }
 
     /// [`Client::ask`] with raw JSON in and out.
@@ -238,10 +255,7 @@ impl Client {
             msg,
             reply: tx,
         })?;
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::Closed.into()),
-        }
+        answer(rx).await
     }
 
     /// Tells the server's handler for `topic` (fire-and-forget). While disconnected, the tell
@@ -260,30 +274,58 @@ impl Client {
     /// Subscribes to a channel with an optional query for the server's subscription parser,
     /// and waits for the server's answer. The [`Subscription`] streams the channel's
     /// publications, in order, each once, across reconnects.
+    ///
+    /// The same as [`Client::subscribe_with`] with the default [`SubscribeOptions`] (no
+    /// presence events).
     pub async fn subscribe<Q: Serialize>(
         &self,
         channel: &str,
         query: Option<Q>,
     ) -> Result<Subscription, RequestError> {
+        self.subscribe_with(channel, query, SubscribeOptions::default())
+            .await
+    }
+
+    /// [`Client::subscribe`] with options: `SubscribeOptions::default().presence(true)` also
+    /// streams the channel's join and leave events ([`SubEvent::Join`], [`SubEvent::Leave`]),
+    /// when the server grants the subscription presence.
+    ///
+    /// ```no_run
+    /// # use sss_client::{Client, SubscribeOptions};
+    /// # async fn run(client: Client) -> Result<(), sss_client::RequestError> {
+    /// let room = client
+    ///     .subscribe_with("room:1", None::<()>, SubscribeOptions::default().presence(true))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with<Q: Serialize>(
+        &self,
+        channel: &str,
+        query: Option<Q>,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, RequestError> {
         let query = query.map(|q| to_raw(&q)).transpose()?;
         let (tx, rx) = oneshot::channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(subscription::Shared::default());
         self.command(Command::Subscribe {
             channel: channel.to_owned(),
-            query,
+            options: sss_core::client::SubscribeOptions {
+                query,
+                presence: options.presence,
+            },
+            shared: shared.clone(),
             events: events_tx,
             ready: tx,
         })?;
-        match rx.await {
-            Ok(Ok(recovery)) => Ok(Subscription::new(
-                channel.to_owned(),
-                recovery,
-                events_rx,
-                self.cmd.clone(),
-            )),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed.into()),
-        }
+        let recovery = answer(rx).await?;
+        Ok(Subscription::new(
+            channel.to_owned(),
+            recovery,
+            shared,
+            events_rx,
+            self.cmd.clone(),
+        ))
     }
 
     /// A stream of the messages the server tells this client on `topic`.

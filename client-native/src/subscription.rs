@@ -1,16 +1,20 @@
 //! A channel subscription as a stream.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use sss_core::client::Recovery;
+use sss_core::client::{ClientError, Recovery};
+use sss_core::protocol::{Member, PresenceStats};
 use sss_core::Position;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::Command;
+use crate::{answer, from_raw, RequestError};
 
 /// One publication on a channel.
 #[derive(Debug, Clone)]
@@ -40,6 +44,9 @@ pub enum SubEvent {
     Publication(Publication),
     /// The client reconnected (or saw a gap) and resynced the channel with nothing lost: the
     /// missed publications followed or follow in order.
+    ///
+    /// Presence is not resynced: joins and leaves missed meanwhile are not replayed. An
+    /// application that shows the members asks again ([`Subscription::presence`]).
     Recovered {
         /// The channel's position when the resync happened.
         position: Position,
@@ -51,6 +58,15 @@ pub enum SubEvent {
         /// The channel's position from which publications continue.
         position: Position,
     },
+    /// Another socket joined the channel's presence. Only for a subscription made with
+    /// [`SubscribeOptions::presence`] that the server granted presence, while it is live; never
+    /// for this client's own socket. A user with three tabs open is three sockets: three joins
+    /// (with the same [`Member::user`]).
+    Join(Member),
+    /// Another socket left the channel's presence: it unsubscribed, disconnected, was booted,
+    /// or its server instance died and its membership expired. Delivered like
+    /// [`SubEvent::Join`].
+    Leave(Member),
     /// The subscription ended: the server removed it (`booted`), refused it on resubscription,
     /// or the client closed. No more events follow.
     Ended {
@@ -61,6 +77,39 @@ pub enum SubEvent {
     },
 }
 
+/// Options of [`Client::subscribe_with`](crate::Client::subscribe_with).
+/// `SubscribeOptions::default()` asks for no presence events.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Whether the subscription's stream also yields the channel's join and leave events
+    /// ([`SubEvent::Join`], [`SubEvent::Leave`]). Whether the channel has presence at all is
+    /// the server's decision ([`Subscription::has_presence`]). Default: `false`.
+    pub presence: bool,
+}
+
+impl SubscribeOptions {
+    /// Sets [`SubscribeOptions::presence`].
+    pub fn presence(mut self, on: bool) -> Self {
+        self.presence = on;
+        self
+    }
+}
+
+/// What a [`Subscription`] handle shares with the driver: its identity (a channel whose
+/// subscription ended may be subscribed again, with a new handle: the old handle must not
+/// reach the new subscription), and what the server's last `subok` said about presence.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    presence: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn set_presence(&self, granted: bool) {
+        self.presence.store(granted, Ordering::Relaxed);
+    }
+}
+
 /// A live subscription: a [`Stream`] of [`SubEvent`]s. Dropping it unsubscribes.
 ///
 /// Events are buffered without bound until read: read the stream, or drop it.
@@ -68,6 +117,7 @@ pub enum SubEvent {
 pub struct Subscription {
     channel: String,
     recovery: Recovery,
+    shared: Arc<Shared>,
     events: mpsc::UnboundedReceiver<SubEvent>,
     cmd: mpsc::UnboundedSender<Command>,
 }
@@ -76,12 +126,14 @@ impl Subscription {
     pub(crate) fn new(
         channel: String,
         recovery: Recovery,
+        shared: Arc<Shared>,
         events: mpsc::UnboundedReceiver<SubEvent>,
         cmd: mpsc::UnboundedSender<Command>,
     ) -> Self {
         Self {
             channel,
             recovery,
+            shared,
             events,
             cmd,
         }
@@ -95,6 +147,45 @@ impl Subscription {
     /// How the subscription started.
     pub fn recovery(&self) -> Recovery {
         self.recovery
+    }
+
+    /// Whether the subscription has presence, as the server said when it last (re)accepted it:
+    /// [`Subscription::presence`] is answered, and join / leave events follow if they were
+    /// asked for.
+    pub fn has_presence(&self) -> bool {
+        self.shared.presence.load(Ordering::Relaxed)
+    }
+
+    /// The channel's members, cluster-wide (in no particular order): one [`Member`] per
+    /// subscribed socket, this one included.
+    ///
+    /// Behaves like an ask (same timeout; `disconnected` if the connection drops before the
+    /// answer), but is sent only once the subscription is live: while it resyncs after a
+    /// reconnect, the request waits for it. Errors (see [`RequestError::code`]):
+    /// [`codes::NO_PRESENCE`](crate::codes::NO_PRESENCE) when the subscription has no
+    /// presence, [`codes::NOT_SUBSCRIBED`](crate::codes::NOT_SUBSCRIBED) when it has ended,
+    /// `unavailable` when the server could not reach its scaler.
+    pub async fn presence(&self) -> Result<Vec<Member>, RequestError> {
+        from_raw(&self.presence_request(false).await?)
+    }
+
+    /// The channel's presence counts: sockets, and distinct users among them. Like
+    /// [`Subscription::presence`].
+    pub async fn presence_stats(&self) -> Result<PresenceStats, RequestError> {
+        from_raw(&self.presence_request(true).await?)
+    }
+
+    async fn presence_request(&self, stats: bool) -> Result<Box<RawValue>, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Presence {
+                channel: self.channel.clone(),
+                sub: self.shared.clone(),
+                stats,
+                reply: tx,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        answer(rx).await
     }
 
     /// Unsubscribes (the same as dropping it).
@@ -113,6 +204,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let _ = self.cmd.send(Command::Unsubscribe {
             channel: std::mem::take(&mut self.channel),
+            sub: self.shared.clone(),
         });
     }
 }
