@@ -777,11 +777,7 @@ impl Client {
 
     /// `channel`'s subscription is live: its held presence requests go out, in order.
     fn release_held(&mut self, channel: &str) {
-        let (ready, waiting) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|h| h.channel == channel);
-        self.held = waiting;
-        for held in ready {
+        for held in self.take_held(channel) {
             if let Some(i) = self.ask_index(held.id) {
                 self.asks[i].1.sent = true;
                 self.send(&held.frame());
@@ -791,16 +787,27 @@ impl Client {
 
     /// `channel`'s subscription is gone: its held presence requests fail.
     fn fail_held(&mut self, channel: &str) {
-        let (gone, waiting) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|h| h.channel == channel);
-        self.held = waiting;
-        for held in gone {
+        for held in self.take_held(channel) {
             if let Some(i) = self.ask_index(held.id) {
                 self.asks.remove(i);
                 self.ask_done(held.id, Err(AskError::not_subscribed()));
             }
         }
+    }
+
+    /// Removes and returns `channel`'s held presence requests, in order. (A plain loop, not
+    /// `partition`: the browser build carries one small function instead of two generic ones.)
+    fn take_held(&mut self, channel: &str) -> Vec<Held> {
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < self.held.len() {
+            if self.held[i].channel == channel {
+                taken.push(self.held.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        taken
     }
 
     // ---- Subscriptions ------------------------------------------------------------------

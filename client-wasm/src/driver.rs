@@ -16,7 +16,10 @@ use std::rc::{Rc, Weak};
 use gloo_timers::callback::Timeout;
 use js_sys::{Function, Object, Promise};
 use serde_json::value::RawValue;
-use sss_core::client::{self as core, Action, AskId, Config, Event, Instant, Recovery, Status};
+use sss_core::client::{
+    self as core, Action, AskError, AskId, ClientError, Config, Event, Instant, Recovery, Status,
+    SubscribeOptions,
+};
 use sss_core::protocol::{close, codes};
 use sss_core::Position;
 use wasm_bindgen::prelude::*;
@@ -129,10 +132,31 @@ impl Shared {
             Ok(msg) => msg,
             Err(e) => return Promise::reject(&e),
         };
-        let (promise, pending) = Pending::new();
         let now = js::now();
-        let result = self.core.borrow_mut().ask(now, topic, msg);
-        match result {
+        let id = self.core.borrow_mut().ask(now, topic, msg);
+        self.answer(id)
+    }
+
+    /// A presence request (`stats`: the counts) for the subscription `sub`: rejected with
+    /// `not_subscribed` when `sub` is no longer its channel's subscription.
+    pub(crate) fn presence(self: &Rc<Self>, sub: &Rc<SubState>, stats: bool) -> Promise {
+        let current = (self.state.borrow().subs.iter()).any(|e| Rc::ptr_eq(&e.sub, sub));
+        if !current {
+            return Promise::reject(&js::ask_error(&AskError::not_subscribed()));
+        }
+        let now = js::now();
+        let id = if stats {
+            self.core.borrow_mut().presence_stats(now, &sub.channel)
+        } else {
+            self.core.borrow_mut().presence(now, &sub.channel)
+        };
+        self.answer(id)
+    }
+
+    /// The promise of the answer to the ask (or presence request) `id`.
+    fn answer(self: &Rc<Self>, id: Result<AskId, ClientError>) -> Promise {
+        let (promise, pending) = Pending::new();
+        match id {
             Ok(id) => self.state.borrow_mut().asks.push((id, pending)),
             Err(e) => pending.reject(&js::client_error(&e)),
         }
@@ -148,7 +172,12 @@ impl Shared {
         result.map_err(|e| js::client_error(&e))
     }
 
-    pub(crate) fn subscribe(self: &Rc<Self>, channel: &str, query: &JsValue) -> Promise {
+    pub(crate) fn subscribe(
+        self: &Rc<Self>,
+        channel: &str,
+        query: &JsValue,
+        presence: bool,
+    ) -> Promise {
         let query = if query.is_undefined() || query.is_null() {
             None
         } else {
@@ -159,7 +188,8 @@ impl Shared {
         };
         let (promise, pending) = Pending::new();
         let now = js::now();
-        let result = self.core.borrow_mut().subscribe(now, channel, query);
+        let options = SubscribeOptions { query, presence };
+        let result = self.core.borrow_mut().subscribe(now, channel, options);
         match result {
             Ok(()) => self.state.borrow_mut().subs.push(SubEntry {
                 sub: Rc::new(SubState::new(channel.to_owned())),
@@ -410,7 +440,8 @@ impl Shared {
                 channel,
                 position,
                 recovery,
-            } => self.subscribed(&channel, &position, recovery),
+                presence,
+            } => self.subscribed(&channel, &position, recovery, presence),
             Event::SubscribeFailed { channel, error } => {
                 self.sub_ended(&channel, js::ask_error(&error));
             }
@@ -420,6 +451,8 @@ impl Shared {
                 msg,
                 position,
             } => self.publication(&channel, &topic, &msg, &position),
+            Event::Join { channel, member } => self.member(&channel, true, &member),
+            Event::Leave { channel, member } => self.member(&channel, false, &member),
             Event::Unsubscribed {
                 channel,
                 code,
@@ -471,7 +504,13 @@ impl Shared {
         }
     }
 
-    fn subscribed(self: &Rc<Self>, channel: &str, position: &Position, recovery: Recovery) {
+    fn subscribed(
+        self: &Rc<Self>,
+        channel: &str,
+        position: &Position,
+        recovery: Recovery,
+        presence: bool,
+    ) {
         let found = {
             let mut state = self.state.borrow_mut();
             (state.subs.iter_mut())
@@ -483,7 +522,7 @@ impl Shared {
         };
         match ready {
             Some(ready) => {
-                sub.set_recovery(recovery);
+                sub.accepted(recovery, presence);
                 let handle = Subscription::js_handle(sub, Rc::downgrade(self));
                 ready.resolve(&handle);
             }
@@ -494,17 +533,28 @@ impl Shared {
                     Recovery::Unrecoverable => Recovery::Unrecoverable,
                     _ => Recovery::Recovered,
                 },
+                presence,
                 position,
             ),
         }
     }
 
-    fn publication(&self, channel: &str, topic: &str, msg: &RawValue, position: &Position) {
-        let sub = (self.state.borrow().subs.iter())
+    /// The subscription of `channel`, if any.
+    fn sub(&self, channel: &str) -> Option<Rc<SubState>> {
+        (self.state.borrow().subs.iter())
             .find(|e| e.sub.channel == channel)
-            .map(|e| e.sub.clone());
-        if let Some(sub) = sub {
+            .map(|e| e.sub.clone())
+    }
+
+    fn publication(&self, channel: &str, topic: &str, msg: &RawValue, position: &Position) {
+        if let Some(sub) = self.sub(channel) {
             sub.publish(topic, msg, position);
+        }
+    }
+
+    fn member(&self, channel: &str, joined: bool, member: &RawValue) {
+        if let Some(sub) = self.sub(channel) {
+            sub.member(joined, member);
         }
     }
 

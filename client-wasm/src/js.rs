@@ -182,6 +182,16 @@ fn number(obj: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
     }
 }
 
+/// The `presence` flag of `subscribe`'s options (`SubscribeOptions` in the typings).
+pub(crate) fn presence_option(options: &JsValue) -> Result<bool, JsValue> {
+    match get(options, "presence") {
+        None => Ok(false),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| error(codes::INVALID, "option presence must be a boolean")),
+    }
+}
+
 fn millis(n: f64) -> Duration {
     Duration::from_millis(if n.is_finite() { n as u64 } else { u64::MAX })
 }

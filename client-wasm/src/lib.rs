@@ -64,6 +64,8 @@ export type ErrorCode =
   | "limit"
   | "superseded"
   | "cancelled"
+  | "not_subscribed"
+  | "no_presence"
   | "queue_full"
   | "closed"
   | "invalid"
@@ -141,6 +143,39 @@ export interface PublicationMeta {
  */
 export type Recovery = "new" | "recovered" | "unrecoverable";
 
+/** Options of `Client.subscribe`. */
+export interface SubscribeOptions {
+  /**
+   * Receive the channel's join and leave events (`onJoin`, `onLeave`), when the server grants
+   * the subscription presence (default `false`). `presence()` and `presenceStats()` do not
+   * need it.
+   */
+  presence?: boolean;
+}
+
+/**
+ * One member of a channel's presence: one subscribed socket. A user with three tabs open is
+ * three members with the same `user`.
+ */
+export interface Member<I = unknown> {
+  /** The socket's cluster-wide id (compare with `Client.socketId`). */
+  socket: string;
+  /** The user id the server's session parser gave, if any. */
+  user?: string;
+  /** The session id the server's session parser gave, if any. */
+  session?: string;
+  /** What the server's session parser attached for others to see (a display name, ...). */
+  info?: I;
+}
+
+/** A channel's presence counts. */
+export interface PresenceStats {
+  /** Members: subscribed sockets. */
+  sockets: number;
+  /** Distinct users among them (anonymous sockets are not counted). */
+  users: number;
+}
+
 /**
  * A connection to a Super Scaled Sockets server or cluster. It reconnects by itself
  * (exponential backoff with full jitter, rotating over the URLs), resubscribes every channel and
@@ -164,8 +199,13 @@ export class Client {
    *  or its offline queue is full. */
   tell(topic: string, msg?: unknown): void;
   /** Subscribes to a channel (with an optional query for the server's subscription parser);
-   *  resolves when the server accepts, rejects (e.g. code `refused`) when it does not. */
-  subscribe<T = unknown>(channel: string, query?: unknown): Promise<Subscription<T>>;
+   *  resolves when the server accepts, rejects (e.g. code `refused`) when it does not.
+   *  `{ presence: true }` also delivers the channel's join and leave events. */
+  subscribe<T = unknown>(
+    channel: string,
+    query?: unknown,
+    options?: SubscribeOptions,
+  ): Promise<Subscription<T>>;
   /** Calls `fn(msg, topic)` for every message the server tells this client on `topic`. */
   onTell<T = unknown>(topic: string, fn: (msg: T, topic: string) => void): void;
   /** Removes a callback added with `onTell`. */
@@ -217,6 +257,26 @@ export class Subscription<T = unknown> implements AsyncIterableIterator<Publicat
   /** Calls `fn(error)` when the subscription ends: an `SssError` when the server ended it
    *  (e.g. `booted`) or the client closed for good, `undefined` when the app ended it. */
   onEnd(fn: (error: SssError | undefined) => void): void;
+  /** Whether the subscription has presence, as the server said when it last (re)accepted it. */
+  readonly hasPresence: boolean;
+  /**
+   * The channel's members, cluster-wide, this socket included (in no particular order).
+   * Behaves like an ask (same timeout; `disconnected` if the connection drops first), but is
+   * sent once the subscription is live: during a resync it waits for it. Rejects with
+   * `no_presence` when the subscription has no presence, `not_subscribed` once it has ended.
+   * Presence is not replayed after a reconnect: call it again from `onRecovery`.
+   */
+  presence<I = unknown>(): Promise<Member<I>[]>;
+  /** The channel's presence counts; like `presence()`. */
+  presenceStats(): Promise<PresenceStats>;
+  /**
+   * Calls `fn(member)` when another socket joins the channel (never for this socket); only for
+   * a subscription made with `{ presence: true }` that the server granted presence. Returns a
+   * function that removes the callback.
+   */
+  onJoin<I = unknown>(fn: (member: Member<I>) => void): () => void;
+  /** Calls `fn(member)` when another socket leaves the channel; like `onJoin`. */
+  onLeave<I = unknown>(fn: (member: Member<I>) => void): () => void;
   next(): Promise<IteratorResult<Publication<T>, undefined>>;
   /** Stops iterating (`break` in `for await`): publications buffered but not yet read are
    *  dropped and buffering stops until the next `next()`. The subscription goes on. */
@@ -276,11 +336,15 @@ impl Client {
         self.shared.tell(topic, &msg)
     }
 
-    /// Subscribes to `channel` with an optional `query` for the server's subscription parser:
-    /// a promise of a [`Subscription`], rejected when the server refuses.
+    /// Subscribes to `channel` with an optional `query` for the server's subscription parser
+    /// and optional `options` (`{ presence: true }`: the channel's join and leave events): a
+    /// promise of a [`Subscription`], rejected when the server refuses.
     #[wasm_bindgen(skip_typescript)]
-    pub fn subscribe(&self, channel: &str, query: JsValue) -> Promise {
-        self.shared.subscribe(channel, &query)
+    pub fn subscribe(&self, channel: &str, query: JsValue, options: JsValue) -> Promise {
+        match js::presence_option(&options) {
+            Ok(presence) => self.shared.subscribe(channel, &query, presence),
+            Err(e) => Promise::reject(&e),
+        }
     }
 
     /// Calls `f(msg, topic)` for every message the server tells this client on `topic`.

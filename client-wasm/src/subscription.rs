@@ -6,7 +6,7 @@ use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Object, Promise, Reflect, Symbol};
 use serde_json::value::RawValue;
-use sss_core::client::Recovery;
+use sss_core::client::{ClientError, Recovery};
 use sss_core::protocol::codes;
 use sss_core::Position;
 use wasm_bindgen::prelude::*;
@@ -31,6 +31,10 @@ struct Inner {
     listeners: Vec<(Option<String>, Function)>,
     recovery_listeners: Vec<Function>,
     end_listeners: Vec<Function>,
+    /// `onJoin()` (`true`) and `onLeave()` (`false`) callbacks, with the id their remover
+    /// function removes them by (so that calling a remover twice removes nothing more).
+    member_listeners: Vec<(u32, bool, Function)>,
+    next_listener: u32,
     /// Publications not yet taken by the async iterator.
     queue: VecDeque<JsValue>,
     /// Whether publications are kept for the async iterator: from the start, until `on()` is
@@ -42,6 +46,8 @@ struct Inner {
     waiters: VecDeque<Pending>,
     ended: Ended,
     recovery: Recovery,
+    /// Whether the server's last `subok` granted presence.
+    presence: bool,
 }
 
 /// The state of one subscription, shared by the driver and the JS `Subscription` handle.
@@ -58,18 +64,61 @@ impl SubState {
                 listeners: Vec::new(),
                 recovery_listeners: Vec::new(),
                 end_listeners: Vec::new(),
+                member_listeners: Vec::new(),
+                next_listener: 0,
                 queue: VecDeque::new(),
                 buffering: true,
                 iterating: false,
                 waiters: VecDeque::new(),
                 ended: None,
                 recovery: Recovery::New,
+                presence: false,
             }),
         }
     }
 
-    pub(crate) fn set_recovery(&self, recovery: Recovery) {
-        self.inner.borrow_mut().recovery = recovery;
+    /// The server accepted the subscription (first `subok`).
+    pub(crate) fn accepted(&self, recovery: Recovery, presence: bool) {
+        let mut inner = self.inner.borrow_mut();
+        inner.recovery = recovery;
+        inner.presence = presence;
+    }
+
+    /// A join (`joined`) or leave on the channel: to the `onJoin` / `onLeave` callbacks, with
+    /// the member parsed by `JSON.parse` (only when someone listens).
+    pub(crate) fn member(&self, joined: bool, member: &RawValue) {
+        let listeners: Vec<Function> = (self.inner.borrow().member_listeners.iter())
+            .filter(|(_, j, _)| *j == joined)
+            .map(|(_, _, f)| f.clone())
+            .collect();
+        if listeners.is_empty() {
+            return;
+        }
+        let member = js::from_raw(member);
+        for f in &listeners {
+            js::call(f, &member, None);
+        }
+    }
+
+    /// Adds an `onJoin` / `onLeave` callback; returns the JS function that removes it.
+    fn add_member_listener(self: &Rc<Self>, joined: bool, f: Function) -> JsValue {
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            let id = inner.next_listener;
+            inner.next_listener = id.wrapping_add(1);
+            if inner.ended.is_none() {
+                inner.member_listeners.push((id, joined, f));
+            }
+            id
+        };
+        let state = Rc::downgrade(self);
+        // Owned by the JS function it becomes: freed when that is garbage-collected.
+        Closure::<dyn FnMut()>::new(move || {
+            if let Some(state) = state.upgrade() {
+                (state.inner.borrow_mut().member_listeners).retain(|(i, ..)| *i != id);
+            }
+        })
+        .into_js_value()
     }
 
     /// One publication: to the matching `on()` callbacks, then to the async iterator.
@@ -122,10 +171,11 @@ impl SubState {
     }
 
     /// The channel was resynced (after a reconnect or a gap): tell the `onRecovery` callbacks.
-    pub(crate) fn resynced(&self, recovery: Recovery, position: &Position) {
+    pub(crate) fn resynced(&self, recovery: Recovery, presence: bool, position: &Position) {
         let listeners = {
             let mut inner = self.inner.borrow_mut();
             inner.recovery = recovery;
+            inner.presence = presence;
             inner.recovery_listeners.clone()
         };
         let name = JsValue::from_str(js::recovery_name(recovery));
@@ -159,7 +209,9 @@ impl SubState {
         for f in &listeners {
             js::call(f, &arg, None);
         }
-        self.inner.borrow_mut().listeners.clear();
+        let mut inner = self.inner.borrow_mut();
+        inner.listeners.clear();
+        inner.member_listeners.clear();
     }
 
     fn next(&self) -> Promise {
@@ -285,6 +337,40 @@ impl Subscription {
         self.state.inner.borrow_mut().recovery_listeners.push(f);
     }
 
+    /// Whether the subscription has presence (the server's last `subok` said so).
+    #[wasm_bindgen(getter, js_name = hasPresence, skip_typescript)]
+    pub fn has_presence(&self) -> bool {
+        self.state.inner.borrow().presence
+    }
+
+    /// A promise of the channel's members (an array of `{ socket, user?, session?, info? }`),
+    /// rejected like an ask (`no_presence`, `not_subscribed`, `timeout`, `disconnected`, ...).
+    /// Sent once the subscription is live (after a resync, if one is under way).
+    #[wasm_bindgen(skip_typescript)]
+    pub fn presence(&self) -> Promise {
+        self.presence_request(false)
+    }
+
+    /// A promise of the channel's presence counts `{ sockets, users }`; like `presence()`.
+    #[wasm_bindgen(js_name = presenceStats, skip_typescript)]
+    pub fn presence_stats(&self) -> Promise {
+        self.presence_request(true)
+    }
+
+    /// Calls `fn(member)` when another socket joins the channel (subscriptions made with
+    /// `{ presence: true }` only); returns a function that removes the callback.
+    #[wasm_bindgen(js_name = onJoin, skip_typescript)]
+    pub fn on_join(&self, f: Function) -> JsValue {
+        self.state.add_member_listener(true, f)
+    }
+
+    /// Calls `fn(member)` when another socket leaves the channel; returns a function that
+    /// removes the callback.
+    #[wasm_bindgen(js_name = onLeave, skip_typescript)]
+    pub fn on_leave(&self, f: Function) -> JsValue {
+        self.state.add_member_listener(false, f)
+    }
+
     /// Calls `fn(error)` when the subscription ends: `error` is an `SssError` when the server
     /// ended it (code `booted`, `refused` on resubscription) or the client closed for good, and
     /// `undefined` when the application unsubscribed or closed the client.
@@ -318,6 +404,15 @@ impl Subscription {
             client.unsubscribe(&self.state);
         }
         self.state.end(None);
+    }
+}
+
+impl Subscription {
+    fn presence_request(&self, stats: bool) -> Promise {
+        match self.client.upgrade() {
+            Some(client) => client.presence(&self.state, stats),
+            None => Promise::reject(&js::client_error(&ClientError::Closed)),
+        }
     }
 }
 

@@ -88,9 +88,12 @@ async fn connect() -> Client {
 }
 
 async fn subscribe(client: &Client, channel: &str) -> Subscription {
-    let v = within(client.subscribe(channel, JsValue::UNDEFINED), "subscribe")
-        .await
-        .expect("subscribed");
+    let v = within(
+        client.subscribe(channel, JsValue::UNDEFINED, JsValue::UNDEFINED),
+        "subscribe",
+    )
+    .await
+    .expect("subscribed");
     Subscription::try_from_js_value(v).expect("a Subscription")
 }
 
@@ -202,13 +205,19 @@ async fn subscribes_and_receives_publications_in_order() {
 #[wasm_bindgen_test]
 async fn refused_subscriptions_reject() {
     let client = connect().await;
-    let err = within(client.subscribe("private:x", JsValue::UNDEFINED), "private")
-        .await
-        .expect_err("refused");
+    let err = within(
+        client.subscribe("private:x", JsValue::UNDEFINED, JsValue::UNDEFINED),
+        "private",
+    )
+    .await
+    .expect_err("refused");
     assert_eq!(code(&err), "refused");
-    let err = within(client.subscribe("room:q", json(r#"{"deny":true}"#)), "deny")
-        .await
-        .expect_err("refused by query");
+    let err = within(
+        client.subscribe("room:q", json(r#"{"deny":true}"#), JsValue::UNDEFINED),
+        "deny",
+    )
+    .await
+    .expect_err("refused by query");
     assert_eq!(code(&err), "refused");
     // The same channel is accepted without the query.
     let sub = subscribe(&client, "room:q").await;
@@ -304,4 +313,205 @@ async fn session_parser_sees_the_query() {
     .expect("connects");
     let client = Client::try_from_js_value(v).expect("a Client");
     assert_eq!(client.user().as_deref(), Some("alice"));
+}
+
+// ---- Presence (the test server grants it to `room:` channels) -----------------------------------
+
+async fn connect_as(user: &str) -> Client {
+    let url = format!("{}?user={user}", url());
+    let v = within(
+        Client::connect(
+            JsValue::from_str(&url),
+            json(r#"{"reconnect": {"baseMs": 50, "maxMs": 300}}"#),
+        ),
+        "connect",
+    )
+    .await
+    .expect("connects");
+    Client::try_from_js_value(v).expect("a Client")
+}
+
+/// Subscribes to `channel`, with `{ presence: events }`.
+async fn subscribe_presence(client: &Client, channel: &str, events: bool) -> Subscription {
+    let options = json(&format!(r#"{{"presence": {events}}}"#));
+    let v = within(
+        client.subscribe(channel, JsValue::UNDEFINED, options),
+        "subscribe",
+    )
+    .await
+    .expect("subscribed");
+    Subscription::try_from_js_value(v).expect("a Subscription")
+}
+
+/// A member's `(socket, user)`.
+fn member(m: &JsValue) -> (String, String) {
+    (
+        get(m, "socket").as_string().expect("socket"),
+        get(m, "user").as_string().unwrap_or_default(),
+    )
+}
+
+/// The members `sub.presence()` answers, as sorted `(socket, user)`.
+async fn members(sub: &Subscription) -> Vec<(String, String)> {
+    let list = within(sub.presence(), "presence").await.expect("members");
+    let mut members: Vec<_> = Array::from(&list).iter().map(|m| member(&m)).collect();
+    members.sort();
+    members
+}
+
+/// A recorder whose promise resolves at its `n`-th call.
+fn counter(n: usize) -> (Function, Rc<RefCell<Vec<JsValue>>>, Promise) {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let mut done: Option<Function> = None;
+    let promise = Promise::new(&mut |resolve, _| done = Some(resolve));
+    let done = RefCell::new(done);
+    let s = seen.clone();
+    let f = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
+        s.borrow_mut().push(v.clone());
+        if s.borrow().len() == n {
+            if let Some(resolve) = done.borrow_mut().take() {
+                let _ = resolve.call1(&JsValue::UNDEFINED, &v);
+            }
+        }
+    });
+    (f.into_js_value().unchecked_into(), seen, promise)
+}
+
+/// Publishes one message on `channel` and waits for it on `sub`: what a socket was sent before
+/// it has been handled by then.
+async fn barrier(client: &Client, sub: &Subscription, channel: &str) {
+    let req = format!(r#"{{"channel":"{channel}","count":1,"topic":"barrier"}}"#);
+    within(client.ask("publish", json(&req)), "publish")
+        .await
+        .expect("published");
+    let (_, topic, _) = next(sub).await;
+    assert_eq!(topic, "barrier");
+}
+
+#[wasm_bindgen_test]
+async fn presence_members_stats_and_events() {
+    const ROOM: &str = "room:wasm-presence";
+    let ann = connect_as("ann").await;
+    let watching = subscribe_presence(&ann, ROOM, true).await;
+    assert!(watching.has_presence());
+    let (on_join, joins, two_joined) = counter(2);
+    let remove_join = watching.on_join(on_join);
+    let (on_leave, leaves, two_left) = counter(2);
+    let _keep = watching.on_leave(on_leave);
+
+    // Two tabs of bob: two joins, one user more.
+    let tab1 = connect_as("bob").await;
+    let sub1 = subscribe_presence(&tab1, ROOM, false).await;
+    let (quiet_join, quiet_joins, _) = counter(1);
+    let _ = sub1.on_join(quiet_join);
+    let tab2 = connect_as("bob").await;
+    let sub2 = subscribe_presence(&tab2, ROOM, false).await;
+    within(two_joined, "two joins").await.expect("joined");
+    let tab_sockets = [
+        tab1.socket_id().expect("socket"),
+        tab2.socket_id().expect("socket"),
+    ];
+    let joined: Vec<_> = joins.borrow().iter().map(member).collect();
+    assert_eq!(
+        joined,
+        tab_sockets
+            .iter()
+            .map(|s| (s.clone(), "bob".to_owned()))
+            .collect::<Vec<_>>()
+    );
+    let ann_socket = ann.socket_id().expect("socket");
+    let mut expected = vec![
+        (ann_socket.clone(), "ann".to_owned()),
+        (tab_sockets[0].clone(), "bob".to_owned()),
+        (tab_sockets[1].clone(), "bob".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(members(&watching).await, expected);
+    assert_eq!(members(&sub2).await, expected, "bob's tab asks too");
+    let stats = within(watching.presence_stats(), "stats")
+        .await
+        .expect("stats");
+    assert_eq!(to_json(&stats), r#"{"sockets":3,"users":2}"#);
+
+    // A subscription that did not ask for events gets none.
+    barrier(&tab1, &sub1, ROOM).await;
+    assert!(quiet_joins.borrow().is_empty());
+
+    // A removed callback is not called again (the remover is idempotent).
+    let remove_join: Function = remove_join.unchecked_into();
+    let _ = remove_join.call0(&JsValue::UNDEFINED);
+    let _ = remove_join.call0(&JsValue::UNDEFINED);
+    let (on_join_again, _, third_joined) = counter(1);
+    let _ = watching.on_join(on_join_again);
+    let tab3 = connect_as("carol").await;
+    let _sub3 = subscribe_presence(&tab3, ROOM, false).await;
+    within(third_joined, "third join").await.expect("joined");
+    assert_eq!(joins.borrow().len(), 2);
+
+    // One tab unsubscribes, the other closes: two leaves, with the sockets that joined.
+    sub1.unsubscribe();
+    tab2.close();
+    within(two_left, "two leaves").await.expect("left");
+    let mut left: Vec<_> = leaves.borrow().iter().map(|m| member(m).0).collect();
+    left.sort();
+    let mut tabs = tab_sockets.to_vec();
+    tabs.sort();
+    assert_eq!(left, tabs);
+    // Never this socket's own join or leave.
+    assert!(joins.borrow().iter().all(|m| member(m).0 != ann_socket));
+    drop(sub2);
+}
+
+#[wasm_bindgen_test]
+async fn presence_refusals_have_codes() {
+    let client = connect_as("ann").await;
+    let plain = subscribe_presence(&client, "plain:wasm", true).await;
+    assert!(!plain.has_presence());
+    let err = within(plain.presence(), "presence")
+        .await
+        .expect_err("no presence");
+    assert_eq!(code(&err), "no_presence");
+    let err = within(plain.presence_stats(), "stats")
+        .await
+        .expect_err("no presence");
+    assert_eq!(code(&err), "no_presence");
+    let room = subscribe_presence(&client, "room:wasm-ended", false).await;
+    room.unsubscribe();
+    let err = within(room.presence(), "presence")
+        .await
+        .expect_err("ended");
+    assert_eq!(code(&err), "not_subscribed");
+    let err = within(
+        client.subscribe("room:x", JsValue::UNDEFINED, json(r#"{"presence": 1}"#)),
+        "bad option",
+    )
+    .await
+    .expect_err("invalid option");
+    assert_eq!(code(&err), "invalid");
+}
+
+#[wasm_bindgen_test]
+async fn a_reconnect_replays_no_presence_and_the_app_asks_again() {
+    const ROOM: &str = "room:wasm-presence-restart";
+    let client = connect_as("ann").await;
+    let sub = subscribe_presence(&client, ROOM, true).await;
+    let (on_join, joins, _) = counter(1);
+    let _ = sub.on_join(on_join);
+    let (on_leave, leaves, _) = counter(1);
+    let _ = sub.on_leave(on_leave);
+    let (on_recovery, _, recovered) = recorder();
+    sub.on_recovery(on_recovery);
+    let before = client.socket_id().expect("socket");
+    assert_eq!(members(&sub).await, [(before.clone(), "ann".to_owned())]);
+    within(client.ask("restart", json(r#"{"downMs":100}"#)), "restart")
+        .await
+        .expect("restart answered");
+    within(recovered, "recovery").await.expect("recovered");
+    let after = client.socket_id().expect("socket");
+    assert_ne!(after, before);
+    // Its own leave and join are not events, and the list is asked for again.
+    assert_eq!(members(&sub).await, [(after, "ann".to_owned())]);
+    barrier(&client, &sub, ROOM).await;
+    assert!(joins.borrow().is_empty(), "{:?}", joins.borrow());
+    assert!(leaves.borrow().is_empty(), "{:?}", leaves.borrow());
 }
