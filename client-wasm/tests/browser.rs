@@ -317,8 +317,9 @@ async fn session_parser_sees_the_query() {
 
 // ---- Presence (the test server grants it to `room:` channels) -----------------------------------
 
+/// A client of user `user`, whose presence info is `{"name": user}`.
 async fn connect_as(user: &str) -> Client {
-    let url = format!("{}?user={user}", url());
+    let url = format!("{}?user={user}&name={user}", url());
     let v = within(
         Client::connect(
             JsValue::from_str(&url),
@@ -412,6 +413,9 @@ async fn presence_members_stats_and_events() {
         tab2.socket_id().expect("socket"),
     ];
     let joined: Vec<_> = joins.borrow().iter().map(member).collect();
+    for m in joins.borrow().iter() {
+        assert_eq!(to_json(&get(m, "info")), r#"{"name":"bob"}"#);
+    }
     assert_eq!(
         joined,
         tab_sockets

@@ -161,6 +161,67 @@ test("server restart: the client reconnects and recovers the missed publications
   assert.equal(r.shown, "ready");
 });
 
+test("presence: members, counts, join and leave callbacks and their removers", async () => {
+  const r = await page.evaluate(async () => {
+    const { Client, wsUrl } = window.sss;
+    const room = "room:js-presence";
+    const ann = await Client.connect(`${wsUrl}?user=ann&name=Ann`);
+    const sub = await ann.subscribe(room, undefined, { presence: true });
+    const joins = [];
+    const leaves = [];
+    let joined;
+    const firstJoin = new Promise((resolve) => (joined = resolve));
+    const offJoin = sub.onJoin((m) => {
+      joins.push(m);
+      joined();
+    });
+    let left;
+    const firstLeave = new Promise((resolve) => (left = resolve));
+    sub.onLeave((m) => {
+      leaves.push(m);
+      left();
+    });
+
+    const bob = await Client.connect(`${wsUrl}?user=bob&name=Bob`);
+    const bobSub = await bob.subscribe(room);
+    await firstJoin;
+    const members = (await bobSub.presence()).map((m) => [m.user, m.info?.name]).sort();
+    const stats = await sub.presenceStats();
+    const removerType = typeof offJoin;
+    offJoin();
+
+    const bobSocket = bob.socketId;
+    bob.close();
+    await firstLeave;
+    const plain = await ann.subscribe("plain:js");
+    const refused = await plain.presence().catch((e) => e.code);
+    const result = {
+      joins,
+      leaves,
+      bobSocket,
+      members,
+      stats,
+      removerType,
+      hasPresence: [sub.hasPresence, plain.hasPresence],
+      refused,
+    };
+    ann.close();
+    return result;
+  });
+  assert.equal(r.joins.length, 1);
+  assert.deepEqual(r.joins[0], { socket: r.bobSocket, user: "bob", info: { name: "Bob" } });
+  assert.equal(r.leaves.length, 1);
+  assert.deepEqual(r.leaves[0], r.joins[0], "the leave is the member that joined");
+  assert.deepEqual(r.members, [
+    ["ann", "Ann"],
+    ["bob", "Bob"],
+  ]);
+  assert.deepEqual(r.stats, { sockets: 2, users: 2 });
+  assert.equal(r.removerType, "function");
+  assert.deepEqual(r.hasPresence, [true, false]);
+  assert.equal(r.refused, "no_presence");
+});
+
 test("a refused handshake is a failed connection (1006)", async () => {
   const r = await page.evaluate(async () => {
     const { Client, wsUrl } = window.sss;

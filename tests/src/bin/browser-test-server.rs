@@ -15,8 +15,9 @@
 //! | tell `ping`           | tells `pong` back to the socket, with the same message              |
 //!
 //! The subscription parser refuses channels starting with `private:` (code `refused`) and any
-//! query `{"deny": true}`; the session parser refuses handshakes with `?deny=1` (HTTP 401) and
-//! gives `?user=NAME` a user id.
+//! query `{"deny": true}`; `room:` channels have presence, others not. The session parser
+//! refuses handshakes with `?deny=1` (HTTP 401), gives `?user=NAME` a user id, and `?name=TEXT`
+//! the presence info `{"name": TEXT}`.
 //!
 //! Plain HTTP requests get files from the repository (only under `/pkg/` and `/tests/browser/`),
 //! so the npm package's page is served from the same origin as the socket.
@@ -33,7 +34,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 use sss_server::{
-    Body, Listening, MemoryScaler, Refusal, Rejection, Server, ServerBuilder, Session,
+    Body, Listening, MemoryScaler, Refusal, Rejection, Server, ServerBuilder, ServerOptions,
+    Session,
 };
 use tokio::sync::Mutex;
 
@@ -79,14 +81,21 @@ fn builder(ctx: &Arc<Ctx>) -> ServerBuilder {
     let restart_ctx = ctx.clone();
     let files_ctx = ctx.clone();
     Server::builder(ctx.hub.instance())
+        .options(ServerOptions::default().presence_prefixes(["room:"]))
         .session_parser(|req| async move {
             if req.query.get("deny").is_some_and(|v| v == "1") {
                 return Err(Refusal::unauthorized("denied by the test server"));
             }
-            Ok(match req.query.get("user") {
+            let session = match req.query.get("user") {
                 Some(user) => Session::user(user.clone()),
                 None => Session::anonymous(),
-            })
+            };
+            match req.query.get("name") {
+                Some(name) => session
+                    .with_info(&serde_json::json!({ "name": name }))
+                    .map_err(|e| Refusal::forbidden(e.to_string())),
+                None => Ok(session),
+            }
         })
         .subscription_parser(|_socket, channel, query| async move {
             if channel.starts_with("private:") {
