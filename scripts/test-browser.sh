@@ -5,8 +5,9 @@
 #      in SSS_TEST_URL);
 #   b. the npm package (pkg/dist, rebuilt by scripts/build-pkg.sh) imported from a plain page
 #      (tests/browser/), driven by playwright-core under `node --test`;
-#   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other;
-#      screenshots under target/.
+#   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
+#      each sees the other in the room's member list, and a leave when one closes; screenshots
+#      under target/.
 # Runs both, prints the runners' summaries, exits non-zero if either failed. Idempotent; kills
 # every process it starts.
 # Usage: scripts/test-browser.sh
@@ -118,7 +119,7 @@ if (
   source scripts/wasm-env.sh
   SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs
 ); then
-  log "c. passed in $((SECONDS - T))s (screenshots: target/demo-ann.png, target/demo-bob.png)"
+  log "c. passed in $((SECONDS - T))s (screenshots: target/demo-ann.png, target/demo-bob.png, target/demo-presence.png)"
 else
   log "c. FAILED in $((SECONDS - T))s"
   FAILED+=("demo (playwright)")

@@ -2,6 +2,7 @@
 // (server/examples/chat), one sends a message, the other sees it; a direct message goes the
 // same way; a screenshot of each page is saved under target/. And a socket opened from another
 // site's page, with the user's cookie, is refused (cross-site WebSocket hijacking).
+// The member list shows who is in the room, and joins and leaves are announced.
 // Run by scripts/test.sh: SSS_DEMO_URL is the running demo server.
 "use strict";
 const { test, before, after } = require("node:test");
@@ -98,5 +99,29 @@ test("two users chat in a room and by direct message", async () => {
 
   await ann.screenshot({ path: path.join(SHOTS, "demo-ann.png") });
   await bob.screenshot({ path: path.join(SHOTS, "demo-bob.png") });
+  assert.deepEqual(errors, []);
+});
+
+test("two users see each other in the room's member list, and a leave when one closes", async () => {
+  const carol = await userPage("carol");
+  const dave = await userPage("dave");
+  // Each sees the other (dave by his join event, carol by dave's presence() after subscribing)
+  // and themselves.
+  for (const [page, other] of [
+    [carol, "dave"],
+    [dave, "carol"],
+  ]) {
+    await page.locator(`#members li[data-user="${other}"]`).waitFor({ timeout: 10_000 });
+    await page.locator(`#members li.me`).waitFor();
+  }
+  await carol.locator("#messages li.system", { hasText: "dave joined" }).waitFor();
+  const shown = await carol.locator("#members li").count();
+  assert.equal(await carol.locator("#member-count").textContent(), `(${shown} online)`);
+
+  await dave.context().close();
+  await carol.locator("#messages li.system", { hasText: "dave left" }).waitFor({ timeout: 10_000 });
+  await carol.locator(`#members li[data-user="dave"]`).waitFor({ state: "detached" });
+  assert.equal(await carol.locator("#member-count").textContent(), `(${shown - 1} online)`);
+  await carol.screenshot({ path: path.join(SHOTS, "demo-presence.png") });
   assert.deepEqual(errors, []);
 });
