@@ -18,8 +18,10 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, warn};
+use tracing::field::Empty;
+use tracing::{debug, debug_span, warn, Instrument};
 
+use crate::metrics::Refused;
 use crate::server::Inner;
 use crate::Server;
 
@@ -153,6 +155,11 @@ pub(crate) fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Respo
     res
 }
 
+/// A handshake refused: why, and the answer.
+fn refused(why: Refused, status: StatusCode, body: impl Into<Bytes>) -> (Refused, Response<Body>) {
+    (why, text_response(status, body))
+}
+
 /// Whether a request asks for a WebSocket upgrade.
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
@@ -173,17 +180,60 @@ impl Server {
     ///
     /// Use this to mount the server in a hyper or axum application; [`Server::listen`] uses it
     /// for every request.
-    pub async fn upgrade<B>(&self, mut req: Request<B>, peer: Option<SocketAddr>) -> Response<Body>
+    pub async fn upgrade<B>(&self, req: Request<B>, peer: Option<SocketAddr>) -> Response<Body>
+    where
+        B: Send + 'static,
+    {
+        let start = Instant::now();
+        let span = debug_span!(
+            "handshake",
+            peer = peer.map(tracing::field::display),
+            user = Empty,
+            session = Empty,
+            socket = Empty
+        );
+        let answer = self.handshake(req, peer).instrument(span.clone()).await;
+        let metrics = &self.inner.metrics;
+        metrics.handshake.observe(start.elapsed());
+        match answer {
+            Ok(res) => {
+                metrics.accepted.inc();
+                span.in_scope(|| debug!("handshake accepted"));
+                res
+            }
+            Err((why, res)) => {
+                metrics.refused(why);
+                span.in_scope(|| debug!(status = res.status().as_u16(), "handshake refused"));
+                res
+            }
+        }
+    }
+
+    /// [`upgrade`](Self::upgrade) less its bookkeeping: the `101` answer, or why not and the
+    /// refusal.
+    async fn handshake<B>(
+        &self,
+        mut req: Request<B>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Response<Body>, (Refused, Response<Body>)>
     where
         B: Send + 'static,
     {
         let inner = &self.inner;
         if !is_upgrade_request(&req) {
-            return text_response(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade");
+            let body = "expected a WebSocket upgrade";
+            return Err(refused(
+                Refused::BadRequest,
+                StatusCode::UPGRADE_REQUIRED,
+                body,
+            ));
         }
         let key = match req.headers().get(header::SEC_WEBSOCKET_KEY) {
             Some(k) => k.as_bytes().to_owned(),
-            None => return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"),
+            None => {
+                let body = "missing Sec-WebSocket-Key";
+                return Err(refused(Refused::BadRequest, StatusCode::BAD_REQUEST, body));
+            }
         };
         if req
             .headers()
@@ -195,10 +245,15 @@ impl Server {
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
-            return res;
+            return Err((Refused::BadRequest, res));
         }
         if inner.shutting_down() {
-            return text_response(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+            let body = "server is shutting down";
+            return Err(refused(
+                Refused::ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                body,
+            ));
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, _) = req.into_parts();
@@ -207,7 +262,11 @@ impl Server {
             if let Some(origin) = &hs.origin {
                 if !allowed.iter().any(|a| a == origin) {
                     debug!(origin, "origin not allowed");
-                    return text_response(StatusCode::FORBIDDEN, "origin not allowed");
+                    return Err(refused(
+                        Refused::Origin,
+                        StatusCode::FORBIDDEN,
+                        "origin not allowed",
+                    ));
                 }
             }
         }
@@ -215,12 +274,21 @@ impl Server {
             Some(parser) => match parser(hs).await {
                 Ok(s) => s,
                 Err(refusal) => {
-                    debug!(%refusal, "handshake refused");
-                    return text_response(refusal.status, refusal.reason);
+                    debug!(%refusal, "session parser refused");
+                    return Err(refused(
+                        Refused::SessionParser,
+                        refusal.status,
+                        refusal.reason,
+                    ));
                 }
             },
             None => crate::Session::anonymous(),
         };
+        let socket = crate::socket::new_socket_id(&inner.instance);
+        let span = tracing::Span::current();
+        span.record("user", session.user.as_deref());
+        span.record("session", session.session.as_deref());
+        span.record("socket", &*socket.1);
         let inner: Arc<Inner> = inner.clone();
         tokio::spawn(async move {
             match on_upgrade.await {
@@ -231,7 +299,7 @@ impl Server {
                         Some(inner.ws_config()),
                     )
                     .await;
-                    crate::socket::run(inner, ws, session).await;
+                    crate::socket::run(inner, ws, session, socket).await;
                 }
                 Err(e) => debug!(error = %e, "upgrade failed"),
             }
@@ -244,7 +312,7 @@ impl Server {
         if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(&key)) {
             h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
-        res
+        Ok(res)
     }
 
     /// Listens on `addr` (ws://) until [`Server::shutdown`]. Every request is answered by
@@ -270,19 +338,33 @@ impl Server {
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> std::io::Result<Listening> {
         let listener = bind(addr).await?;
-        self.serve_listener(listener, tls)
+        self.serve_listener(listener, tls, Face::App)
     }
 
     /// Serves connections from a listener the application bound itself (ws://), until
     /// [`Server::shutdown`].
     pub fn listen_on(&self, listener: TcpListener) -> std::io::Result<Listening> {
-        self.serve_listener(listener, None)
+        self.serve_listener(listener, None, Face::App)
+    }
+
+    /// Listens on `addr` for the operator's HTTP endpoints only, until [`Server::shutdown`]:
+    /// `GET /metrics`, `/healthz` and `/readyz` (see [`Server::observability_response`]), `404`
+    /// for anything else. Its connections do not count towards
+    /// [`max_connections`](crate::ServerOptions::max_connections), so that a server at its
+    /// limit still answers its probes; they have a limit of their own (64 at once).
+    pub async fn listen_observability(
+        &self,
+        addr: impl tokio::net::ToSocketAddrs,
+    ) -> std::io::Result<Listening> {
+        let listener = bind(addr).await?;
+        self.serve_listener(listener, None, Face::Observability)
     }
 
     fn serve_listener(
         &self,
         listener: TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        face: Face,
     ) -> std::io::Result<Listening> {
         let local = listener.local_addr()?;
         let server = self.clone();
@@ -326,13 +408,22 @@ impl Server {
                     warn!(errors_since_last_report = n, "accept works again");
                 }
                 let options = &server.inner.options;
-                let guard = match server.inner.connections.admit(
-                    peer.ip(),
-                    options.max_connections,
-                    options.max_connections_per_ip,
-                ) {
+                let admitted = match face {
+                    Face::App => server.inner.connections.admit(
+                        peer.ip(),
+                        options.max_connections,
+                        options.max_connections_per_ip,
+                    ),
+                    Face::Observability => server.inner.observability_connections.admit(
+                        peer.ip(),
+                        OBSERVABILITY_MAX_CONNECTIONS,
+                        None,
+                    ),
+                };
+                let guard = match admitted {
                     Ok(guard) => guard,
                     Err(limit) => {
+                        server.inner.metrics.refused(limit.into());
                         match refusals.on_event(Instant::now()) {
                             Some(suppressed) => warn!(
                                 %peer,
@@ -362,12 +453,18 @@ impl Server {
                         Some(acceptor) => {
                             let timeout = server.inner.options.header_read_timeout;
                             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => server.serve_io(stream, Some(peer)).await,
-                                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                                Ok(Ok(stream)) => server.serve_http(stream, Some(peer), face).await,
+                                Ok(Err(e)) => {
+                                    server.inner.metrics.refused(Refused::TlsHandshake);
+                                    debug!(error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    server.inner.metrics.refused(Refused::TlsHandshake);
+                                    debug!(%peer, "TLS handshake timed out");
+                                }
                             }
                         }
-                        None => server.serve_io(tcp, Some(peer)).await,
+                        None => server.serve_http(tcp, Some(peer), face).await,
                     }
                 });
             }
@@ -383,15 +480,24 @@ impl Server {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_http(io, peer, Face::App).await;
+    }
+
+    async fn serve_http<I>(&self, io: I, peer: Option<SocketAddr>, face: Face)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let server = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let server = server.clone();
             async move {
-                let res = match (&server.inner.http_fallback, is_upgrade_request(&req)) {
-                    (Some(fallback), false) => fallback(req).await,
-                    _ => server.upgrade(req, peer).await,
-                };
-                Ok::<_, Infallible>(res)
+                Ok::<_, Infallible>(match face {
+                    Face::App => server.answer(req, peer).await,
+                    Face::Observability => match server.observability_response(&req).await {
+                        Some(res) => res,
+                        None => text_response(StatusCode::NOT_FOUND, "not found"),
+                    },
+                })
             }
         });
         let conn = hyper::server::conn::http1::Builder::new()
@@ -401,10 +507,42 @@ impl Server {
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         if let Err(e) = conn.await {
+            if e.is_timeout() {
+                self.inner.metrics.refused(Refused::HeaderTimeout);
+            }
             debug!(error = %e, "http connection ended with an error");
         }
     }
+
+    /// One request on the application's listener: a WebSocket upgrade, an observability
+    /// endpoint when they are on, or the HTTP fallback.
+    async fn answer(&self, req: Request<Incoming>, peer: Option<SocketAddr>) -> Response<Body> {
+        if !is_upgrade_request(&req) {
+            if self.inner.options.observability_endpoints {
+                if let Some(res) = self.observability_response(&req).await {
+                    return res;
+                }
+            }
+            if let Some(fallback) = &self.inner.http_fallback {
+                return fallback(req).await;
+            }
+        }
+        self.upgrade(req, peer).await
+    }
 }
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug)]
+enum Face {
+    /// WebSocket upgrades, and the rest per the server's options.
+    App,
+    /// Only `/metrics`, `/healthz` and `/readyz`.
+    Observability,
+}
+
+/// TCP connections the observability listeners of one server hold at once: scrapers and probes
+/// need a handful; the limit keeps a listener reachable by mistake from holding many.
+const OBSERVABILITY_MAX_CONNECTIONS: usize = 64;
 
 /// How often a repeating log line (accept errors, refused connections) is written at most.
 const LOG_SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -479,6 +617,15 @@ pub(crate) enum LimitExceeded {
     /// [`ServerOptions::max_connections_per_ip`](crate::ServerOptions::max_connections_per_ip).
     #[error("max_connections_per_ip")]
     PerIp,
+}
+
+impl From<LimitExceeded> for Refused {
+    fn from(limit: LimitExceeded) -> Self {
+        match limit {
+            LimitExceeded::Server => Refused::MaxConnections,
+            LimitExceeded::PerIp => Refused::MaxConnectionsPerIp,
+        }
+    }
 }
 
 impl LimitExceeded {

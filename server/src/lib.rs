@@ -27,13 +27,16 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod endpoints;
 mod handshake;
 pub mod machine;
+mod metrics;
 mod registry;
 pub mod scaler;
 mod server;
 mod socket;
 
+pub use endpoints::NotReady;
 pub use handshake::{is_upgrade_request, Body, HandshakeRequest, Listening, Refusal};
 pub use scaler::{MemoryOptions, MemoryScaler, Scaler};
 pub use server::{Inbound, Server, ServerBuilder, ServerError, ServerOptions};

@@ -5,7 +5,9 @@
 //! (a text frame, a timer, a publication for the socket, the verdict of async work it asked
 //! for) and carries out what it asks, in order, through [`Machine::poll_command`]:
 //! send a frame, run the subscription parser, join or leave a channel in the registry, read a
-//! channel's history, run an ask or tell handler, close.
+//! channel's history, run an ask or tell handler, close. A [`Note`] among the commands reports
+//! an outcome the machine decided on its own (a subscription answered, an ask or a presence
+//! request refused before any work), for the driver's metrics and logs.
 //!
 //! Every subscription moves through explicit states:
 //!
@@ -179,6 +181,52 @@ pub enum Command {
         code: u16,
         /// Reason.
         reason: String,
+    },
+    /// Nothing to carry out: what the machine just decided on its own, for the driver's
+    /// metrics and logs.
+    Note(Note),
+}
+
+/// An outcome the machine decided without the driver seeing it in a verdict, reported right
+/// after the frame that tells the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// `subok` was sent: the subscription is live.
+    Subscribed {
+        /// Channel.
+        channel: String,
+        /// As in the `subok` frame: `Some` for a resync (`since` given), `true` when every
+        /// missed publication is replayed.
+        recovered: Option<bool>,
+    },
+    /// `subrej` was sent.
+    SubRefused {
+        /// Channel.
+        channel: String,
+        /// The `subrej` code.
+        code: String,
+    },
+    /// `rej` was sent for an ask no handler saw: its topic has none ([`codes::UNKNOWN_TOPIC`])
+    /// or the socket has too many asks in flight ([`codes::BUSY`]).
+    AskRefused {
+        /// Topic.
+        topic: String,
+        /// The `rej` code.
+        code: &'static str,
+    },
+    /// `rej` was sent for a presence request: the socket is not subscribed to the channel
+    /// ([`codes::NOT_SUBSCRIBED`]), its subscription has no presence ([`codes::NO_PRESENCE`]),
+    /// or it has too many asks in flight ([`codes::BUSY`]).
+    PresenceRefused {
+        /// Channel.
+        channel: String,
+        /// The `rej` code.
+        code: &'static str,
+    },
+    /// A tell on a topic without a handler was dropped.
+    TellDropped {
+        /// Topic.
+        topic: String,
     },
 }
 
@@ -445,6 +493,14 @@ impl Machine {
             code: code.to_owned(),
             reason: reason.into(),
         });
+        self.note(Note::SubRefused {
+            channel: ch.to_owned(),
+            code: code.to_owned(),
+        });
+    }
+
+    fn note(&mut self, note: Note) {
+        self.commands.push_back(Command::Note(note));
     }
 
     /// Closes: leaves every joined channel, then tells the driver to close with `code`.
@@ -591,18 +647,11 @@ impl Machine {
     fn on_ask(&mut self, id: u64, topic: String, msg: Box<RawValue>) {
         if !self.topics.has_ask(&topic) {
             let reason = format!("no ask handler for topic {topic:?}");
-            return self.send(&ServerFrame::Rej {
-                id,
-                code: codes::UNKNOWN_TOPIC.into(),
-                reason,
-            });
+            return self.ask_refused(id, topic, codes::UNKNOWN_TOPIC, reason);
         }
         if self.asks >= self.config.max_concurrent_asks {
-            return self.send(&ServerFrame::Rej {
-                id,
-                code: codes::BUSY.into(),
-                reason: "too many asks in flight on this socket".into(),
-            });
+            let reason = "too many asks in flight on this socket".into();
+            return self.ask_refused(id, topic, codes::BUSY, reason);
         }
         self.asks += 1;
         self.commands.push_back(Command::Ask { id, topic, msg });
@@ -621,10 +670,14 @@ impl Machine {
             Some(_) => None,
         };
         if let Some((code, reason)) = refusal {
-            return self.send(&ServerFrame::Rej {
+            self.send(&ServerFrame::Rej {
                 id,
                 code: code.into(),
                 reason: reason.into(),
+            });
+            return self.note(Note::PresenceRefused {
+                channel: ch.to_owned(),
+                code,
             });
         }
         self.asks += 1;
@@ -635,11 +688,22 @@ impl Machine {
         });
     }
 
+    fn ask_refused(&mut self, id: u64, topic: String, code: &'static str, reason: String) {
+        self.send(&ServerFrame::Rej {
+            id,
+            code: code.into(),
+            reason,
+        });
+        self.note(Note::AskRefused { topic, code });
+    }
+
     fn on_tell(&mut self, topic: String, msg: Box<RawValue>) {
         // Unknown topics are dropped: a tell has no answer to carry an error.
         if self.topics.has_tell(&topic) {
             self.tells += 1;
             self.commands.push_back(Command::Tell { topic, msg });
+        } else {
+            self.note(Note::TellDropped { topic });
         }
     }
 
@@ -1048,6 +1112,10 @@ impl Machine {
             pos: pos.clone(),
             recovered,
             presence: presence.granted,
+        });
+        self.note(Note::Subscribed {
+            channel: ch.clone(),
+            recovered,
         });
         let mut last = Last {
             epoch: Arc::from(pos.epoch.as_str()),

@@ -286,14 +286,15 @@ impl Registry {
         self.channels.iter().map(|s| read(s).len()).sum()
     }
 
-    /// Hands one publication to every local subscriber of its channel, encoded once.
-    pub(crate) fn fan_out(&self, channel: &Arc<str>, record: &Record) {
+    /// Hands one publication to every local subscriber of its channel, encoded once. Returns
+    /// how many sockets it was handed to.
+    pub(crate) fn fan_out(&self, channel: &Arc<str>, record: &Record) -> u64 {
         let shard = read(self.shard(channel));
         let Some(entry) = shard.get(&**channel) else {
-            return;
+            return 0;
         };
         if entry.subs.is_empty() {
-            return;
+            return 0;
         }
         let publication = Arc::new(Publication {
             channel: channel.clone(),
@@ -306,9 +307,12 @@ impl Registry {
                 &record.msg,
             )),
         });
-        for s in entry.subs.values() {
-            s.push(Out::Pub(publication.clone()));
-        }
+        let queued = entry
+            .subs
+            .values()
+            .filter(|s| s.push(Out::Pub(publication.clone())))
+            .count();
+        queued as u64
     }
 
     /// Acts on a cluster-wide control message for the sockets of this instance.

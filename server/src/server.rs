@@ -18,8 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::warn;
 
 use crate::handshake::{Body, ConnectionCounts, HandshakeRequest, Refusal};
+use crate::metrics::{AskSeries, Metrics, TellSeries};
 use crate::registry::Registry;
-use crate::scaler::{Control, Scaler, ScalerError, ScalerEvent};
+use crate::scaler::{Control, Metered, Scaler, ScalerError, ScalerEvent};
 use crate::socket::Socket;
 use crate::{Grant, Rejection, Session};
 
@@ -81,6 +82,16 @@ pub struct ServerOptions {
     /// (default: none), whatever the subscription parser grants. See
     /// [`Grant`](crate::Grant) for deciding per subscription.
     pub presence_prefixes: Vec<String>,
+    /// When set (default: off), the server's own listeners answer `GET /metrics`, `/healthz`
+    /// and `/readyz` (see [`Server::observability_response`]) before the
+    /// [`http_fallback`](ServerBuilder::http_fallback). Off by default because the metrics
+    /// describe the whole instance to whoever can reach the listener; to serve them to
+    /// operators only, use [`Server::listen_observability`] on another address.
+    pub observability_endpoints: bool,
+    /// Time the scaler's readiness check may take (default 1 s) before [`Server::ready`]
+    /// (`/readyz`) answers "not ready": a Redis that stopped answering must not hold the probe
+    /// for the scaler's whole command timeout.
+    pub ready_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -101,6 +112,8 @@ impl Default for ServerOptions {
             max_connections: 100_000,
             max_connections_per_ip: None,
             presence_prefixes: Vec::new(),
+            observability_endpoints: false,
+            ready_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -182,6 +195,16 @@ impl ServerOptions {
         self.max_connections_per_ip = n.into();
         self
     }
+    /// Sets [`observability_endpoints`](Self::observability_endpoints).
+    pub fn observability_endpoints(mut self, on: bool) -> Self {
+        self.observability_endpoints = on;
+        self
+    }
+    /// Sets [`ready_timeout`](Self::ready_timeout).
+    pub fn ready_timeout(mut self, t: Duration) -> Self {
+        self.ready_timeout = t;
+        self
+    }
 }
 
 /// What the inbound middleware sees: one ask, tell or subscription of a socket, before its
@@ -230,6 +253,18 @@ pub(crate) type TellHandler =
     Arc<dyn Fn(Socket, Box<RawValue>) -> BoxFuture<'static, ()> + Send + Sync>;
 pub(crate) type HttpFallback =
     Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync>;
+
+/// An ask topic's handler and its metrics.
+pub(crate) struct AskRoute {
+    pub(crate) handler: AskHandler,
+    pub(crate) series: AskSeries,
+}
+
+/// A tell topic's handler and its metrics.
+pub(crate) struct TellRoute {
+    pub(crate) handler: TellHandler,
+    pub(crate) series: TellSeries,
+}
 
 /// Builds a [`Server`]: `Server::builder(scaler)`, then parsers and handlers, then `build()`.
 pub struct ServerBuilder {
@@ -376,21 +411,41 @@ impl ServerBuilder {
                  socket with the user's cookies; set ServerOptions::allowed_origins"
             );
         }
+        let metrics = Arc::new(Metrics::new());
+        let scaler: Arc<dyn Scaler> = Arc::new(Metered::new(self.scaler, metrics.clone()));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        self.scaler.start(events_tx).await?;
+        scaler.start(events_tx).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let asks = self
+            .asks
+            .into_iter()
+            .map(|(topic, handler)| {
+                let series = metrics.ask_series(&topic);
+                (topic, Arc::new(AskRoute { handler, series }))
+            })
+            .collect();
+        let tells = self
+            .tells
+            .into_iter()
+            .map(|(topic, handler)| {
+                let series = metrics.tell_series(&topic);
+                (topic, Arc::new(TellRoute { handler, series }))
+            })
+            .collect();
         let inner = Arc::new(Inner {
             instance: new_instance_id(),
-            scaler: self.scaler,
+            scaler,
             options: self.options,
             session_parser: self.session_parser,
             subscription_parser: self.subscription_parser,
             middleware: self.middleware,
-            asks: self.asks,
-            tells: self.tells,
+            asks,
+            tells,
             http_fallback: self.http_fallback,
             registry: Registry::default(),
             connections: Arc::default(),
+            observability_connections: Arc::default(),
+            metrics,
             stop_tx,
             stop_rx,
         });
@@ -409,17 +464,22 @@ fn new_instance_id() -> String {
 
 pub(crate) struct Inner {
     pub(crate) instance: String,
+    /// The application's scaler, wrapped to count and time every operation.
     pub(crate) scaler: Arc<dyn Scaler>,
     pub(crate) options: ServerOptions,
     pub(crate) session_parser: Option<SessionParser>,
     pub(crate) subscription_parser: Option<SubscriptionParser>,
     pub(crate) middleware: Option<Middleware>,
-    pub(crate) asks: HashMap<String, AskHandler>,
-    pub(crate) tells: HashMap<String, TellHandler>,
+    pub(crate) asks: HashMap<String, Arc<AskRoute>>,
+    pub(crate) tells: HashMap<String, Arc<TellRoute>>,
     pub(crate) http_fallback: Option<HttpFallback>,
     pub(crate) registry: Registry,
     /// TCP connections held by the listeners, for `max_connections(_per_ip)`.
     pub(crate) connections: Arc<ConnectionCounts>,
+    /// TCP connections held by the observability listeners (a limit of their own, so that a
+    /// server at `max_connections` still answers its health checks).
+    pub(crate) observability_connections: Arc<ConnectionCounts>,
+    pub(crate) metrics: Arc<Metrics>,
     stop_tx: watch::Sender<bool>,
     pub(crate) stop_rx: watch::Receiver<bool>,
 }
@@ -479,7 +539,8 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut events: mpsc::UnboundedRece
         let Some(inner) = inner.upgrade() else { break };
         match event {
             ScalerEvent::Publication { channel, record } => {
-                inner.registry.fan_out(&channel, &record);
+                let queued = inner.registry.fan_out(&channel, &record);
+                inner.metrics.deliveries.inc_by(queued);
             }
             ScalerEvent::Control(c) => inner.registry.control(c),
             ScalerEvent::Presence {
@@ -554,7 +615,9 @@ impl Server {
     ) -> Result<Position, ServerError> {
         classify_channel(channel)?;
         let msg = raw(msg)?;
-        Ok(self.inner.scaler.publish(channel, topic, &msg).await?)
+        let position = self.inner.scaler.publish(channel, topic, &msg).await?;
+        self.inner.metrics.publications.inc();
+        Ok(position)
     }
 
     async fn control(&self, c: Control) -> Result<(), ServerError> {

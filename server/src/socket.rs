@@ -26,11 +26,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, warn};
+use tracing::field::Empty;
+use tracing::{debug, debug_span, warn, Instrument, Span};
 
 use crate::machine::{
-    AskOutcome, Command, Config, Identity, Machine, PresenceNote, Publication, Synced, Topics,
-    Verdict,
+    AskOutcome, Command, Config, Identity, Machine, Note, PresenceNote, Publication, Synced,
+    Topics, Verdict,
 };
 use crate::scaler::ScalerError;
 use crate::server::{Inbound, Inner};
@@ -92,20 +93,34 @@ impl SocketShared {
         let _ = self.tx.send(Out::Verdict(Box::new(v))).await;
     }
 
-    /// Queues without waiting; a full queue means the client reads too slowly.
-    pub(crate) fn push(&self, out: Out) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
-            self.kill(close::SLOW_CONSUMER, "slow consumer: outbound queue full");
+    /// Queues without waiting; a full queue means the client reads too slowly. Returns whether
+    /// it was queued.
+    pub(crate) fn push(&self, out: Out) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let first = self.kill(close::SLOW_CONSUMER, "slow consumer: outbound queue full");
+                if first {
+                    if let Some(inner) = self.server.upgrade() {
+                        inner.metrics.queue_overflows.inc();
+                    }
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
-    /// Asks the socket's task to close with `code` (the first request wins).
-    pub(crate) fn kill(&self, code: u16, reason: &str) {
+    /// Asks the socket's task to close with `code`. The first request wins; returns whether
+    /// this was it.
+    pub(crate) fn kill(&self, code: u16, reason: &str) -> bool {
         let mut k = self.kill.lock().unwrap_or_else(|e| e.into_inner());
-        if k.is_none() {
-            *k = Some((code, reason.to_owned()));
-            self.killed.notify_one();
+        if k.is_some() {
+            return false;
         }
+        *k = Some((code, reason.to_owned()));
+        self.killed.notify_one();
+        true
     }
 
     fn kill_reason(&self) -> (u16, String) {
@@ -178,6 +193,18 @@ impl Socket {
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
+/// A new socket's process-wide key and its cluster-wide id (`<instance>-<key>`).
+pub(crate) fn new_socket_id(instance: &str) -> (u64, Arc<str>) {
+    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    (key, Arc::from(format!("{instance}-{key}")))
+}
+
+/// The span of one subscription's steps and outcome: socket and channel, so that a `sub` can
+/// be followed through the log (`RUST_LOG=sss_server=debug`).
+fn subscription_span(socket: &str, channel: &str) -> Span {
+    debug_span!("subscription", socket, channel)
+}
+
 /// Why the socket's task stopped.
 enum End {
     /// Close with this code and reason.
@@ -200,16 +227,19 @@ fn unavailable(e: ScalerError) -> Rejection {
     Rejection::new(codes::UNAVAILABLE, e.to_string())
 }
 
-/// Runs one connection until it closes.
-pub(crate) async fn run<S>(inner: Arc<Inner>, ws: WebSocketStream<S>, session: Session)
-where
+/// Runs one connection until it closes. `key` and `id` are from [`new_socket_id`].
+pub(crate) async fn run<S>(
+    inner: Arc<Inner>,
+    ws: WebSocketStream<S>,
+    session: Session,
+    (key, id): (u64, Arc<str>),
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel(inner.options.outbound_queue);
-    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let shared = Arc::new(SocketShared {
         server: Arc::downgrade(&inner),
-        id: Arc::from(format!("{}-{key}", inner.instance)),
+        id,
         key,
         session,
         tx,
@@ -218,6 +248,7 @@ where
         member: OnceLock::new(),
     });
     inner.registry.add_socket(&shared);
+    inner.metrics.connections.inc();
     let opts = &inner.options;
     let config = Config {
         heartbeat: opts.heartbeat,
@@ -249,9 +280,17 @@ where
         tokio::spawn(tell);
     }
     inner.registry.remove_socket(&shared);
-    if let End::Close(code, reason) = end {
-        debug!(socket = %shared.id, code, reason, "closing socket");
-        linger_close(driver.ws, code, reason, inner.options.close_linger).await;
+    inner.metrics.connections.dec();
+    match end {
+        End::Close(code, reason) => {
+            inner.metrics.socket_closed(Some(code));
+            debug!(socket = %shared.id, code, reason, "closing socket");
+            linger_close(driver.ws, code, reason, inner.options.close_linger).await;
+        }
+        End::Gone => {
+            inner.metrics.socket_closed(None);
+            debug!(socket = %shared.id, "socket gone");
+        }
     }
 }
 
@@ -386,19 +425,23 @@ where
                     presence,
                 } => {
                     self.inner.registry.insert(&channel, &self.shared, presence);
+                    self.inner.metrics.subscriptions.inc();
+                    let span = subscription_span(&self.shared.id, &channel);
                     let inner = self.inner.clone();
                     let shared = self.shared.clone();
-                    tokio::spawn(async move {
+                    let join = async move {
                         let result = inner
                             .registry
                             .reconcile(&channel, inner.scaler.as_ref())
                             .await
                             .map_err(unavailable);
                         shared.report(Verdict::Joined { op, result }).await;
-                    });
+                    };
+                    tokio::spawn(join.instrument(span));
                 }
                 Command::Leave { channel } => {
                     self.inner.registry.remove(&channel, self.shared.key);
+                    self.inner.metrics.subscriptions.dec();
                     let inner = self.inner.clone();
                     tokio::spawn(async move {
                         let _ = inner
@@ -412,15 +455,51 @@ where
                 Command::Presence { id, channel, stats } => self.presence(id, channel, stats),
                 Command::Tell { topic, msg } => self.tell(topic, msg),
                 Command::Close { code, reason } => close = Some((code, reason)),
+                Command::Note(note) => self.note(note),
             }
         }
         close
     }
 
+    /// Counts and logs what the machine decided on its own.
+    fn note(&self, note: Note) {
+        let metrics = &self.inner.metrics;
+        let socket = &*self.shared.id;
+        match note {
+            Note::Subscribed { channel, recovered } => {
+                if let Some(recovered) = recovered {
+                    metrics.resynced(recovered);
+                }
+                subscription_span(socket, &channel)
+                    .in_scope(|| debug!(outcome = "ok", ?recovered, "subscribed"));
+            }
+            Note::SubRefused { channel, code } => {
+                metrics.subscription_refused(&code);
+                subscription_span(socket, &channel)
+                    .in_scope(|| debug!(outcome = code, "subscription refused"));
+            }
+            Note::AskRefused { topic, code } => {
+                let route = self.inner.asks.get(&topic);
+                metrics.ask_refused(route.map(|r| &r.series), code);
+                debug!(socket, topic, outcome = code, "ask refused");
+            }
+            Note::PresenceRefused { channel, code } => {
+                metrics.presence_answered(Err(code));
+                subscription_span(socket, &channel)
+                    .in_scope(|| debug!(outcome = code, "presence request refused"));
+            }
+            Note::TellDropped { topic } => {
+                metrics.unknown_tell();
+                debug!(socket, topic, "tell dropped: no handler");
+            }
+        }
+    }
+
     fn authorize(&self, op: u64, channel: String, query: Option<Box<RawValue>>) {
+        let span = subscription_span(&self.shared.id, &channel);
         let inner = self.inner.clone();
         let socket = Socket(self.shared.clone());
-        tokio::spawn(async move {
+        let authorize = async move {
             let work = inner.authorize(&socket, &channel, query);
             let result = match AssertUnwindSafe(work).catch_unwind().await {
                 Ok(r) => r,
@@ -436,13 +515,15 @@ where
                 }
             };
             socket.0.report(Verdict::Authorized { op, result }).await;
-        });
+        };
+        tokio::spawn(authorize.instrument(span));
     }
 
     fn sync(&self, op: u64, channel: String, since: Option<Position>) {
+        let span = subscription_span(&self.shared.id, &channel);
         let inner = self.inner.clone();
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let sync = async move {
             let scaler = inner.scaler.as_ref();
             let result = match since {
                 None => scaler.position(&channel).await.map(Synced::Head),
@@ -450,7 +531,8 @@ where
             };
             let result = result.map_err(unavailable);
             shared.report(Verdict::Synced { op, result }).await;
-        });
+        };
+        tokio::spawn(sync.instrument(span));
     }
 
     fn presence(&self, id: u64, channel: String, stats: bool) {
@@ -471,17 +553,33 @@ where
                 }
                 Err(e) => AskOutcome::Err(unavailable(e)),
             };
+            let result = match &outcome {
+                AskOutcome::Err(r) => Err(r.code.as_str()),
+                _ => Ok(()),
+            };
+            inner.metrics.presence_answered(result);
             shared.report(Verdict::AskDone { id, outcome }).await;
         });
     }
 
     fn ask(&self, id: u64, topic: String, msg: Box<RawValue>) {
-        let Some(handler) = self.inner.asks.get(&topic).cloned() else {
+        let Some(route) = self.inner.asks.get(&topic).cloned() else {
             return;
         };
+        // Fields are recorded lazily: with no subscriber interested, the span is a no-op.
+        let span = debug_span!(
+            "ask",
+            socket = &*self.shared.id,
+            id,
+            topic = topic.as_str(),
+            outcome = Empty,
+            duration_us = Empty
+        );
+        let traced = (!span.is_disabled()).then(|| span.clone());
         let inner = self.inner.clone();
         let socket = Socket(self.shared.clone());
-        tokio::spawn(async move {
+        let ask = async move {
+            let start = std::time::Instant::now();
             let work = async {
                 let msg = match &inner.middleware {
                     Some(mw) => match mw(socket.clone(), Inbound::Ask { topic, msg }).await? {
@@ -490,7 +588,7 @@ where
                     },
                     None => msg,
                 };
-                handler(socket.clone(), msg).await
+                (route.handler)(socket.clone(), msg).await
             };
             let outcome = match AssertUnwindSafe(work).catch_unwind().await {
                 Ok(Ok(msg)) => AskOutcome::Ok(msg),
@@ -500,14 +598,30 @@ where
                     AskOutcome::Panicked
                 }
             };
+            let elapsed = start.elapsed();
+            let result = match &outcome {
+                AskOutcome::Ok(_) => Ok(()),
+                AskOutcome::Err(r) => Err(r.code.as_str()),
+                AskOutcome::Panicked => Err(codes::INTERNAL),
+            };
+            inner.metrics.ask_answered(&route.series, result, elapsed);
+            if let Some(span) = traced {
+                let outcome = result.err().unwrap_or("ok");
+                let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                span.record("outcome", outcome);
+                span.record("duration_us", duration_us);
+                debug!(outcome, duration_us, "ask answered");
+            }
             socket.0.report(Verdict::AskDone { id, outcome }).await;
-        });
+        };
+        tokio::spawn(ask.instrument(span));
     }
 
     fn tell(&mut self, topic: String, msg: Box<RawValue>) {
-        let Some(handler) = self.inner.tells.get(&topic).cloned() else {
+        let Some(route) = self.inner.tells.get(&topic).cloned() else {
             return;
         };
+        route.series.inc();
         let inner = self.inner.clone();
         let socket = Socket(self.shared.clone());
         self.tells.push(Box::pin(async move {
@@ -519,7 +633,7 @@ where
                     },
                     None => msg,
                 };
-                handler(socket.clone(), msg).await;
+                (route.handler)(socket.clone(), msg).await;
             };
             if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                 warn!(socket = socket.id(), "tell handler panicked");
@@ -533,10 +647,14 @@ where
         let limit = self.inner.options.write_timeout;
         let ws = &mut self.ws;
         let outgoing = &mut self.outgoing;
+        let sent_bytes = &self.inner.metrics.sent_bytes;
         let write = async {
+            let mut bytes = 0;
             for m in outgoing.drain(..) {
+                bytes += m.len();
                 ws.feed(m).await?;
             }
+            sent_bytes.inc_by(bytes as u64);
             ws.flush().await
         };
         let shared = &self.shared;
@@ -561,9 +679,16 @@ where
     fn on_message(&mut self, msg: Option<Result<Message, WsError>>) {
         let now = Instant::now().into_std();
         let m = &mut self.machine;
+        let received_bytes = &self.inner.metrics.received_bytes;
         match msg {
-            Some(Ok(Message::Text(text))) => m.handle_text(now, &text),
-            Some(Ok(Message::Binary(_))) => m.handle_binary(now),
+            Some(Ok(Message::Text(text))) => {
+                received_bytes.inc_by(text.len() as u64);
+                m.handle_text(now, &text);
+            }
+            Some(Ok(Message::Binary(bytes))) => {
+                received_bytes.inc_by(bytes.len() as u64);
+                m.handle_binary(now);
+            }
             // Pings are answered by tungstenite; a close is answered and then ends the stream.
             Some(Ok(_)) => m.handle_activity(now),
             Some(Err(WsError::Capacity(e))) => m.handle_oversized(&e.to_string()),

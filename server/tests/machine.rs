@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sss_core::protocol::{close, codes, encode_pub};
 use sss_core::Position;
 use sss_server::machine::{
-    AskOutcome, Command, Config, Identity, Machine, OpId, PresenceNote, Publication, Synced,
+    AskOutcome, Command, Config, Identity, Machine, Note, OpId, PresenceNote, Publication, Synced,
     Topics, Verdict,
 };
 use sss_server::scaler::{History, Record};
@@ -160,6 +160,9 @@ struct World {
     seen: HashMap<String, Position>,
     /// Whether the latest `sub` of each channel asked for presence events.
     events: HashMap<String, bool>,
+    /// A frame the machine decided on its own (`subok`, `subrej`, a `rej` no handler made),
+    /// whose [`Note`] must come next.
+    unnoted: Option<Value>,
 }
 
 impl World {
@@ -186,6 +189,7 @@ impl World {
             awaiting: HashMap::new(),
             seen: HashMap::new(),
             events: HashMap::new(),
+            unnoted: None,
         }
     }
 
@@ -261,6 +265,7 @@ impl World {
                     self.check(&v);
                     self.sent.push(v);
                 }
+                Command::Note(note) => self.check_note(&note),
                 Command::Authorize { op, channel, query } => {
                     self.auth.insert(channel.clone(), Auth::Pending(op));
                     let query = query.map(|q| q.get().to_owned());
@@ -310,6 +315,37 @@ impl World {
                 Command::Close { code, .. } => self.closed = Some(code),
             }
         }
+        assert_eq!(self.unnoted, None, "a frame without its note");
+    }
+
+    /// A note must describe the frame sent just before it (the driver counts from notes what
+    /// the client is told).
+    fn check_note(&mut self, note: &Note) {
+        if let Note::TellDropped { topic } = note {
+            assert!(
+                !AppTopics.has_tell(topic),
+                "{note:?} for a topic with a handler"
+            );
+            return;
+        }
+        let f = self
+            .unnoted
+            .take()
+            .unwrap_or_else(|| panic!("{note:?} without a frame to describe"));
+        let (t, ch, code) = (f["t"].as_str(), f["ch"].as_str(), f["code"].as_str());
+        let described = match note {
+            Note::Subscribed { channel, recovered } => {
+                (t, ch) == (Some("subok"), Some(channel)) && f["recovered"].as_bool() == *recovered
+            }
+            Note::SubRefused { channel, code: c } => {
+                (t, ch, code) == (Some("subrej"), Some(channel), Some(c))
+            }
+            Note::AskRefused { code: c, .. } | Note::PresenceRefused { code: c, .. } => {
+                (t, code) == (Some("rej"), Some(*c))
+            }
+            Note::TellDropped { .. } => false,
+        };
+        assert!(described, "{note:?} does not describe {f}");
     }
 
     /// Completes one pending piece of async work; its verdict joins the inbox.
@@ -460,6 +496,12 @@ impl World {
 
     /// Checks one frame the machine sent against everything it promised.
     fn check(&mut self, v: &Value) {
+        assert_eq!(self.unnoted, None, "a frame without its note before {v}");
+        // Every ask and presence read of the model's client succeeds once it runs: a `rej` is
+        // the machine's.
+        if matches!(v["t"].as_str(), Some("subok" | "subrej" | "rej")) {
+            self.unnoted = Some(v.clone());
+        }
         let ch = v["ch"].as_str().unwrap_or_default().to_owned();
         match v["t"].as_str().unwrap_or_default() {
             "subok" | "subrej" => {

@@ -11,6 +11,7 @@
 //! this trait.
 
 mod memory;
+mod metered;
 #[cfg(feature = "mongo")]
 mod mongo;
 #[cfg(feature = "redis")]
@@ -29,6 +30,7 @@ pub use self::mongo::{MongoOptions, MongoScaler};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisOptions, RedisScaler};
 pub use memory::{MemoryOptions, MemoryScaler};
+pub(crate) use metered::Metered;
 
 /// One publication as the scaler stores and delivers it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,6 +192,13 @@ pub trait Scaler: Send + Sync + 'static {
     ) -> Result<(), ScalerError>;
     /// The channel's presence: its members on every instance, in no particular order.
     async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError>;
+    /// Whether the backing services are reachable now: what the server's readiness check
+    /// (`/readyz`, [`Server::ready`](crate::Server::ready)) asks. The server bounds the call
+    /// with a short timeout of its own. The default, for a scaler with nothing to reach (the
+    /// in-memory one), is always ready.
+    async fn ready(&self) -> Result<(), ScalerError> {
+        Ok(())
+    }
     /// Stops delivering events; called on server shutdown.
     async fn stop(&self);
 }

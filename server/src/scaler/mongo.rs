@@ -123,6 +123,14 @@ impl MongoStore {
         }
     }
 
+    /// Checks that MongoDB answers (within the command timeout).
+    async fn ping(&self) -> Result<(), ScalerError> {
+        let admin = self.coll.client().database("admin");
+        self.bounded(admin.run_command(doc! { "ping": 1 }))
+            .await
+            .map(drop)
+    }
+
     /// Publications written before this are expired, whether or not MongoDB removed them yet.
     fn cutoff(&self) -> DateTime {
         let now = SystemTime::now();
@@ -411,9 +419,7 @@ impl MongoScaler {
             reach: u64::try_from(opts.history_size).unwrap_or(u64::MAX),
             timeout: opts.command_timeout,
         });
-        store
-            .bounded(client.database("admin").run_command(doc! { "ping": 1 }))
-            .await?;
+        store.ping().await?;
         store.ensure_indexes().await?;
         let redis = Self::redis(redis_url, &opts, store.clone())?;
         redis.ping().await?;
@@ -499,6 +505,12 @@ impl Scaler for MongoScaler {
 
     async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError> {
         self.redis.presence(channel).await
+    }
+
+    /// Ready when Redis is (commands and the pub/sub connection) and MongoDB answers a ping.
+    async fn ready(&self) -> Result<(), ScalerError> {
+        self.redis.ready().await?;
+        self.store.ping().await
     }
 
     async fn stop(&self) {

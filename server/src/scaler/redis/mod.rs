@@ -8,7 +8,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -116,6 +116,9 @@ struct Shared {
     /// Shared by presence updates, exclusive to a refresh (see `presence.rs`).
     presence_gate: tokio::sync::RwLock<()>,
     pubsub: AsyncMutex<PubSubState>,
+    /// Whether the pub/sub connection is up (subscribed and caught up), for [`Scaler::ready`]
+    /// (which must not wait for `pubsub`'s lock, held across round trips).
+    pubsub_up: AtomicBool,
     running: Mutex<Option<Running>>,
 }
 
@@ -473,7 +476,7 @@ impl RedisScaler {
         Self::with_client(client, opts, Some(store))
     }
 
-    /// Checks that Redis answers (within the command timeout).
+    /// Checks that Redis answers (within the command timeout) on the command connection.
     pub(super) async fn ping(&self) -> Result<(), ScalerError> {
         let mut conn = self.shared.conn.clone();
         self.shared
@@ -511,6 +514,7 @@ impl RedisScaler {
                     sink: None,
                     stopped: false,
                 }),
+                pubsub_up: AtomicBool::new(false),
                 running: Mutex::new(None),
             }),
         })
@@ -624,12 +628,21 @@ impl Scaler for RedisScaler {
         self.shared.presence(channel).await
     }
 
+    /// Ready when Redis answers a PING and the pub/sub connection is up.
+    async fn ready(&self) -> Result<(), ScalerError> {
+        if !self.shared.pubsub_up.load(Ordering::Relaxed) {
+            return Err(unavailable("pub/sub connection is down"));
+        }
+        self.ping().await
+    }
+
     async fn stop(&self) {
         let s = &self.shared;
         s.leave_presence().await;
         {
             let mut state = s.pubsub.lock().await;
             state.stopped = true;
+            s.pubsub_up.store(false, Ordering::Relaxed);
             let channels: Vec<String> = lock(&s.channels).drain().map(|(c, _)| c).collect();
             if let Some(mut sink) = state.sink.take() {
                 let mut names = vec![s.control_channel.clone()];

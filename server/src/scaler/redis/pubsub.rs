@@ -2,6 +2,7 @@
 //! subscribers for, reconnected with backoff, and what it missed read from the streams before
 //! anything live is delivered.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,6 +151,7 @@ impl Shared {
             }
         }
         state.sink = Some(sink.clone());
+        self.pubsub_up.store(true, Ordering::Relaxed);
         Ok((sink, stream))
     }
 
@@ -183,6 +185,7 @@ impl Shared {
                 }
             }
             drop(stream);
+            self.pubsub_up.store(false, Ordering::Relaxed);
             tracing::warn!("redis pub/sub connection lost; reconnecting");
             tokio::select! {
                 _ = &mut stop => return,
