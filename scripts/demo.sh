@@ -7,6 +7,10 @@
 #   scripts/demo.sh --cluster [N] [--addr HOST:PORT] N instances (default 2) joined by Redis,
 #                                                   behind a round-robin TCP proxy; uses
 #                                                   REDIS_URL, or starts a redis-server of its own
+#
+# Operators' endpoints: /metrics (Prometheus text), /healthz, /readyz, on the demo's own port
+# with one instance, on a port per instance in the cluster (the demo prints them). Logs follow
+# RUST_LOG (default info; RUST_LOG=info,sss_server=debug traces every handshake, ask and sub).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -15,6 +15,10 @@
 //!   `http://localhost:<port>` on loopback): the session is a cookie, which a browser would send
 //!   with an upgrade opened by any other site too. Add origins the browser uses to reach it
 //!   (another host name, a proxy in front) with `--origin URL` or `SSS_DEMO_ORIGINS=URL,URL`.
+//! - Operators' endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`. One instance answers
+//!   them on its own port (`http://127.0.0.1:8080/metrics`); in the cluster each instance serves
+//!   them on a port of its own (printed at start), since the proxy would pick one at random.
+//!   Logs: `RUST_LOG=info,sss_server=debug` follows every handshake, ask and subscription.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -85,9 +89,13 @@ fn build(
     web: PathBuf,
     pkg: PathBuf,
     origins: &[String],
+    observability_endpoints: bool,
 ) -> sss_server::ServerBuilder {
+    let options = ServerOptions::default()
+        .allowed_origins(origins)
+        .observability_endpoints(observability_endpoints);
     Server::builder(scaler)
-        .options(ServerOptions::default().allowed_origins(origins))
+        .options(options)
         .session_parser(|req| async move {
             let user = req
                 .cookie("sss_user")
@@ -373,7 +381,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut servers = Vec::new();
     match &args.redis {
         None => servers.push(
-            build(MemoryScaler::default(), web, pkg, &origins)
+            build(MemoryScaler::default(), web, pkg, &origins, true)
                 .build()
                 .await?,
         ),
@@ -382,7 +390,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..args.instances {
                 let scaler = redis_scaler(url).await?;
                 servers.push(
-                    build(scaler, web.clone(), pkg.clone(), &origins)
+                    build(scaler, web.clone(), pkg.clone(), &origins, false)
                         .build()
                         .await?,
                 );
@@ -394,12 +402,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listenings = Vec::new();
     if let [server] = servers.as_slice() {
         listenings.push(server.listen_on(front)?);
+        println!("metrics, health: http://{local}/metrics /healthz /readyz");
     } else {
         let mut backends = Vec::new();
         for server in &servers {
             let l = server.listen("127.0.0.1:0").await?;
+            let ops = server.listen_observability("127.0.0.1:0").await?;
+            println!(
+                "instance {}: metrics, health: http://{}/metrics /healthz /readyz",
+                l.local_addr(),
+                ops.local_addr()
+            );
             backends.push(l.local_addr());
-            listenings.push(l);
+            listenings.extend([l, ops]);
         }
         println!(
             "{} instances on {backends:?}, joined by Redis, behind a round-robin proxy",
