@@ -271,6 +271,7 @@ pub(crate) struct Metrics {
     pub(crate) handshake: Latency,
     closed: Family<CodeLabel, Counter>,
     pub(crate) subscriptions: Gauge,
+    pub(crate) presence_members: Gauge,
     subscriptions_refused: Family<CodeLabel, Counter>,
     asks: Family<AskLabels, Counter>,
     ask_latency: Family<TopicLabel, Latency>,
@@ -340,6 +341,13 @@ impl Metrics {
             "subscriptions",
             "Subscriptions held on this instance (joining, syncing or live)",
             subscriptions.clone(),
+        );
+        let presence_members = Gauge::default();
+        r.register(
+            "presence_members",
+            "Presence memberships of this instance's sockets (one per socket per channel with \
+             presence; the cluster's are the sum over instances)",
+            presence_members.clone(),
         );
         let subscriptions_refused = Family::default();
         r.register(
@@ -455,6 +463,7 @@ impl Metrics {
             handshake,
             closed,
             subscriptions,
+            presence_members,
             subscriptions_refused,
             asks,
             ask_latency,

@@ -154,7 +154,9 @@ impl Registry {
     /// With `presence`, the socket also becomes a member of the channel's presence (at the
     /// scaler once reconciled): membership and presence change together, in the machine's
     /// order, so a quick leave and join again can never leave a member behind or lose one.
-    pub(crate) fn insert(&self, channel: &str, s: &Arc<SocketShared>, presence: bool) {
+    ///
+    /// Returns the change in this instance's presence memberships (-1, 0 or 1).
+    pub(crate) fn insert(&self, channel: &str, s: &Arc<SocketShared>, presence: bool) -> i64 {
         let mut shard = write(self.shard(channel));
         let entry = shard
             .entry(Arc::from(channel))
@@ -165,19 +167,23 @@ impl Registry {
             });
         entry.subs.insert(s.key, s.clone());
         if presence {
-            entry.members.insert(s.key, s.member());
+            i64::from(entry.members.insert(s.key, s.member()).is_none())
         } else {
-            entry.members.remove(&s.key);
+            -i64::from(entry.members.remove(&s.key).is_some())
         }
     }
 
     /// Removes a subscriber (and its presence) now; call [`reconcile`](Self::reconcile) to
     /// tell the scaler, and to drop this instance's interest if it was the last.
-    pub(crate) fn remove(&self, channel: &str, key: u64) {
-        if let Some(entry) = write(self.shard(channel)).get_mut(channel) {
-            entry.subs.remove(&key);
-            entry.members.remove(&key);
-        }
+    ///
+    /// Returns the change in this instance's presence memberships (-1 or 0).
+    pub(crate) fn remove(&self, channel: &str, key: u64) -> i64 {
+        let mut shard = write(self.shard(channel));
+        let Some(entry) = shard.get_mut(channel) else {
+            return 0;
+        };
+        entry.subs.remove(&key);
+        -i64::from(entry.members.remove(&key).is_some())
     }
 
     /// Makes this instance's interest in `channel` at the scaler match whether it has local

@@ -428,7 +428,8 @@ where
                     channel,
                     presence,
                 } => {
-                    self.inner.registry.insert(&channel, &self.shared, presence);
+                    let members = self.inner.registry.insert(&channel, &self.shared, presence);
+                    self.inner.metrics.presence_members.inc_by(members);
                     self.inner.metrics.subscriptions.inc();
                     let span = subscription_span(&self.shared.id, &channel);
                     let inner = self.inner.clone();
@@ -444,7 +445,8 @@ where
                     tokio::spawn(join.instrument(span));
                 }
                 Command::Leave { channel } => {
-                    self.inner.registry.remove(&channel, self.shared.key);
+                    let members = self.inner.registry.remove(&channel, self.shared.key);
+                    self.inner.metrics.presence_members.inc_by(members);
                     self.inner.metrics.subscriptions.dec();
                     let inner = self.inner.clone();
                     tokio::spawn(async move {

@@ -99,7 +99,11 @@ async fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&Metrics) -> b
 #[tokio::test]
 async fn metrics_move_with_the_traffic_and_parse_as_prometheus_text() {
     let builder = Server::builder(MemoryScaler::default())
-        .options(ServerOptions::default().observability_endpoints(true))
+        .options(
+            ServerOptions::default()
+                .observability_endpoints(true)
+                .presence_prefixes(["room:"]),
+        )
         .session_parser(|req| async move {
             match req.query.get("user") {
                 Some(u) => Ok(Session::user(u.clone())),
@@ -169,6 +173,7 @@ async fn metrics_move_with_the_traffic_and_parse_as_prometheus_text() {
         Some(SubEvent::Publication(p)) => assert_eq!(p.msg.get(), r#""hello""#),
         other => panic!("expected the publication, got {other:?}"),
     }
+    within("presence", room.presence()).await.expect("members");
     // Resyncs, by hand: one from a position the history has, one from an epoch it never had.
     let mut raw = RawPeer::hello(&format!("{url}?user=bob")).await;
     let since = format!(r#"{{"e":"{}","s":0}}"#, pos.epoch);
@@ -185,6 +190,8 @@ async fn metrics_move_with_the_traffic_and_parse_as_prometheus_text() {
             answers.push(f);
         }
     }
+    raw.send(r#"{"t":"presence","id":3,"ch":"room:9"}"#).await;
+    raw.until_marker(r#""code":"not_subscribed""#).await;
     answers.sort();
     assert!(
         answers[0].contains(r#""ch":"room:1""#) && answers[0].contains(r#""recovered":true"#),
@@ -232,6 +239,19 @@ async fn metrics_move_with_the_traffic_and_parse_as_prometheus_text() {
     assert_eq!(delta("sss_tells_total", &[("topic", "unknown")]), 1.0);
     assert_eq!(m.get("sss_subscriptions", &[]), 3.0, "room:1 twice, room:2");
     assert_eq!(
+        m.get("sss_presence_members", &[]),
+        3.0,
+        "every room: has presence"
+    );
+    let presence = |outcome| delta("sss_presence_requests_total", &[("outcome", outcome)]);
+    assert_eq!(presence("ok"), 1.0);
+    assert_eq!(presence("not_subscribed"), 1.0);
+    assert_eq!(
+        delta("sss_scaler_operations_total", &[("op", "presence")]),
+        1.0
+    );
+    assert!(delta("sss_scaler_operations_total", &[("op", "presence_update")]) >= 1.0);
+    assert_eq!(
         delta(
             "sss_subscriptions_refused_total",
             &[("code", "no_such_room")]
@@ -278,6 +298,7 @@ async fn metrics_move_with_the_traffic_and_parse_as_prometheus_text() {
     assert_eq!(m.get("sss_sockets_closed_total", &[("code", "4003")]), 1.0);
     assert_eq!(m.get("sss_sockets_closed_total", &[("code", "none")]), 1.0);
     assert_eq!(m.get("sss_subscriptions", &[]), 0.0);
+    assert_eq!(m.get("sss_presence_members", &[]), 0.0);
 
     // The same endpoints on the server's own listener, with the option on.
     assert_eq!(get(app, "/healthz").await, (StatusCode::OK, "ok\n".into()));
