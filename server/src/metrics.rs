@@ -4,9 +4,10 @@
 //! every socket's driver and the scaler wrapper ([`Metered`](crate::scaler::Metered)). The text
 //! served on `/metrics` is encoded by `prometheus-client`.
 //!
-//! Cost on the hot path: a counter is one relaxed atomic add, a [`Latency`] observation two.
-//! All the metrics and the disabled span of one ask add 83 ns (~1 % of the server's CPU per
-//! round trip; docs/PERFORMANCE.md, "Metrics").
+//! Cost on the hot path: a counter is one relaxed atomic add, a [`Latency`] observation two,
+//! each on the calling thread's own shard ([`SHARDS`]). All the metrics and the disabled span of
+//! one ask add 83 ns, also on two threads at once (under 1 % of the server's CPU per round trip;
+//! docs/PERFORMANCE.md, "Metrics").
 //! Label sets a frame can hit are resolved before traffic flows: per registered topic when the
 //! server is built ([`AskSeries`], [`TellSeries`]), per refusal reason and scaler operation in
 //! [`Metrics::new`]. Only rare events (a rejection, a refused subscription, a closed socket)
@@ -17,7 +18,7 @@
 //! name, a user or a socket id.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,10 +55,69 @@ const BOUNDS_NS: [u64; BOUNDS_US.len()] = {
     ns
 };
 
-/// A latency histogram with fixed buckets, updated with atomics only (`prometheus-client`'s
-/// `Histogram` takes a mutex per observation). Cheap to clone: clones share the counts.
+/// Shards of each hot metric (per-topic ask and tell counts, ask latencies, bytes). Each
+/// thread adds to its own shard (threads take shards round robin) and a scrape sums them. With
+/// one atomic per counter, shared by every tokio worker, the cache lines bounce between cores:
+/// counting asks on two threads at once took ~410 ns per ask against 83 ns on one thread; with
+/// the shards, 83–87 ns on each (`cost` tests below). Memory: 1 KiB per counter series, 2 KiB
+/// per histogram series.
+const SHARDS: usize = 8;
+
+thread_local! {
+    /// This thread's shard.
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+    };
+}
+
+fn shard() -> usize {
+    SHARD.with(|s| *s)
+}
+
+/// One shard, alone on its cache lines (128 bytes: CPUs fetch adjacent lines in pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A counter of the hot paths, sharded per thread (see [`SHARDS`]). Cheap to clone: clones
+/// share the counts.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Latency(Arc<LatencyCounts>);
+pub(crate) struct Count(Arc<[Padded<AtomicU64>; SHARDS]>);
+
+impl Count {
+    pub(crate) fn inc(&self) {
+        self.inc_by(1);
+    }
+
+    pub(crate) fn inc_by(&self, n: u64) {
+        self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for Count {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Count {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A latency histogram with fixed buckets, sharded per thread and updated with atomics only
+/// (`prometheus-client`'s `Histogram` takes a mutex per observation). Cheap to clone: clones
+/// share the counts.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Latency(Arc<[Padded<LatencyCounts>; SHARDS]>);
 
 #[derive(Debug, Default)]
 struct LatencyCounts {
@@ -71,8 +131,9 @@ impl Latency {
     pub(crate) fn observe(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = BOUNDS_NS.partition_point(|&b| b < ns);
-        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        let counts = &self.0[shard()].0;
+        counts.buckets[i].fetch_add(1, Ordering::Relaxed);
+        counts.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 }
 
@@ -84,16 +145,23 @@ impl EncodeMetric for Latency {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let mut buckets = [(f64::INFINITY, 0); BOUNDS_US.len() + 1];
         let mut count = 0;
+        let mut sum_ns = 0;
         for (i, slot) in buckets.iter_mut().enumerate() {
-            let n = self.0.buckets[i].load(Ordering::Relaxed);
+            let n: u64 = self
+                .0
+                .iter()
+                .map(|s| s.0.buckets[i].load(Ordering::Relaxed))
+                .sum();
             count += n;
             if let Some(&us) = BOUNDS_US.get(i) {
                 slot.0 = us as f64 / 1e6;
             }
             slot.1 = n;
         }
-        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        for s in self.0.iter() {
+            sum_ns += s.0.sum_ns.load(Ordering::Relaxed);
+        }
+        encoder.encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -244,14 +312,14 @@ impl OpSeries {
 #[derive(Debug)]
 pub(crate) struct AskSeries {
     topic: String,
-    ok: Counter,
+    ok: Count,
     latency: Latency,
 }
 
 /// The series of one tell topic that has a handler.
 #[derive(Debug)]
 pub(crate) struct TellSeries {
-    told: Counter,
+    told: Count,
 }
 
 impl TellSeries {
@@ -273,14 +341,14 @@ pub(crate) struct Metrics {
     pub(crate) subscriptions: Gauge,
     pub(crate) presence_members: Gauge,
     subscriptions_refused: Family<CodeLabel, Counter>,
-    asks: Family<AskLabels, Counter>,
+    asks: Family<AskLabels, Count>,
     ask_latency: Family<TopicLabel, Latency>,
-    tells: Family<TopicLabel, Counter>,
-    unknown_tells: Counter,
+    tells: Family<TopicLabel, Count>,
+    unknown_tells: Count,
     pub(crate) publications: Counter,
     pub(crate) deliveries: Counter,
-    pub(crate) received_bytes: Counter,
-    pub(crate) sent_bytes: Counter,
+    pub(crate) received_bytes: Count,
+    pub(crate) sent_bytes: Count,
     pub(crate) queue_overflows: Counter,
     resyncs: [Counter; 2],
     presence_requests: Family<OutcomeLabel, Counter>,
@@ -368,7 +436,7 @@ impl Metrics {
             "Time from reading an ask to its handler's answer (middleware and handler), by topic",
             ask_latency.clone(),
         );
-        let tells = Family::<TopicLabel, Counter>::default();
+        let tells = Family::<TopicLabel, Count>::default();
         r.register(
             "tells",
             "Tells read, by topic (\"unknown\" for topics without a handler: dropped)",
@@ -390,14 +458,14 @@ impl Metrics {
              subscriber per publication the scaler delivered)",
             deliveries.clone(),
         );
-        let received_bytes = Counter::default();
+        let received_bytes = Count::default();
         r.register(
             "received_bytes",
             "WebSocket message payload bytes received (text and binary messages; frame \
              headers, control frames, HTTP and TLS not counted)",
             received_bytes.clone(),
         );
-        let sent_bytes = Counter::default();
+        let sent_bytes = Count::default();
         r.register(
             "sent_bytes",
             "WebSocket message payload bytes sent (as for sss_received_bytes)",
@@ -777,8 +845,17 @@ mod cost {
             .with_writer(std::io::sink)
             .finish();
         let filtered = tracing::subscriber::with_default(sub, || per_ask(&m, &s));
-        println!("per ask: {bare:.1} ns without a subscriber, {filtered:.1} ns with fmt at info");
-        // A lock or an allocation on this path would cost several times this.
-        assert!(bare < 500.0 && filtered < 500.0);
+        // Two workers answering asks of one topic at once, as a tokio runtime does.
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| per_ask(&m, &s));
+            let b = per_ask(&m, &s);
+            (a.join().unwrap_or(f64::MAX), b)
+        });
+        println!(
+            "per ask: {bare:.1} ns without a subscriber, {filtered:.1} ns with fmt at info, \
+             {a:.1} and {b:.1} ns on two threads at once"
+        );
+        // A lock, an allocation or a contended line on this path would cost several times this.
+        assert!([bare, filtered, a, b].iter().all(|&ns| ns < 500.0));
     }
 }
