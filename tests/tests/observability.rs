@@ -13,9 +13,9 @@ use hyper_util::rt::TokioIo;
 use prometheus_parse::{Scrape, Value};
 use serde_json::Value as Json;
 use sss_client::{Client, Options, SubEvent};
-use sss_server::scaler::{RedisOptions, RedisScaler};
+use sss_server::scaler::{MongoOptions, MongoScaler, RedisOptions, RedisScaler};
 use sss_server::{MemoryScaler, Refusal, Rejection, Server, ServerOptions, Session};
-use sss_tests::services::{Persistence, RedisServer};
+use sss_tests::services::{unique_prefix, MongoServer, Persistence, RedisServer};
 use sss_tests::{start, within, RawPeer, WAIT};
 
 /// `GET path` on `addr` over a new HTTP/1.1 connection: status and body.
@@ -430,5 +430,45 @@ async fn readyz_follows_redis_down_and_up_again() {
     assert!(
         m.get("sss_scaler_operations_total", &ready) > m.get("sss_scaler_errors_total", &ready)
     );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn readyz_needs_both_mongodb_and_redis() {
+    sss_tests::init_tracing();
+    let mut redis = RedisServer::spawn(Persistence::Ephemeral).await;
+    let mongo = MongoServer::spawn().await;
+    let opts = MongoOptions {
+        prefix: unique_prefix(),
+        command_timeout: Duration::from_secs(2),
+        ..MongoOptions::default()
+    };
+    let scaler = MongoScaler::connect(mongo.uri(), redis.url(), opts)
+        .await
+        .expect("mongo + redis");
+    let server = Server::builder(scaler).build().await.expect("server");
+    let ops = server
+        .listen_observability("127.0.0.1:0")
+        .await
+        .expect("listens")
+        .local_addr();
+    assert_eq!(
+        get(ops, "/readyz").await,
+        (StatusCode::OK, "ready\n".into())
+    );
+
+    // MongoDB gone, Redis fine: not ready (the ping fails, or outlasts the ready timeout).
+    drop(mongo);
+    let (_, body) =
+        readyz_becomes(ops, StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5)).await;
+    tracing::info!(body, "unready without mongodb");
+    assert!(
+        server.ready().await.is_err(),
+        "still not ready while MongoDB is down"
+    );
+    // Redis gone too: still not ready, and alive.
+    redis.stop(false).await;
+    assert_eq!(get(ops, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(ops, "/healthz").await.0, StatusCode::OK);
     server.shutdown(Duration::from_secs(1)).await;
 }
