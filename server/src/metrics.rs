@@ -758,6 +758,53 @@ mod tests {
         );
     }
 
+    /// [`Latency`] and [`Count`] replace `prometheus-client`'s `Histogram` and `Counter` on the
+    /// hot paths: fed the same observations, they must scrape the same (the sum may differ in
+    /// its last bits: ours adds nanoseconds, the crate adds seconds as floats).
+    #[test]
+    fn latency_and_count_scrape_like_the_crate_s_own() {
+        use prometheus_client::metrics::histogram::Histogram;
+        let bounds = BOUNDS_US.iter().map(|&us| us as f64 / 1e6);
+        let (ours, theirs) = (Latency::default(), Histogram::new(bounds));
+        let (our_count, their_count) = (Count::default(), Counter::<u64>::default());
+        // Below, on and just above every bound, and beyond the last.
+        let mut seen = Vec::new();
+        for &us in &BOUNDS_US {
+            seen.extend([us * 1000 - 1, us * 1000, us * 1000 + 1]);
+        }
+        seen.extend([0, 12_345_678_901, u64::from(u32::MAX)]);
+        for ns in seen {
+            let d = Duration::from_nanos(ns);
+            ours.observe(d);
+            theirs.observe(d.as_secs_f64());
+            our_count.inc_by(ns % 7);
+            their_count.inc_by(ns % 7);
+        }
+        let mut a = Registry::default();
+        a.register("x", "h", ours);
+        a.register("n", "c", our_count);
+        let mut b = Registry::default();
+        b.register("x", "h", theirs);
+        b.register("n", "c", their_count);
+        let text = |r: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, r).expect("encodes");
+            text
+        };
+        let (a, b) = (text(&a), text(&b));
+        let (a_lines, b_lines): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+        assert_eq!(a_lines.len(), b_lines.len(), "{a}\n---\n{b}");
+        for (x, y) in a_lines.iter().zip(&b_lines) {
+            match (x.strip_prefix("x_sum "), y.strip_prefix("x_sum ")) {
+                (Some(x), Some(y)) => {
+                    let (x, y): (f64, f64) = (x.parse().expect("sum"), y.parse().expect("sum"));
+                    assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{x} vs {y}");
+                }
+                _ => assert_eq!(x, y),
+            }
+        }
+    }
+
     #[test]
     fn latency_buckets_are_cumulative_with_sum_and_count() {
         let m = Metrics::new();
