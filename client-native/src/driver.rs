@@ -101,16 +101,32 @@ struct Driver {
     subs: HashMap<String, SubEntry>,
     tells: HashMap<String, Vec<mpsc::UnboundedSender<Box<RawValue>>>>,
     status: watch::Sender<Status>,
+    /// Who the current connection is, as its `welcome` said.
+    identity: watch::Sender<Option<Identity>>,
     first: Option<FirstSender>,
     refusal: Option<(u16, String)>,
     last_failure: (u16, String),
     done: bool,
 }
 
+/// Who a connection is, as its `welcome` said: the socket's cluster-wide id (the `socket` of
+/// its presence [`Member`](crate::Member)s), and the user and session the server's session
+/// parser gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The socket's cluster-wide id.
+    pub socket: String,
+    /// The user id, if any.
+    pub user: Option<String>,
+    /// The session id, if any.
+    pub session: Option<String>,
+}
+
 /// What [`spawn`] hands to the client handle.
 pub(crate) struct Spawned {
     pub(crate) cmd: mpsc::UnboundedSender<Command>,
     pub(crate) status: watch::Receiver<Status>,
+    pub(crate) identity: watch::Receiver<Option<Identity>>,
     pub(crate) owner: Arc<Owner>,
     /// Resolves with the outcome of the first connection.
     pub(crate) first: oneshot::Receiver<Result<(), ConnectError>>,
@@ -119,6 +135,7 @@ pub(crate) struct Spawned {
 pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = watch::channel(Status::Connecting);
+    let (identity_tx, identity_rx) = watch::channel(None);
     let (first_tx, first_rx) = oneshot::channel();
     let seed = options.seed.unwrap_or_else(random_seed);
     let config = Config {
@@ -140,6 +157,7 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
         subs: HashMap::new(),
         tells: HashMap::new(),
         status: status_tx,
+        identity: identity_tx,
         first: Some(first_tx),
         refusal: None,
         last_failure: (close::ABNORMAL, String::new()),
@@ -150,6 +168,7 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
     Spawned {
         cmd: cmd_tx,
         status: status_rx,
+        identity: identity_rx,
         owner,
         first: first_rx,
     }
@@ -430,6 +449,17 @@ impl Driver {
     fn event(&mut self, event: Event) {
         match event {
             Event::Status(s) => {
+                // Before the status: a task woken by `Ready` finds the new identity.
+                let identity = self.core.socket_id().map(|socket| Identity {
+                    socket: socket.to_owned(),
+                    user: self.core.user().map(str::to_owned),
+                    session: self.core.session().map(str::to_owned),
+                });
+                self.identity.send_if_modified(|current| {
+                    let changed = *current != identity;
+                    *current = identity;
+                    changed
+                });
                 self.status.send_replace(s);
                 match s {
                     Status::Ready => {

@@ -53,6 +53,7 @@ pub use sss_core::Position;
 pub use subscription::{Publication, SubEvent, SubscribeOptions, Subscription};
 
 use driver::Command;
+pub use driver::Identity;
 
 /// Client settings. `Options::default()` reconnects forever with 250 ms .. 10 s backoff.
 #[derive(Clone, Debug)]
@@ -183,6 +184,7 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, RequestError>>) -> Result<T, 
 pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
     status: watch::Receiver<Status>,
+    identity: watch::Receiver<Option<Identity>>,
     _owner: Arc<driver::Owner>,
 }
 
@@ -224,6 +226,7 @@ impl Client {
             Client {
                 cmd: s.cmd,
                 status: s.status,
+                identity: s.identity,
                 _owner: s.owner,
             },
             s.first,
@@ -342,6 +345,13 @@ impl Client {
     /// The current connection status.
     pub fn status(&self) -> Status {
         *self.status.borrow()
+    }
+
+    /// Who the current connection is (socket id, user, session), from its `welcome`; `None`
+    /// before the first one. The socket id changes with every reconnection; it is how an
+    /// application finds itself among a channel's presence members.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.borrow().clone()
     }
 
     /// The stream of status changes, starting with the current status.

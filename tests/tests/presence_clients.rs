@@ -131,6 +131,12 @@ async fn members_stats_and_events_with_three_tabs_of_one_user() {
         let (joined, member) = next_member(&mut watching).await;
         assert!(joined);
         assert_eq!(member.user.as_deref(), Some("bob"));
+        // The joined member is the tab itself: how an application finds itself in the list.
+        let me = tab.identity().expect("welcomed");
+        assert_eq!(
+            (me.socket.as_str(), me.user.as_deref()),
+            (member.socket.as_str(), Some("bob"))
+        );
         tabs.push((tab, sub, member.socket));
     }
     let sockets: BTreeSet<&String> = tabs.iter().map(|(_, _, s)| s).collect();
