@@ -651,18 +651,10 @@ fn offline_queue_is_flushed_in_order_after_welcome() {
     pair.clear_received();
     pair.server.up = true;
     pair.advance(ms(1_000));
-    let topics: Vec<String> = pair
-        .server
-        .received
-        .iter()
-        .map(|f| match f {
-            ClientFrame::Hello { .. } => "hello".to_owned(),
-            ClientFrame::Sub { ch, .. } => format!("sub {ch}"),
-            ClientFrame::Ask { topic, .. } | ClientFrame::Tell { topic, .. } => topic.clone(),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(topics, ["hello", "sub room", "one", "two", "three"]);
+    assert_eq!(
+        received_labels(&pair),
+        ["hello", "sub room", "one", "two", "three"]
+    );
     let done = asks_done(&pair.take_events());
     assert_eq!(
         done,
@@ -1003,6 +995,22 @@ fn presence_asked(pair: &Pair) -> Vec<(String, bool)> {
 }
 
 /// The presence requests the server received, as `(id, channel, stats)`.
+/// What the server received, in order, one short label per frame: `hello`, `sub <ch>`,
+/// `pstats <ch>`, an ask's or tell's topic.
+fn received_labels(pair: &Pair) -> Vec<String> {
+    pair.server
+        .received
+        .iter()
+        .map(|f| match f {
+            ClientFrame::Hello { .. } => "hello".to_owned(),
+            ClientFrame::Sub { ch, .. } => format!("sub {ch}"),
+            ClientFrame::PresenceStats { ch, .. } => format!("pstats {ch}"),
+            ClientFrame::Ask { topic, .. } | ClientFrame::Tell { topic, .. } => topic.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
 fn presence_requests(pair: &Pair) -> Vec<(u64, String, bool)> {
     pair.server
         .received
@@ -1204,18 +1212,7 @@ fn presence_requests_wait_for_the_subscriptions_subok() {
     assert_eq!(presence_requests(&pair), []);
     assert_eq!(pair.client.status(), Status::Syncing);
     pair.answer_subs();
-    let order: Vec<String> = pair
-        .server
-        .received
-        .iter()
-        .map(|f| match f {
-            ClientFrame::Hello { .. } => "hello".to_owned(),
-            ClientFrame::Sub { ch, .. } => format!("sub {ch}"),
-            ClientFrame::PresenceStats { ch, .. } => format!("pstats {ch}"),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(order, ["hello", "sub room", "pstats room"]);
+    assert_eq!(received_labels(&pair), ["hello", "sub room", "pstats room"]);
     assert_eq!(
         asks_done(&pair.take_events()),
         [(
