@@ -22,6 +22,10 @@ pub enum NotReady {
     /// The scaler's readiness check failed.
     #[error(transparent)]
     Scaler(#[from] ScalerError),
+    /// This server routes topics to workers and cannot hear their answers now (its Redis
+    /// pub/sub connection is down).
+    #[error("the workers' answer channel is down")]
+    Workers,
 }
 
 impl Server {
@@ -38,6 +42,10 @@ impl Server {
     pub async fn ready(&self) -> Result<(), NotReady> {
         if self.inner.shutting_down() {
             return Err(NotReady::ShuttingDown);
+        }
+        #[cfg(feature = "redis")]
+        if self.inner.gateway.as_ref().is_some_and(|g| !g.is_up()) {
+            return Err(NotReady::Workers);
         }
         let check = self.inner.scaler.ready();
         match tokio::time::timeout(self.inner.options.ready_timeout, check).await {

@@ -35,6 +35,8 @@ mod registry;
 pub mod scaler;
 mod server;
 mod socket;
+#[cfg(feature = "redis")]
+pub mod worker;
 
 pub use endpoints::NotReady;
 pub use handshake::{is_upgrade_request, Body, HandshakeRequest, Listening, Refusal};

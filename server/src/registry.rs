@@ -136,6 +136,12 @@ impl Registry {
         self.count.send_replace(n);
     }
 
+    /// The socket with this id, if it is connected here.
+    #[cfg(feature = "redis")]
+    pub(crate) fn socket(&self, id: &str) -> Option<Arc<SocketShared>> {
+        read(&self.sockets).get(id).cloned()
+    }
+
     pub(crate) fn socket_count(&self) -> usize {
         *self.count.borrow()
     }

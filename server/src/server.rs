@@ -276,6 +276,8 @@ pub struct ServerBuilder {
     asks: HashMap<String, AskHandler>,
     tells: HashMap<String, TellHandler>,
     http_fallback: Option<HttpFallback>,
+    #[cfg(feature = "redis")]
+    gateway: Option<crate::worker::Gateway>,
 }
 
 fn bad_request(e: serde_json::Error) -> Rejection {
@@ -387,6 +389,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Routes the gateway's topics to workers (see [`worker`](crate::worker)): their asks and
+    /// tells go through Redis to worker processes instead of handlers of this server. A topic
+    /// routed this way replaces an `on_ask` or `on_tell` handler of the same name.
+    #[cfg(feature = "redis")]
+    pub fn gateway(mut self, gateway: crate::worker::Gateway) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
     /// Answers plain HTTP requests (those that are not WebSocket upgrades) on the server's own
     /// listener, e.g. to serve a web app next to the socket endpoint.
     pub fn http_fallback<F, Fut>(mut self, f: F) -> Self
@@ -400,7 +411,9 @@ impl ServerBuilder {
 
     /// Starts the server: connects it to the scaler and starts dispatching what the scaler
     /// delivers. Listen with [`Server::listen`] or mount [`Server::upgrade`] in an HTTP app.
-    pub async fn build(self) -> Result<Server, ScalerError> {
+    // Routes are added to `self` only when worker mode is compiled in.
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    pub async fn build(mut self) -> Result<Server, ScalerError> {
         if self.session_parser.is_some() && self.options.allowed_origins.is_none() {
             // The parser reads who the user is from the handshake (typically a cookie), and
             // browsers send cookies with a WebSocket upgrade from any page: without an origin
@@ -411,6 +424,20 @@ impl ServerBuilder {
                  socket with the user's cookies; set ServerOptions::allowed_origins"
             );
         }
+        let instance = new_instance_id();
+        #[cfg(feature = "redis")]
+        let gateway = match self.gateway.take() {
+            Some(g) => {
+                let (link, routes) = g
+                    .start(&instance)
+                    .await
+                    .map_err(|e| ScalerError::Unavailable(e.to_string()))?;
+                self.asks.extend(routes.asks);
+                self.tells.extend(routes.tells);
+                Some(link)
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let scaler: Arc<dyn Scaler> = Arc::new(Metered::new(self.scaler, metrics.clone()));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -433,7 +460,7 @@ impl ServerBuilder {
             })
             .collect();
         let inner = Arc::new(Inner {
-            instance: new_instance_id(),
+            instance,
             scaler,
             options: self.options,
             session_parser: self.session_parser,
@@ -446,9 +473,15 @@ impl ServerBuilder {
             connections: Arc::default(),
             observability_connections: Arc::default(),
             metrics,
+            #[cfg(feature = "redis")]
+            gateway,
             stop_tx,
             stop_rx,
         });
+        #[cfg(feature = "redis")]
+        if let Some(link) = &inner.gateway {
+            link.attach(Arc::downgrade(&inner));
+        }
         tokio::spawn(dispatch(Arc::downgrade(&inner), events_rx));
         Ok(Server { inner })
     }
@@ -480,6 +513,9 @@ pub(crate) struct Inner {
     /// server at `max_connections` still answers its health checks).
     pub(crate) observability_connections: Arc<ConnectionCounts>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Worker mode's link, when this server routes topics to workers.
+    #[cfg(feature = "redis")]
+    pub(crate) gateway: Option<Arc<crate::worker::GatewayLink>>,
     stop_tx: watch::Sender<bool>,
     pub(crate) stop_rx: watch::Receiver<bool>,
 }
@@ -597,6 +633,8 @@ impl Server {
             asks: HashMap::new(),
             tells: HashMap::new(),
             http_fallback: None,
+            #[cfg(feature = "redis")]
+            gateway: None,
         }
     }
 
@@ -744,6 +782,10 @@ impl Server {
         while self.inner.registry.socket_count() > 0 && tokio::time::Instant::now() < deadline {
             let mut changed = self.inner.registry.watch_count();
             let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+        }
+        #[cfg(feature = "redis")]
+        if let Some(link) = &self.inner.gateway {
+            link.stop();
         }
         self.inner.scaler.stop().await;
     }

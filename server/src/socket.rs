@@ -133,44 +133,80 @@ impl SocketShared {
 }
 
 /// A connected socket, as handlers and parsers see it. Cheap to clone.
+///
+/// In a worker (see [`worker`](crate::worker)), a handler's socket is connected to a gateway:
+/// its id, user and session are the ones the gateway attached, and [`tell`](Self::tell) and
+/// [`boot`](Self::boot) reach it through that gateway.
 #[derive(Clone)]
-pub struct Socket(pub(crate) Arc<SocketShared>);
+pub struct Socket(pub(crate) Peer);
+
+/// Where a [`Socket`] is connected.
+#[derive(Clone)]
+pub(crate) enum Peer {
+    /// To this instance.
+    Local(Arc<SocketShared>),
+    /// To a gateway, for which this instance (a worker) runs a handler.
+    #[cfg(feature = "redis")]
+    Remote(Arc<crate::worker::RemoteSocket>),
+}
 
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Socket")
-            .field("id", &self.0.id)
-            .field("user", &self.0.session.user)
-            .field("session", &self.0.session.session)
+            .field("id", &self.id())
+            .field("user", &self.user())
+            .field("session", &self.session())
             .finish()
     }
 }
 
 impl Socket {
+    pub(crate) fn connected(shared: Arc<SocketShared>) -> Self {
+        Self(Peer::Local(shared))
+    }
+
+    fn identity(&self) -> &Session {
+        match &self.0 {
+            Peer::Local(s) => &s.session,
+            #[cfg(feature = "redis")]
+            Peer::Remote(r) => &r.session,
+        }
+    }
+
     /// Cluster-wide unique id.
     pub fn id(&self) -> &str {
-        &self.0.id
+        match &self.0 {
+            Peer::Local(s) => &s.id,
+            #[cfg(feature = "redis")]
+            Peer::Remote(r) => &r.id,
+        }
     }
 
     /// The user id the session parser gave.
     pub fn user(&self) -> Option<&str> {
-        self.0.session.user.as_deref()
+        self.identity().user.as_deref()
     }
 
     /// The session id the session parser gave.
     pub fn session(&self) -> Option<&str> {
-        self.0.session.session.as_deref()
+        self.identity().session.as_deref()
     }
 
-    /// A value the session parser stored in the session's locals.
+    /// A value the session parser stored in the session's locals. (Locals stay on the
+    /// instance that holds the connection: in a worker this is always `None`.)
     pub fn local<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.0.session.locals.get::<T>()
+        self.identity().locals.get::<T>()
     }
 
-    /// The server this socket is connected to, to publish or reach other sockets from a
-    /// handler. `None` only once the server is gone.
+    /// The server this socket is connected to (in a worker: the worker's server), to publish
+    /// or reach other sockets from a handler. `None` only once the server is gone.
     pub fn server(&self) -> Option<crate::Server> {
-        self.0.server.upgrade().map(|inner| crate::Server { inner })
+        let server = match &self.0 {
+            Peer::Local(s) => &s.server,
+            #[cfg(feature = "redis")]
+            Peer::Remote(r) => &r.server,
+        };
+        server.upgrade().map(|inner| crate::Server { inner })
     }
 
     /// Tells this socket a message (fire-and-forget).
@@ -180,14 +216,25 @@ impl Socket {
         msg: &T,
     ) -> Result<(), serde_json::Error> {
         let msg = serde_json::value::to_raw_value(msg)?;
-        self.0
-            .push(Out::Frame(Utf8Bytes::from(encode_tell(topic, &msg))));
+        match &self.0 {
+            Peer::Local(s) => {
+                s.push(Out::Frame(Utf8Bytes::from(encode_tell(topic, &msg))));
+            }
+            #[cfg(feature = "redis")]
+            Peer::Remote(r) => r.tell(topic, msg),
+        }
         Ok(())
     }
 
     /// Closes this socket with close code 4003: the client does not reconnect.
     pub fn boot(&self) {
-        self.0.kill(close::BOOTED, "booted by the server");
+        match &self.0 {
+            Peer::Local(s) => {
+                s.kill(close::BOOTED, "booted by the server");
+            }
+            #[cfg(feature = "redis")]
+            Peer::Remote(r) => r.boot(),
+        }
     }
 }
 
@@ -504,7 +551,8 @@ where
     fn authorize(&self, op: u64, channel: String, query: Option<Box<RawValue>>) {
         let span = subscription_span(&self.shared.id, &channel);
         let inner = self.inner.clone();
-        let socket = Socket(self.shared.clone());
+        let shared = self.shared.clone();
+        let socket = Socket::connected(shared.clone());
         let authorize = async move {
             let work = inner.authorize(&socket, &channel, query);
             let result = match AssertUnwindSafe(work).catch_unwind().await {
@@ -520,7 +568,7 @@ where
                     ))
                 }
             };
-            socket.0.report(Verdict::Authorized { op, result }).await;
+            shared.report(Verdict::Authorized { op, result }).await;
         };
         tokio::spawn(authorize.instrument(span));
     }
@@ -583,7 +631,8 @@ where
         );
         let traced = (!span.is_disabled()).then(|| span.clone());
         let inner = self.inner.clone();
-        let socket = Socket(self.shared.clone());
+        let shared = self.shared.clone();
+        let socket = Socket::connected(shared.clone());
         // Asks are commanded by the message just read.
         let start = self.read_at;
         let ask = async move {
@@ -620,7 +669,7 @@ where
                 // The outcome is in the span's fields, which the event is logged with.
                 debug!("ask answered");
             }
-            socket.0.report(Verdict::AskDone { id, outcome }).await;
+            shared.report(Verdict::AskDone { id, outcome }).await;
         };
         tokio::spawn(ask.instrument(span));
     }
@@ -631,7 +680,7 @@ where
         };
         route.series.inc();
         let inner = self.inner.clone();
-        let socket = Socket(self.shared.clone());
+        let socket = Socket::connected(self.shared.clone());
         self.tells.push(Box::pin(async move {
             let work = async {
                 let msg = match &inner.middleware {

@@ -1,0 +1,580 @@
+//! The worker side of worker mode: takes jobs from a group's stream, runs the server's handlers
+//! on them, and sends answers, tells and boots back to the gateways.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, Value};
+use futures::FutureExt;
+use serde_json::value::RawValue;
+use sss_core::protocol::codes;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::{
+    millis, now_ms, redis_error, Job, Kind, ToGateway, WireRejection, WorkerError, WorkerOptions,
+};
+use crate::server::Inner;
+use crate::socket::Peer;
+use crate::{Rejection, Server, Session, Socket};
+
+/// The consumer group every worker of a group's stream reads in.
+const CONSUMER_GROUP: &str = "workers";
+/// How long one read waits for jobs before it looks at `stop` again.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+/// Delay after a failed read before the next one.
+const RETRY: Duration = Duration::from_millis(200);
+/// Room for answers, tells and acknowledgements on their way to Redis.
+const OUTBOX: usize = 4096;
+/// Most outgoing messages sent to Redis in one round trip.
+const OUTBOX_BATCH: usize = 512;
+
+/// Something a worker sends to Redis, in order.
+enum Outgoing {
+    /// Publish on a gateway's channel.
+    Publish { channel: String, payload: String },
+    /// The job is done: acknowledge it and delete it from the stream.
+    Done(String),
+}
+
+/// A socket connected to a gateway, as a worker's handler sees it.
+pub(crate) struct RemoteSocket {
+    pub(crate) id: String,
+    pub(crate) session: Session,
+    pub(crate) server: Weak<Inner>,
+    /// Its gateway's channel.
+    channel: String,
+    outbox: mpsc::Sender<Outgoing>,
+}
+
+impl RemoteSocket {
+    fn send(&self, msg: &ToGateway) {
+        let Ok(payload) = serde_json::to_string(msg) else {
+            return;
+        };
+        let out = Outgoing::Publish {
+            channel: self.channel.clone(),
+            payload,
+        };
+        // `tell` and `boot` do not wait; a worker with thousands of them queued (Redis down or
+        // far behind) drops more rather than holding them without limit.
+        if self.outbox.try_send(out).is_err() {
+            tracing::warn!(
+                socket = self.id,
+                "dropped a tell or boot: the worker's outbox is full"
+            );
+        }
+    }
+
+    pub(crate) fn tell(&self, topic: &str, msg: Box<RawValue>) {
+        self.send(&ToGateway::Tell {
+            s: self.id.clone(),
+            t: topic.to_owned(),
+            m: msg,
+        });
+    }
+
+    pub(crate) fn boot(&self) {
+        self.send(&ToGateway::Boot { s: self.id.clone() });
+    }
+}
+
+/// A running worker: takes jobs of its group from Redis and runs its server's `on_ask` and
+/// `on_tell` handlers on them (see the [module docs](super)).
+///
+/// ```no_run
+/// use sss_server::worker::{Worker, WorkerOptions};
+/// use sss_server::scaler::{RedisOptions, RedisScaler};
+/// use sss_server::{Rejection, Server};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let url = "redis://127.0.0.1/";
+/// let server = Server::builder(RedisScaler::connect(url, RedisOptions::default()).await?)
+///     .on_ask("add", |_socket, (a, b): (i64, i64)| async move { Ok::<_, Rejection>(a + b) })
+///     .build()
+///     .await?;
+/// let worker = Worker::start(&server, url, WorkerOptions::default()).await?;
+/// tokio::signal::ctrl_c().await?;
+/// worker.stop(std::time::Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
+///
+/// It runs until [`stop`](Self::stop)ped (dropping the value leaves it running).
+pub struct Worker {
+    consumer: Arc<Consumer>,
+    stop: watch::Sender<bool>,
+    reader: JoinHandle<()>,
+    claimer: JoinHandle<()>,
+    sender: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.consumer.name)
+            .field("stream", &self.consumer.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Consumer {
+    server: Weak<Inner>,
+    opts: WorkerOptions,
+    stream: String,
+    /// This worker's consumer name: its server's instance id.
+    name: String,
+    /// Acknowledgements, claims, answers.
+    conn: ConnectionManager,
+    /// Blocking reads, on a connection of their own (a blocked read holds its connection).
+    reader: ConnectionManager,
+    permits: Arc<Semaphore>,
+    outbox: mpsc::Sender<Outgoing>,
+    /// The jobs this worker is running, by entry id: kept claimed (see [`Consumer::touch`]).
+    running: Mutex<HashSet<String>>,
+}
+
+/// One entry of the stream: its id and its job (absent if it was deleted meanwhile).
+type Entry = (String, Option<Vec<u8>>);
+
+impl Worker {
+    /// Starts taking jobs of `opts.group` from the Redis at `redis_url`, for `server`'s
+    /// handlers. The consumer group is created if it is not there yet, reading from the start
+    /// of the stream, so jobs routed before any worker ran are not lost.
+    pub async fn start(
+        server: &Server,
+        redis_url: &str,
+        opts: WorkerOptions,
+    ) -> Result<Self, WorkerError> {
+        let client = Client::open(redis_url).map_err(redis_error)?;
+        let connect = |response: Duration| {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(opts.command_timeout))
+                .set_response_timeout(Some(response))
+                .set_max_delay(Duration::from_secs(2));
+            ConnectionManager::new_with_config(client.clone(), config)
+        };
+        let conn = connect(opts.command_timeout).await.map_err(redis_error)?;
+        let reader = connect(READ_BLOCK + opts.command_timeout)
+            .await
+            .map_err(redis_error)?;
+        let (outbox, queued) = mpsc::channel(OUTBOX);
+        let consumer = Arc::new(Consumer {
+            server: Arc::downgrade(&server.inner),
+            stream: opts.stream(),
+            name: server.instance_id().to_owned(),
+            permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+            opts,
+            conn,
+            reader,
+            outbox,
+            running: Mutex::default(),
+        });
+        consumer.create_group().await?;
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            reader: tokio::spawn(consumer.clone().read(stop.subscribe())),
+            claimer: tokio::spawn(consumer.clone().claim(stop.subscribe())),
+            sender: tokio::spawn(send(
+                consumer.conn.clone(),
+                consumer.stream.clone(),
+                consumer.opts.command_timeout,
+                queued,
+            )),
+            consumer,
+            stop,
+        })
+    }
+
+    /// Stops taking jobs, waits up to `grace` for the handlers running now to finish and
+    /// their answers to be sent, then stops. Jobs it could not finish stay in the stream and
+    /// are claimed by another worker after [`WorkerOptions::claim_idle`].
+    pub async fn stop(self, grace: Duration) {
+        self.stop.send_replace(true);
+        let _ = self.reader.await;
+        let all = u32::try_from(self.consumer.opts.concurrency.max(1)).unwrap_or(u32::MAX);
+        let idle = self.consumer.permits.clone().acquire_many_owned(all);
+        let finished = tokio::time::timeout(grace, idle).await.is_ok();
+        self.claimer.abort();
+        if finished {
+            // Every handler is done and its answer queued: the outbox closes once the last
+            // sender goes with the consumer, after the sender sent everything.
+            drop(self.consumer);
+            let _ = tokio::time::timeout(grace, self.sender).await;
+        } else {
+            // Handlers still run: nothing more of theirs goes out, and their jobs, no longer
+            // kept claimed, go to another worker.
+            self.sender.abort();
+        }
+    }
+}
+
+/// The entries of an `XREADGROUP` or `XAUTOCLAIM` entry list.
+fn entries(list: &Value) -> Vec<Entry> {
+    let Value::Array(items) = list else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(parts) = item else {
+                return None;
+            };
+            let id = match parts.first()? {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            let job = match parts.get(1) {
+                Some(Value::Array(fields)) => fields.chunks(2).find_map(|kv| match kv {
+                    [Value::BulkString(k), Value::BulkString(v)] if k == b"j" => Some(v.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            Some((id, job))
+        })
+        .collect()
+}
+
+/// The entries of an `XREADGROUP` reply (RESP2 array or RESP3 map of one stream).
+fn read_reply(reply: &Value) -> Vec<Entry> {
+    match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(kv) => kv.get(1).map(entries),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
+        Value::Map(streams) => streams.iter().flat_map(|(_, v)| entries(v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not be held across an await.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+fn is_nogroup(e: &::redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+impl Consumer {
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, WorkerError> {
+        match tokio::time::timeout(self.opts.command_timeout, f).await {
+            Ok(r) => r.map_err(redis_error),
+            Err(_) => Err(WorkerError::Redis("timed out".to_owned())),
+        }
+    }
+
+    /// Creates the consumer group (and the stream) unless there.
+    async fn create_group(&self) -> Result<(), WorkerError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = ::redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(&self.stream)
+            .arg(CONSUMER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM");
+        let create = cmd.query_async::<Value>(&mut conn);
+        match tokio::time::timeout(self.opts.command_timeout, create).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Ok(Err(e)) => Err(redis_error(e)),
+            Err(_) => Err(WorkerError::Redis("timed out".to_owned())),
+        }
+    }
+
+    /// Permits for up to `batch` jobs: waits for the first one.
+    async fn permits(&self) -> Vec<OwnedSemaphorePermit> {
+        let Ok(first) = self.permits.clone().acquire_owned().await else {
+            return Vec::new();
+        };
+        let mut permits = vec![first];
+        while permits.len() < self.opts.batch.max(1) {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        permits
+    }
+
+    /// Takes new jobs until stopped, as many at once as it has room for.
+    async fn read(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let block = millis(READ_BLOCK);
+        loop {
+            let permits = tokio::select! {
+                _ = stopped(&mut stop) => return,
+                p = self.permits() => p,
+            };
+            let mut conn = self.reader.clone();
+            let mut cmd = ::redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(CONSUMER_GROUP)
+                .arg(&self.name)
+                .arg("COUNT")
+                .arg(permits.len())
+                .arg("BLOCK")
+                .arg(block)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(">");
+            let read = cmd.query_async::<Value>(&mut conn);
+            let reply = tokio::select! {
+                _ = stopped(&mut stop) => return,
+                r = read => r,
+            };
+            match reply {
+                Ok(reply) => self.run_all(read_reply(&reply), permits),
+                Err(e) => {
+                    if is_nogroup(&e) {
+                        // Redis lost the group (restarted without persistence): make it anew.
+                        if let Err(e) = self.create_group().await {
+                            tracing::warn!(error = %e, "worker: cannot create the consumer group");
+                        }
+                    } else {
+                        tracing::warn!(error = %e, "worker: reading jobs failed");
+                    }
+                    drop(permits);
+                    tokio::select! {
+                        _ = stopped(&mut stop) => return,
+                        () = tokio::time::sleep(RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims the jobs that stayed unacknowledged with any worker (a dead one, typically) for
+    /// longer than `claim_idle`, and runs them.
+    async fn claim(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let every = (self.opts.claim_idle / 2).max(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = tick.tick() => {}
+            }
+            self.touch().await;
+            let mut cursor = "0-0".to_owned();
+            loop {
+                let permits = self.permits().await;
+                let mut conn = self.conn.clone();
+                let mut cmd = ::redis::cmd("XAUTOCLAIM");
+                cmd.arg(&self.stream)
+                    .arg(CONSUMER_GROUP)
+                    .arg(&self.name)
+                    .arg(millis(self.opts.claim_idle))
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(permits.len());
+                let claim = cmd.query_async::<Value>(&mut conn);
+                let reply = match self.bounded(claim).await {
+                    Ok(Value::Array(reply)) => reply,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "worker: claiming idle jobs failed");
+                        break;
+                    }
+                };
+                let claimed = reply.get(1).map(entries).unwrap_or_default();
+                if !claimed.is_empty() {
+                    tracing::info!(jobs = claimed.len(), "worker: claimed jobs left idle");
+                }
+                self.run_all(claimed, permits);
+                cursor = match reply.first() {
+                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    Some(Value::SimpleString(s)) => s.clone(),
+                    _ => break,
+                };
+                if cursor == "0-0" {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Resets the idle time of the jobs this worker is running, so that no other worker
+    /// claims them while it is alive, however long their handlers take.
+    async fn touch(&self) {
+        let ids: Vec<String> = self.running().iter().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = ::redis::cmd("XCLAIM");
+        cmd.arg(&self.stream)
+            .arg(CONSUMER_GROUP)
+            .arg(&self.name)
+            .arg(0)
+            .arg(&ids)
+            .arg("JUSTID");
+        if let Err(e) = self.bounded(cmd.query_async::<Value>(&mut conn)).await {
+            tracing::warn!(error = %e, "worker: keeping its jobs claimed failed");
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run_all(self: &Arc<Self>, entries: Vec<Entry>, permits: Vec<OwnedSemaphorePermit>) {
+        for ((id, job), permit) in entries.into_iter().zip(permits) {
+            // A job claimed while this worker still runs it (it took longer than
+            // `claim_idle` between two touches) is not run twice here.
+            if self.running().insert(id.clone()) {
+                tokio::spawn(self.clone().run(id, job, permit));
+            }
+        }
+    }
+
+    /// Runs one job, sends its answer, then marks it done. Whatever happens to the handler,
+    /// the job ends acknowledged or (if this process dies first) stays to be claimed.
+    async fn run(self: Arc<Self>, id: String, job: Option<Vec<u8>>, _permit: OwnedSemaphorePermit) {
+        let job = match job.map(|j| serde_json::from_slice::<Job>(&j)) {
+            Some(Ok(job)) => job,
+            Some(Err(e)) => {
+                tracing::warn!(id, error = %e, "worker: dropping an undecodable job");
+                return self.done(id).await;
+            }
+            None => return self.done(id).await,
+        };
+        if now_ms() > job.d {
+            tracing::debug!(
+                id,
+                topic = job.t,
+                "worker: dropping a job past its deadline"
+            );
+            return self.done(id).await;
+        }
+        let Some(inner) = self.server.upgrade() else {
+            self.running().remove(&id);
+            return;
+        };
+        let channel = self.opts.gateway_channel(&job.g);
+        let socket = Socket(Peer::Remote(Arc::new(RemoteSocket {
+            id: job.s,
+            session: Session {
+                user: job.u,
+                session: job.e,
+                ..Session::default()
+            },
+            server: self.server.clone(),
+            channel: channel.clone(),
+            outbox: self.outbox.clone(),
+        })));
+        match job.k {
+            Kind::Ask => {
+                let answer = ask(&inner, &job.t, socket, job.m).await;
+                let reply = ToGateway::Reply {
+                    i: job.i,
+                    r: answer.map_err(|r| WireRejection {
+                        code: r.code,
+                        reason: r.reason,
+                    }),
+                };
+                if let Ok(payload) = serde_json::to_string(&reply) {
+                    let _ = self
+                        .outbox
+                        .send(Outgoing::Publish { channel, payload })
+                        .await;
+                }
+            }
+            Kind::Tell => tell(&inner, &job.t, socket, job.m).await,
+        }
+        self.done(id).await;
+    }
+
+    async fn done(&self, id: String) {
+        self.running().remove(&id);
+        let _ = self.outbox.send(Outgoing::Done(id)).await;
+    }
+}
+
+/// Sends what handlers queued, in order, many per round trip. A batch that fails is
+/// logged and dropped: its asks time out at their gateways as `unavailable`, and its jobs,
+/// unacknowledged, are claimed and run again.
+async fn send(
+    conn: ConnectionManager,
+    stream: String,
+    limit: Duration,
+    mut queued: mpsc::Receiver<Outgoing>,
+) {
+    let mut batch = Vec::with_capacity(OUTBOX_BATCH);
+    while queued.recv_many(&mut batch, OUTBOX_BATCH).await > 0 {
+        let mut pipe = ::redis::pipe();
+        let mut done = Vec::new();
+        for out in batch.drain(..) {
+            match out {
+                Outgoing::Publish { channel, payload } => {
+                    pipe.publish(channel, payload).ignore();
+                }
+                Outgoing::Done(id) => done.push(id),
+            }
+        }
+        if !done.is_empty() {
+            pipe.xack(&stream, CONSUMER_GROUP, &done).ignore();
+            pipe.xdel(&stream, &done).ignore();
+        }
+        let mut conn = conn.clone();
+        match tokio::time::timeout(limit, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "worker: sending answers failed"),
+            Err(_) => tracing::warn!("worker: sending answers timed out"),
+        }
+    }
+}
+
+/// Runs an ask's handler as the gateway would have.
+async fn ask(
+    inner: &Inner,
+    topic: &str,
+    socket: Socket,
+    msg: Box<RawValue>,
+) -> Result<Box<RawValue>, Rejection> {
+    let Some(route) = inner.asks.get(topic) else {
+        return Err(Rejection::new(
+            codes::UNKNOWN_TOPIC,
+            format!("no worker handler for {topic}"),
+        ));
+    };
+    let start = Instant::now();
+    let work = (route.handler)(socket, msg);
+    let answer = match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::warn!(topic, "ask handler panicked in a worker");
+            Err(Rejection::new(codes::INTERNAL, "handler failed"))
+        }
+    };
+    let result = answer.as_ref().map(|_| ()).map_err(|r| r.code.as_str());
+    inner
+        .metrics
+        .ask_answered(&route.series, result, start.elapsed());
+    answer
+}
+
+/// Runs a tell's handler as the gateway would have.
+async fn tell(inner: &Inner, topic: &str, socket: Socket, msg: Box<RawValue>) {
+    let Some(route) = inner.tells.get(topic) else {
+        tracing::warn!(topic, "worker: no handler for a routed tell");
+        return;
+    };
+    route.series.inc();
+    if AssertUnwindSafe((route.handler)(socket, msg))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::warn!(topic, "tell handler panicked in a worker");
+    }
+}
