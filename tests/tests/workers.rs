@@ -172,7 +172,11 @@ async fn a_workers_handler_sees_the_gateways_socket_and_reaches_it() {
 
     // A worker boots the socket: closed by its gateway with `booted`.
     let _ = within("boot-me", c.ask::<_, Value>("boot-me", &())).await;
-    within("closed", c.wait_status(|s| s == sss_client::ClientStatus::Closed)).await;
+    within(
+        "closed",
+        c.wait_status(|s| s == sss_client::ClientStatus::Closed),
+    )
+    .await;
 }
 
 #[tokio::test]

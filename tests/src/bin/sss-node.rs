@@ -3,8 +3,14 @@
 //! that publishes. `?user=NAME` on the socket's URL gives it a user id (and `{"name": NAME}` as
 //! its presence info).
 //!
+//! Worker mode: `--gateway-asks a,b` and `--gateway-tells c` route those topics to workers;
+//! `--worker` runs a worker instead of listening (prints `worker ready INSTANCE`), with an ask
+//! `work` (`{"n":N,"ms":MS}`: waits MS, answers `{"n":N,"worker":INSTANCE}`), an ask `boom`
+//! that panics, and a tell `note` that tells the socket `noted` with the same message.
+//!
 //! Usage: `sss-node --redis URL [--addr HOST:PORT] [--history N] [--prefix P]
-//! [--presence-ttl-ms MS]`. Prints
+//! [--presence-ttl-ms MS] [--gateway-asks T,..] [--gateway-tells T,..] [--ask-timeout-ms MS]
+//! [--worker] [--claim-idle-ms MS]`. Prints
 //! `listening on HOST:PORT` on stdout once it accepts connections; stops on SIGTERM or when
 //! killed.
 
@@ -13,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sss_server::scaler::{RedisOptions, RedisScaler};
+use sss_server::worker::{Gateway, Worker, WorkerOptions};
 use sss_server::{Rejection, Server, ServerOptions, Session};
 
 #[derive(Deserialize)]
@@ -28,6 +35,29 @@ struct Args {
     history: usize,
     prefix: String,
     presence_ttl: Duration,
+    gateway_asks: Vec<String>,
+    gateway_tells: Vec<String>,
+    worker: bool,
+    workers: WorkerOptions,
+}
+
+#[derive(Deserialize)]
+struct Work {
+    n: u64,
+    ms: u64,
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn ms(flag: &str, v: &str) -> Result<Duration, String> {
+    v.parse()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{flag}: {e}"))
 }
 
 fn args() -> Result<Args, String> {
@@ -37,9 +67,17 @@ fn args() -> Result<Args, String> {
         history: 1000,
         prefix: "sss".into(),
         presence_ttl: RedisOptions::default().presence_ttl,
+        gateway_asks: Vec::new(),
+        gateway_tells: Vec::new(),
+        worker: false,
+        workers: WorkerOptions::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--worker" {
+            a.worker = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--addr" => a.addr = value,
@@ -52,6 +90,10 @@ fn args() -> Result<Args, String> {
                     .map_err(|e| format!("--presence-ttl-ms: {e}"))?;
                 a.presence_ttl = Duration::from_millis(ms);
             }
+            "--gateway-asks" => a.gateway_asks = list(&value),
+            "--gateway-tells" => a.gateway_tells = list(&value),
+            "--ask-timeout-ms" => a.workers.ask_timeout = ms(&flag, &value)?,
+            "--claim-idle-ms" => a.workers.claim_idle = ms(&flag, &value)?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -72,13 +114,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &args.redis,
         RedisOptions {
             history_size: args.history,
-            prefix: args.prefix,
             presence_ttl: args.presence_ttl,
+            prefix: args.prefix.clone(),
             ..RedisOptions::default()
         },
     )
     .await?;
-    let server = Server::builder(scaler)
+    let workers = WorkerOptions {
+        prefix: args.prefix.clone(),
+        ..args.workers.clone()
+    };
+    if args.worker {
+        return work(scaler, &args.redis, workers).await;
+    }
+    let mut builder = Server::builder(scaler);
+    if !args.gateway_asks.is_empty() || !args.gateway_tells.is_empty() {
+        let gateway = Gateway::new(args.redis.clone(), workers)
+            .asks(args.gateway_asks.clone())
+            .tells(args.gateway_tells.clone());
+        builder = builder.gateway(gateway);
+    }
+    let server = builder
         .options(ServerOptions::default().presence_prefixes(["room:"]))
         .session_parser(|req| async move {
             Ok(match req.query.get("user") {
@@ -108,5 +164,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     term.recv().await;
     server.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Runs a worker until SIGTERM (or SIGKILL).
+async fn work(
+    scaler: RedisScaler,
+    redis: &str,
+    opts: WorkerOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let server = Server::builder(scaler)
+        .on_ask("work", |socket, w: Work| async move {
+            tokio::time::sleep(Duration::from_millis(w.ms)).await;
+            let worker = socket.server().map(|s| s.instance_id().to_owned());
+            Ok::<_, Rejection>(serde_json::json!({ "n": w.n, "worker": worker }))
+        })
+        .on_ask("boom", |_socket, (): ()| async move {
+            if true {
+                panic!("a handler bug");
+            }
+            Ok::<_, Rejection>(())
+        })
+        .on_tell("note", |socket, n: Box<RawValue>| async move {
+            let _ = socket.tell("noted", &n);
+        })
+        .build()
+        .await?;
+    let worker = Worker::start(&server, redis, opts).await?;
+    println!("worker ready {}", server.instance_id());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    term.recv().await;
+    worker.stop(Duration::from_secs(5)).await;
     Ok(())
 }
