@@ -139,7 +139,7 @@ async fn run_client(
                     sent_at.insert(next as u64, Instant::now());
                 }
                 // One tell every ten answers, until all are sent.
-                if tells < TELLS_PER_CLIENT && next % 10 == 0 {
+                if tells < TELLS_PER_CLIENT && next.is_multiple_of(10) {
                     let n = client * TELLS_PER_CLIENT + tells;
                     peer.send(&format!(r#"{{"t":"tell","topic":"note","msg":{n}}}"#))
                         .await;
