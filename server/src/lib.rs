@@ -35,6 +35,7 @@ mod registry;
 pub mod scaler;
 mod server;
 mod socket;
+mod subscription;
 #[cfg(feature = "redis")]
 pub mod worker;
 
@@ -45,6 +46,7 @@ pub use server::{Inbound, Server, ServerBuilder, ServerError, ServerOptions};
 pub use socket::Socket;
 pub use sss_core::protocol::{close, codes, session_channel, user_channel, Member, PresenceStats};
 pub use sss_core::Position;
+pub use subscription::{ChannelEvent, ChannelStream};
 
 /// Who a socket belongs to, as the session parser decided.
 #[derive(Clone, Debug, Default)]

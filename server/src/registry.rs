@@ -3,10 +3,11 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sss_core::protocol::{close, encode_pub, encode_tell, Member, ServerFrame};
-use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::machine::{PresenceNote, Publication};
@@ -15,15 +16,32 @@ use crate::socket::{Out, SocketShared};
 
 const SHARDS: usize = 64;
 
+/// A server-side subscriber's end of a channel: a bounded queue of the channel's publications.
+pub(crate) struct Tap {
+    pub(crate) tx: mpsc::Sender<Arc<Record>>,
+    /// Set when a publication did not fit: the subscriber catches up from the history.
+    pub(crate) lagged: AtomicBool,
+}
+
 type Sockets = HashMap<u64, Arc<SocketShared>>;
 
+#[derive(Default)]
 struct ChannelSubs {
     subs: Sockets,
+    /// Server-side subscribers ([`Server::subscribe`](crate::Server::subscribe)), by key.
+    taps: HashMap<u64, Arc<Tap>>,
     /// The subscribers that are members of the channel's presence (what it should be).
     members: HashMap<u64, Arc<Member>>,
     /// Held while this instance's interest in the channel, and its members, change at the
     /// scaler; what the scaler has been told.
     interest: Arc<AsyncMutex<Scaled>>,
+}
+
+impl ChannelSubs {
+    /// Whether anyone here reads the channel.
+    fn wanted(&self) -> bool {
+        !self.subs.is_empty() || !self.taps.is_empty()
+    }
 }
 
 /// What the scaler has been told about one channel by this instance.
@@ -166,16 +184,28 @@ impl Registry {
         let mut shard = write(self.shard(channel));
         let entry = shard
             .entry(Arc::from(channel))
-            .or_insert_with(|| ChannelSubs {
-                subs: HashMap::new(),
-                members: HashMap::new(),
-                interest: Arc::default(),
-            });
+            .or_default();
         entry.subs.insert(s.key, s.clone());
         if presence {
             i64::from(entry.members.insert(s.key, s.member()).is_none())
         } else {
             -i64::from(entry.members.remove(&s.key).is_some())
+        }
+    }
+
+    /// Adds a server-side subscriber now; call [`reconcile`](Self::reconcile) next.
+    pub(crate) fn insert_tap(&self, channel: &str, key: u64, tap: Arc<Tap>) {
+        let mut shard = write(self.shard(channel));
+        let entry = shard
+            .entry(Arc::from(channel))
+            .or_default();
+        entry.taps.insert(key, tap);
+    }
+
+    /// Removes a server-side subscriber now; call [`reconcile`](Self::reconcile) next.
+    pub(crate) fn remove_tap(&self, channel: &str, key: u64) {
+        if let Some(entry) = write(self.shard(channel)).get_mut(channel) {
+            entry.taps.remove(&key);
         }
     }
 
@@ -222,7 +252,7 @@ impl Registry {
             let (wanted, joined, left) = match read(self.shard(channel)).get(channel) {
                 Some(e) if Arc::ptr_eq(&e.interest, &interest) => {
                     let (joined, left) = scaled.diff(&e.members);
-                    (!e.subs.is_empty(), joined, left)
+                    (e.wanted(), joined, left)
                 }
                 Some(_) => continue,
                 None => return Ok(()),
@@ -250,7 +280,7 @@ impl Registry {
                 let mut shard = write(self.shard(channel));
                 if shard
                     .get(channel)
-                    .is_some_and(|e| e.subs.is_empty() && Arc::ptr_eq(&e.interest, &interest))
+                    .is_some_and(|e| !e.wanted() && Arc::ptr_eq(&e.interest, &interest))
                 {
                     shard.remove(channel);
                     // A map keeps its capacity after removals: give it back once it is mostly
@@ -300,11 +330,16 @@ impl Registry {
 
     /// Hands one publication to every local subscriber of its channel, encoded once. Returns
     /// how many sockets it was handed to.
-    pub(crate) fn fan_out(&self, channel: &Arc<str>, record: &Record) -> u64 {
+    pub(crate) fn fan_out(&self, channel: &Arc<str>, record: &Arc<Record>) -> u64 {
         let shard = read(self.shard(channel));
         let Some(entry) = shard.get(&**channel) else {
             return 0;
         };
+        for tap in entry.taps.values() {
+            if tap.tx.try_send(record.clone()).is_err() {
+                tap.lagged.store(true, Ordering::Release);
+            }
+        }
         if entry.subs.is_empty() {
             return 0;
         }

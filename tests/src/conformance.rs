@@ -13,10 +13,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
+use serde_json::json;
 use serde_json::value::RawValue;
 use sss_core::protocol::Member;
 use sss_core::Position;
-use sss_server::scaler::{Control, History, Record, Scaler, ScalerEvent};
+use sss_server::scaler::{Control, History, Record, Scaler, ScalerError, ScalerEvent};
+use sss_server::{ChannelEvent, ChannelStream, Server};
 use tokio::sync::mpsc;
 
 use crate::within;
@@ -503,6 +506,154 @@ pub async fn presence_across_instances(backend: &dyn Backend) {
     c.stop().await;
 }
 
+/// One instance of a [`Cluster`] as a server's scaler (the cluster hands out shared
+/// instances; a server takes its scaler by value).
+struct Instance(Arc<dyn Scaler>);
+
+#[async_trait::async_trait]
+impl Scaler for Instance {
+    async fn start(&self, events: mpsc::UnboundedSender<ScalerEvent>) -> Result<(), ScalerError> {
+        self.0.start(events).await
+    }
+    async fn publish(&self, c: &str, t: &str, m: &RawValue) -> Result<Position, ScalerError> {
+        self.0.publish(c, t, m).await
+    }
+    async fn subscribe(&self, c: &str) -> Result<(), ScalerError> {
+        self.0.subscribe(c).await
+    }
+    async fn unsubscribe(&self, c: &str) -> Result<(), ScalerError> {
+        self.0.unsubscribe(c).await
+    }
+    async fn history(&self, c: &str, since: &Position) -> Result<History, ScalerError> {
+        self.0.history(c, since).await
+    }
+    async fn position(&self, c: &str) -> Result<Position, ScalerError> {
+        self.0.position(c).await
+    }
+    async fn control(&self, msg: Control) -> Result<(), ScalerError> {
+        self.0.control(msg).await
+    }
+    async fn presence_update(
+        &self,
+        c: &str,
+        joined: &[Arc<Member>],
+        left: &[Arc<Member>],
+    ) -> Result<(), ScalerError> {
+        self.0.presence_update(c, joined, left).await
+    }
+    async fn presence(&self, c: &str) -> Result<Vec<Member>, ScalerError> {
+        self.0.presence(c).await
+    }
+    async fn ready(&self) -> Result<(), ScalerError> {
+        self.0.ready().await
+    }
+    async fn stop(&self) {
+        self.0.stop().await;
+    }
+}
+
+/// The next event of a server-side subscription, which must be a publication; returns its
+/// seq and `n`.
+async fn next_publication(stream: &mut ChannelStream) -> (u64, u64) {
+    match within("a server-side publication", stream.next()).await {
+        Some(ChannelEvent::Publication(r)) => {
+            let v: serde_json::Value = serde_json::from_str(r.msg.get()).expect("json");
+            (r.position.seq, v["n"].as_u64().expect("n"))
+        }
+        other => panic!("expected a publication, got {other:?}"),
+    }
+}
+
+/// `Server::subscribe` on one instance reads what another publishes, in order; a reader that
+/// falls behind by more than its queue catches up from the history; a stream resumed from a
+/// position gets what came after it, or is told the history no longer reaches back.
+pub async fn server_side_subscriptions(backend: &dyn Backend) {
+    let cluster = backend.cluster(2, 3000).await;
+    let mut servers = Vec::new();
+    for scaler in cluster.instances {
+        let server = Server::builder(Instance(scaler)).build().await;
+        servers.push(server.expect("server starts"));
+    }
+    let (reader, writer) = (&servers[0], &servers[1]);
+    let mut stream = reader.subscribe("feed").await.expect("subscribe");
+    let start = stream.start().clone();
+    for n in 1..=5 {
+        writer
+            .publish("feed", "n", &json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    for n in 1..=5 {
+        assert_eq!(
+            next_publication(&mut stream).await,
+            (start.seq + n, n),
+            "in order"
+        );
+    }
+
+    // 2000 publications while nobody reads: twice the stream's queue.
+    for n in 6..=2005 {
+        writer
+            .publish("feed", "n", &json!({ "n": n }))
+            .await
+            .expect("publish");
+    }
+    for n in 6..=2005 {
+        assert_eq!(
+            next_publication(&mut stream).await.1,
+            n,
+            "caught up, in order"
+        );
+    }
+    drop(stream);
+
+    // Resumed from the 3rd publication: the 4th onwards, from the history, then live.
+    let mut resumed = reader
+        .subscribe_from("feed", third_of(&start))
+        .await
+        .expect("resume");
+    for n in 4..=2005 {
+        assert_eq!(
+            next_publication(&mut resumed).await.1,
+            n,
+            "recovered in order"
+        );
+    }
+    writer
+        .publish("feed", "n", &json!({ "n": 2006 }))
+        .await
+        .expect("publish");
+    assert_eq!(next_publication(&mut resumed).await.1, 2006, "then live");
+    drop(resumed);
+
+    // The backend lost the channel: a resume from before is told so, then goes on live.
+    (cluster.forget)("feed".to_owned()).await;
+    let head = writer
+        .publish("feed", "n", &json!({ "n": 1 }))
+        .await
+        .expect("publish");
+    let mut lost = reader
+        .subscribe_from("feed", third_of(&start))
+        .await
+        .expect("resume");
+    match within("unrecoverable", lost.next()).await {
+        Some(ChannelEvent::Unrecoverable { head: h }) => assert_eq!(h, head),
+        other => panic!("expected unrecoverable, got {other:?}"),
+    }
+    writer
+        .publish("feed", "n", &json!({ "n": 2 }))
+        .await
+        .expect("publish");
+    assert_eq!(next_publication(&mut lost).await, (head.seq + 1, 2));
+    for s in &servers {
+        s.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn third_of(start: &Position) -> Position {
+    Position::new(start.epoch.clone(), start.seq + 3)
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each with a backend made by `$make`
 /// (an expression of a future yielding a [`Backend`](crate::conformance::Backend), evaluated
 /// once per test).
@@ -519,6 +670,7 @@ macro_rules! conformance_tests {
             unsubscribe_stops_delivery,
             control_reaches_every_instance,
             presence_across_instances,
+            server_side_subscriptions,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {

@@ -403,3 +403,92 @@ async fn presence_across_processes_and_a_killed_instance() {
         json!({"sockets": 2, "users": 2})
     );
 }
+
+/// A server-side subscription on one instance, reading what another publishes while Redis
+/// restarts: with Redis's data, every publication once and in order; without it, a gap only
+/// ever after an `Unrecoverable`.
+async fn server_side_subscription_through_a_redis_restart(keep_data: bool) {
+    use sss_server::ChannelEvent;
+    init_tracing();
+    const TOTAL: u64 = 200;
+    let mut redis = RedisServer::spawn(Persistence::AppendOnly).await;
+    let instance = || async {
+        let scaler = RedisScaler::connect(redis.url(), RedisOptions::default())
+            .await
+            .expect("scaler");
+        Server::builder(scaler).build().await.expect("server")
+    };
+    let (reader, writer) = (instance().await, instance().await);
+    let mut stream = reader.subscribe("feed:s").await.expect("subscribe");
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    let mut last = stream.start().clone();
+    for n in 1..=TOTAL {
+        if n == TOTAL / 2 {
+            redis.restart(keep_data).await;
+        }
+        let mut tries = 0;
+        last = loop {
+            match writer.publish("feed:s", "n", &n).await {
+                Ok(p) => break p,
+                Err(_) => {
+                    tries += 1;
+                    assert!(tries < 200, "Redis did not come back");
+                    tick.tick().await;
+                }
+            }
+        };
+    }
+    let (mut got, mut told) = (Vec::new(), 0);
+    while got.last() != Some(&TOTAL) {
+        match within("a server-side event", stream.next()).await {
+            Some(ChannelEvent::Publication(r)) => {
+                got.push(serde_json::from_str::<u64>(r.msg.get()).expect("n"));
+            }
+            Some(ChannelEvent::Unrecoverable { head }) => {
+                told += 1;
+                got.push(0);
+                // Delivery goes on after the head: nothing more comes if it is the last.
+                if head == last {
+                    break;
+                }
+            }
+            None => panic!("the stream ended"),
+        }
+    }
+    if keep_data {
+        assert_eq!(
+            got,
+            (1..=TOTAL).collect::<Vec<_>>(),
+            "nothing lost, nothing twice"
+        );
+        assert_eq!(told, 0);
+    } else {
+        // Every gap is right after the `Unrecoverable` (a 0 here).
+        let mut expected = 1;
+        for &n in &got {
+            if n == 0 {
+                continue;
+            }
+            let after_notice = got
+                .iter()
+                .position(|&x| x == n)
+                .is_some_and(|i| i > 0 && got[i - 1] == 0);
+            assert!(
+                n == expected || (n > expected && after_notice),
+                "silent gap before {n}: {got:?}"
+            );
+            expected = n + 1;
+        }
+        assert!(told > 0, "Redis lost its data: the stream was told");
+    }
+}
+
+#[tokio::test]
+async fn server_side_subscription_survives_a_redis_restart_with_its_data() {
+    server_side_subscription_through_a_redis_restart(true).await;
+}
+
+#[tokio::test]
+async fn server_side_subscription_reports_a_redis_restart_without_its_data() {
+    server_side_subscription_through_a_redis_restart(false).await;
+}
