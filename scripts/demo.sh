@@ -7,6 +7,8 @@
 #   scripts/demo.sh --cluster [N] [--addr HOST:PORT] N instances (default 2) joined by Redis,
 #                                                   behind a round-robin TCP proxy; uses
 #                                                   REDIS_URL, or starts a redis-server of its own
+#   scripts/demo.sh --cluster [N] --workers M       the same, with the chat's asks and tells
+#                                                   handled by M worker processes (worker mode)
 #
 # Operators' endpoints: /metrics (Prometheus text), /healthz, /readyz, on the demo's own port
 # with one instance, on a port per instance in the cluster (the demo prints them). Logs follow
@@ -15,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cluster=0
+workers=0
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,10 +25,19 @@ while [ $# -gt 0 ]; do
       cluster=2
       if [[ "${2:-}" =~ ^[0-9]+$ ]]; then cluster="$2"; shift; fi
       ;;
+    --workers)
+      if ! [[ "${2:-}" =~ ^[1-9][0-9]*$ ]]; then echo "--workers needs a count" >&2; exit 2; fi
+      workers="$2"; shift
+      ;;
     *) args+=("$1") ;;
   esac
   shift
 done
+
+if [ "$workers" -gt 0 ] && [ "$cluster" -eq 0 ]; then
+  echo "--workers needs --cluster (workers meet the instances through Redis)" >&2
+  exit 2
+fi
 
 scripts/install-wasm-toolchain.sh
 scripts/build-pkg.sh
@@ -50,5 +62,6 @@ if [ -z "$redis_url" ]; then
   redis_url="redis://127.0.0.1:$port/"
   echo "redis-server on $redis_url (stopped when the demo stops)"
 fi
+if [ "$workers" -gt 0 ]; then args+=(--workers "$workers"); fi
 cargo run --release -p sss-server --features redis --example chat -- \
   --redis "$redis_url" --instances "$cluster" "${args[@]}"

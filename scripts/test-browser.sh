@@ -7,7 +7,9 @@
 #      (tests/browser/), driven by playwright-core under `node --test`;
 #   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
 #      each sees the other in the room's member list, and a leave when one closes; screenshots
-#      under target/.
+#      under target/;
+#   d. the same against the demo as a cluster (2 instances behind its round-robin proxy, one
+#      Redis) whose chat handlers run in 2 worker processes (worker mode).
 # Runs both, prints the runners' summaries, exits non-zero if either failed. Idempotent; kills
 # every process it starts.
 # Usage: scripts/test-browser.sh
@@ -23,6 +25,14 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sss-browser-test.XXXXXX")
 SERVER_PID=
+REDIS_PID=
+stop_redis() {
+  if [ -n "$REDIS_PID" ]; then
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=
+  fi
+}
 stop_server() {
   if [ -n "$SERVER_PID" ]; then
     kill "$SERVER_PID" 2>/dev/null || true
@@ -32,6 +42,7 @@ stop_server() {
 }
 cleanup() {
   stop_server
+  stop_redis
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -111,7 +122,7 @@ stop_server
 # ---- c. the demo, as a person uses it: two pages chat (tests/browser/demo.test.cjs) -----------
 T=$SECONDS
 log "c. the chat demo in two pages (tests/browser/demo.test.cjs)"
-cargo build --quiet -p sss-server --example chat
+cargo build --quiet -p sss-server --features redis --example chat
 start_server 's/.*open \(http[^ ]*\) in a browser.*/\1/p' \
   "$TARGET_DIR/debug/examples/chat" --addr 127.0.0.1:0
 if (
@@ -126,6 +137,35 @@ else
   tail -n 30 "$WORK/server.log" >&2
 fi
 stop_server
+
+# ---- d. the demo as a cluster, its handlers in worker processes (the same demo.test.cjs) ------
+T=$SECONDS
+log "d. the chat demo as 2 instances + 2 workers on Redis (tests/browser/demo.test.cjs)"
+scripts/install-services.sh >/dev/null
+REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
+  --daemonize no >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 50); do
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+start_server 's/.*open \(http[^ ]*\) in a browser.*/\1/p' \
+  "$TARGET_DIR/debug/examples/chat" --addr 127.0.0.1:0 \
+  --redis "redis://127.0.0.1:$REDIS_PORT/" --instances 2 --workers 2
+if (
+  # shellcheck source=scripts/wasm-env.sh
+  source scripts/wasm-env.sh
+  SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs
+); then
+  log "d. passed in $((SECONDS - T))s"
+else
+  log "d. FAILED in $((SECONDS - T))s"
+  FAILED+=("demo as a cluster with workers (playwright)")
+  tail -n 30 "$WORK/server.log" >&2
+fi
+stop_server
+stop_redis
 
 if [ ${#FAILED[@]} -gt 0 ]; then
   log "FAILED: ${FAILED[*]}"

@@ -129,6 +129,7 @@ impl ServerProc {
             .strip_prefix("READY ")
             .ok_or_else(|| format!("unexpected line from the server child: {line}"))?
             .split(',')
+            .filter(|a| !a.is_empty())
             .map(str::parse)
             .collect::<std::result::Result<Vec<SocketAddr>, _>>()?;
         Ok(Self {

@@ -19,6 +19,9 @@ Scenarios (default: all, in this order):
   cores             baseline, rpc and fanout with the server pinned to 1 core, then 2 cores
   presence          M sockets join one channel's presence at once, then leave: time to the
                     last join / leave event a watcher sees, and (over Redis) the Redis commands
+  workers           the rpc load with handlers in process (Redis scaler), then through worker
+                    mode (1 gateway, W worker processes, one Redis): added latency and CPU per
+                    ask (starts a redis-server of its own unless --scaler redis)
 
 Options:
   --smoke                 every scenario tiny (a few seconds); exit 1 if a correctness check fails
@@ -36,6 +39,7 @@ Options:
   --channels N            distinct channels of the channels scenario, per round (100000)
   --channel-sockets S     sockets the channels are spread over (100)
   --members M             presence members (1000)
+  --workers W             worker processes of the workers scenario (2)
   --server-cpus LIST      pin the server children with taskset -c LIST
   --load-cpus LIST        pin this load generator with taskset -c LIST
   --scaler memory|redis   scaler of the servers (memory); redis needs the `redis` feature
@@ -69,10 +73,11 @@ pub(crate) enum Scenario {
     Channels,
     Cores,
     Presence,
+    Workers,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Baseline,
         Scenario::Rpc,
         Scenario::Tells,
@@ -82,6 +87,7 @@ impl Scenario {
         Scenario::Channels,
         Scenario::Cores,
         Scenario::Presence,
+        Scenario::Workers,
     ];
 
     fn parse(s: &str) -> Option<Self> {
@@ -95,6 +101,7 @@ impl Scenario {
             "channels" => Self::Channels,
             "cores" => Self::Cores,
             "presence" => Self::Presence,
+            "workers" => Self::Workers,
             _ => return None,
         })
     }
@@ -120,6 +127,7 @@ pub(crate) struct Opts {
     pub(crate) channel_sockets: usize,
     /// Members of the presence scenario.
     pub(crate) members: usize,
+    pub(crate) workers: usize,
     pub(crate) server_cpus: Option<String>,
     pub(crate) load_cpus: Option<String>,
     pub(crate) scaler: ScalerOpt,
@@ -144,6 +152,7 @@ impl Opts {
             channels: 100_000,
             channel_sockets: 100,
             members: 1000,
+            workers: 2,
             server_cpus: None,
             load_cpus: None,
             scaler: ScalerOpt::Memory,
@@ -205,6 +214,7 @@ impl Opts {
                 "--channels" => o.channels = num::<usize>(a, value(a)?)?.max(1),
                 "--channel-sockets" => o.channel_sockets = num::<usize>(a, value(a)?)?.max(1),
                 "--members" => o.members = num::<usize>(a, value(a)?)?.max(1),
+                "--workers" => o.workers = num::<usize>(a, value(a)?)?.max(1),
                 "--server-cpus" => o.server_cpus = Some(value(a)?),
                 "--load-cpus" => o.load_cpus = Some(value(a)?),
                 "--scaler" => match value(a)?.as_str() {

@@ -88,6 +88,11 @@ impl RedisServer {
         Err(format!("redis-server on port {port} did not answer PING within {READY:?}").into())
     }
 
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Kills the server and waits for it.
     pub(crate) async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {

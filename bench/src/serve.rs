@@ -1,6 +1,6 @@
 //! The `serve` subcommand: the server side of the benchmark, run as a child process.
 //!
-//! `sss-bench serve --kind sss|echo [--instances N] [--killable I] [--scaler memory|redis
+//! `sss-bench serve --kind sss|echo|gateway|worker [--instances N] [--killable I] [--scaler memory|redis
 //! --redis-url URL [--redis-prefix P]]` listens on loopback port 0, prints `READY <addr>[,<addr>...]` on stdout, and
 //! then reads commands on stdin:
 //!
@@ -12,7 +12,9 @@
 //!
 //! Kind `sss` is a Super Scaled Sockets server with ask handlers `echo` (answers the request
 //! as is) and `publish` (`{"ch":..,"msg":..}`: publishes `msg` on `ch` with topic `m`, answers the
-//! publication's seq). Kind `echo` is the raw baseline: a tokio-tungstenite server that sends every
+//! publication's seq). Kind `gateway` is the same server routing `echo` and `note` to workers,
+//! and kind `worker` a worker with those handlers (it prints `READY` with no address); both
+//! need `--scaler redis`. Kind `echo` is the raw baseline: a tokio-tungstenite server that sends every
 //! text message back.
 
 use std::net::SocketAddr;
@@ -37,6 +39,10 @@ pub(crate) enum Kind {
     Sss,
     /// A raw tokio-tungstenite echo server (the baseline).
     Echo,
+    /// A Super Scaled Sockets server routing `echo` and `note` to workers (worker mode).
+    Gateway,
+    /// A worker running the handlers for gateways (no listener).
+    Worker,
 }
 
 impl Kind {
@@ -44,6 +50,8 @@ impl Kind {
         match self {
             Kind::Sss => "sss",
             Kind::Echo => "echo",
+            Kind::Gateway => "gateway",
+            Kind::Worker => "worker",
         }
     }
 }
@@ -76,6 +84,8 @@ fn parse(args: &[String]) -> Result<ServeArgs> {
                 a.kind = match value()?.as_str() {
                     "sss" => Kind::Sss,
                     "echo" => Kind::Echo,
+                    "gateway" => Kind::Gateway,
+                    "worker" => Kind::Worker,
                     k => return Err(format!("unknown kind {k}").into()),
                 }
             }
@@ -147,22 +157,35 @@ impl Killer {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let mut instances = Vec::new();
+    // Kept until the process ends (a dropped worker stops taking jobs).
+    let mut worker = None;
     match args.kind {
         Kind::Echo => {
             for _ in 0..args.instances {
                 instances.push(echo_instance().await?);
             }
         }
-        Kind::Sss => {
+        Kind::Sss | Kind::Gateway => {
             let scalers = scalers(&args).await?;
             for (i, scaler) in scalers.into_iter().enumerate() {
-                let server = build_server(scaler).await?;
+                let server = build_server(scaler, gateway(&args)?).await?;
                 instances.push(sss_instance(server, args.killable == Some(i)).await?);
             }
+        }
+        Kind::Worker => {
+            // It listens to nobody: READY with no address.
+            let scaler = scalers(&args)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or("no scaler")?;
+            let server = build_server(scaler, None).await?;
+            worker = Some(start_worker(&server, &args).await?);
         }
     }
     let addrs: Vec<String> = instances.iter().map(|i| i.addr.to_string()).collect();
     println!("READY {}", addrs.join(","));
+    let _worker = worker;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let mut words = line.split_whitespace();
@@ -234,7 +257,60 @@ struct PublishReq {
     msg: Box<RawValue>,
 }
 
-async fn build_server(scaler: BoxedScaler) -> Result<Server> {
+/// What a worker-mode server needs to reach the workers.
+#[cfg(feature = "redis")]
+type Route = sss_server::worker::Gateway;
+#[cfg(not(feature = "redis"))]
+type Route = ();
+#[cfg(feature = "redis")]
+type WorkerHandle = sss_server::worker::Worker;
+#[cfg(not(feature = "redis"))]
+type WorkerHandle = ();
+
+#[cfg(feature = "redis")]
+fn worker_options(args: &ServeArgs) -> sss_server::worker::WorkerOptions {
+    sss_server::worker::WorkerOptions {
+        prefix: args.redis_prefix.clone(),
+        ..Default::default()
+    }
+}
+
+/// For kind `gateway`: `echo` asks and `note` tells go to the workers on the same Redis.
+#[cfg(feature = "redis")]
+fn gateway(args: &ServeArgs) -> Result<Option<Route>> {
+    Ok(match (&args.kind, &args.scaler) {
+        (Kind::Gateway, ScalerOpt::Redis(url)) => Some(
+            sss_server::worker::Gateway::new(url.clone(), worker_options(args))
+                .asks(["echo"])
+                .tells(["note"]),
+        ),
+        (Kind::Gateway, _) => return Err("kind gateway needs --scaler redis".into()),
+        _ => None,
+    })
+}
+
+#[cfg(not(feature = "redis"))]
+fn gateway(args: &ServeArgs) -> Result<Option<Route>> {
+    match args.kind {
+        Kind::Gateway => Err("worker mode needs sss-bench built with `--features redis`".into()),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn start_worker(server: &Server, args: &ServeArgs) -> Result<WorkerHandle> {
+    let ScalerOpt::Redis(url) = &args.scaler else {
+        return Err("kind worker needs --scaler redis".into());
+    };
+    Ok(sss_server::worker::Worker::start(server, url, worker_options(args)).await?)
+}
+
+#[cfg(not(feature = "redis"))]
+async fn start_worker(_server: &Server, _args: &ServeArgs) -> Result<WorkerHandle> {
+    Err("worker mode needs sss-bench built with `--features redis`".into())
+}
+
+async fn build_server(scaler: BoxedScaler, route: Option<Route>) -> Result<Server> {
     fn with_handlers<S: Scaler>(scaler: S) -> sss_server::ServerBuilder {
         Server::builder(scaler)
             // The presence scenario's channel.
@@ -259,6 +335,13 @@ async fn build_server(scaler: BoxedScaler) -> Result<Server> {
         #[cfg(feature = "redis")]
         BoxedScaler::Redis(s) => with_handlers(s),
     };
+    #[cfg(feature = "redis")]
+    let builder = match route {
+        Some(gateway) => builder.gateway(gateway),
+        None => builder,
+    };
+    #[cfg(not(feature = "redis"))]
+    let _ = route;
     Ok(builder.build().await?)
 }
 

@@ -182,9 +182,7 @@ impl Registry {
     /// Returns the change in this instance's presence memberships (-1, 0 or 1).
     pub(crate) fn insert(&self, channel: &str, s: &Arc<SocketShared>, presence: bool) -> i64 {
         let mut shard = write(self.shard(channel));
-        let entry = shard
-            .entry(Arc::from(channel))
-            .or_default();
+        let entry = shard.entry(Arc::from(channel)).or_default();
         entry.subs.insert(s.key, s.clone());
         if presence {
             i64::from(entry.members.insert(s.key, s.member()).is_none())
@@ -196,9 +194,7 @@ impl Registry {
     /// Adds a server-side subscriber now; call [`reconcile`](Self::reconcile) next.
     pub(crate) fn insert_tap(&self, channel: &str, key: u64, tap: Arc<Tap>) {
         let mut shard = write(self.shard(channel));
-        let entry = shard
-            .entry(Arc::from(channel))
-            .or_default();
+        let entry = shard.entry(Arc::from(channel)).or_default();
         entry.taps.insert(key, tap);
     }
 

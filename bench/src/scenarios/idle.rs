@@ -90,11 +90,11 @@ async fn measure(o: &Opts, kind: Kind, server: &ServerProc) -> Result<IdleResult
 async fn handshake(ws: &mut wire::Ws, kind: Kind) -> Result<()> {
     let limit = Duration::from_secs(30);
     match kind {
-        Kind::Sss => wire::hello(ws, limit).await,
         Kind::Echo => {
             wire::send(ws, r#"{"t":"hello","v":1}"#.into()).await?;
             wire::expect(ws, limit).await.map(drop)
         }
+        Kind::Sss | Kind::Gateway | Kind::Worker => wire::hello(ws, limit).await,
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::child::{cluster_prefix, ServerProc, Spec};
 use crate::opts::{Opts, ScalerOpt, Scenario};
 use crate::report::{latency_json, Report};
 use crate::serve::Kind;
@@ -143,6 +144,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Cores => "cores",
             Scenario::Presence if redis => "presence[redis]",
             Scenario::Presence => "presence",
+            Scenario::Workers => "workers",
         };
         eprintln!("== {name}");
         let r = match scenario {
@@ -163,6 +165,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Channels => channels_scenario(o, report).await,
             Scenario::Cores => cores_scenario(o, report).await,
             Scenario::Presence => presence_scenario(o, report, name).await,
+            Scenario::Workers => workers_scenario(o, report, name).await,
         };
         if let Err(e) = r {
             eprintln!("{name} failed: {e}");
@@ -593,6 +596,125 @@ async fn cores_scenario(o: &Opts, report: &mut Report) -> Result<()> {
 }
 
 /// The table rows that say who was busy: the load generator, the servers, everything else.
+/// `workers`: the rpc load against a server on the Redis scaler with its `echo` handler in
+/// process, then against a gateway routing `echo` to `o.workers` worker processes, on the same
+/// Redis. Server CPU per ask counts every process involved (gateway, workers, Redis).
+async fn workers_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()> {
+    let own = match &o.scaler {
+        ScalerOpt::Redis(_) => None,
+        ScalerOpt::Memory => Some(crate::redis::RedisServer::spawn().await?),
+    };
+    let url = match (&own, &o.scaler) {
+        (Some(r), _) => r.url().to_owned(),
+        (None, ScalerOpt::Redis(u)) => u.clone(),
+        (None, ScalerOpt::Memory) => return Err("no Redis".into()),
+    };
+    // Redis's CPU is known only for a redis-server this run started.
+    let redis: Vec<u32> = own.as_ref().and_then(|r| r.pid()).into_iter().collect();
+    let cpus = o.server_cpus.clone();
+
+    let spec = Spec::redis(&url, &cluster_prefix(), cpus.clone());
+    let server = ServerProc::spawn(&spec).await?;
+    let inproc = rpc::measure(o, Kind::Sss, &server, std::slice::from_ref(&redis), 0).await;
+    server.stop().await;
+    let inproc = inproc?;
+
+    let prefix = cluster_prefix();
+    let mut workers = Vec::new();
+    for _ in 0..o.workers {
+        let mut spec = Spec::redis(&url, &prefix, cpus.clone());
+        spec.kind = Kind::Worker;
+        workers.push(ServerProc::spawn(&spec).await?);
+    }
+    let mut spec = Spec::redis(&url, &prefix, cpus.clone());
+    spec.kind = Kind::Gateway;
+    let gateway = ServerProc::spawn(&spec).await?;
+    let pids: Vec<u32> = workers.iter().map(ServerProc::pid).collect();
+    let routed = rpc::measure(o, Kind::Gateway, &gateway, &[pids, redis.clone()], 0).await;
+    gateway.stop().await;
+    for w in workers {
+        w.stop().await;
+    }
+    if let Some(r) = own {
+        r.stop().await;
+    }
+    let routed = routed?;
+
+    let per_ask = |us: u64, r: &rpc::RpcResult| us as f64 / r.count.max(1) as f64;
+    for (mode, r) in [("in process", &inproc), ("worker mode", &routed)] {
+        let part = |i: usize| r.parts.get(i).map(|&us| per_ask(us, r));
+        report.line(&json!({
+            "scenario": name,
+            "mode": mode,
+            "workers": if r.kind == Kind::Gateway { o.workers } else { 0 },
+            "connections": r.connections,
+            "payload_bytes": o.payload,
+            "seconds": r.cpu.wall.as_secs_f64(),
+            "round_trips": r.count,
+            "round_trips_per_s": r.per_second(),
+            "latency": latency_json(&r.hist),
+            "server_cpu_us_per_rt": r.server_us_per_rt(),
+            "cpu_us_per_rt": {
+                "server_or_gateway": part(0),
+                "workers": if r.kind == Kind::Gateway { part(1) } else { None },
+                "redis": if redis.is_empty() { None } else { part(r.parts.len() - 1) },
+            },
+            "errors": r.errors,
+        }));
+        let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+        report.info(
+            name,
+            &format!("{mode}: round trips/s"),
+            format!("{:.0}", r.per_second()),
+        );
+        report.info(
+            name,
+            &format!("{mode}: latency p50/p99 ms"),
+            format!("{:.3}/{:.3}", ms(0.5), ms(0.99)),
+        );
+        let parts: Vec<String> = r
+            .parts
+            .iter()
+            .map(|&us| format!("{:.1}", per_ask(us, r)))
+            .collect();
+        report.info(
+            name,
+            &format!(
+                "{mode}: CPU µs/ask (total; {})",
+                if r.kind == Kind::Gateway {
+                    "gateway, workers, redis"
+                } else {
+                    "server, redis"
+                }
+            ),
+            format!("{:.1} ({})", r.server_us_per_rt(), parts.join(", ")),
+        );
+        report.check(
+            name,
+            &format!("{mode}: errors"),
+            r.errors,
+            "connections failed",
+        );
+        report.check(
+            name,
+            &format!("{mode}: answered"),
+            u64::from(r.count == 0),
+            "runs without any answer",
+        );
+    }
+    let p50 = |r: &rpc::RpcResult| r.hist.value_at_quantile(0.5) as f64 / 1000.0;
+    report.info(
+        name,
+        "worker mode adds: p50 ms, CPU µs/ask",
+        format!(
+            "{:.3}, {:.1}",
+            p50(&routed) - p50(&inproc),
+            routed.server_us_per_rt() - inproc.server_us_per_rt()
+        ),
+    );
+    Ok(())
+}
+
 fn report_cores(report: &mut Report, name: &str, cpu: &crate::child::CpuUse) {
     report.info(name, "load cores busy", format!("{:.2}", cpu.load_cores()));
     report.info(

@@ -24,7 +24,10 @@ pub(crate) struct RpcResult {
     pub(crate) count: u64,
     pub(crate) errors: u64,
     pub(crate) hist: Histogram<u64>,
+    /// CPU of every process measured (the server and `others`) and of the load generator.
     pub(crate) cpu: CpuUse,
+    /// Server CPU µs of each group of processes measured: the server, then each of `others`.
+    pub(crate) parts: Vec<u64>,
 }
 
 impl RpcResult {
@@ -59,20 +62,28 @@ pub(crate) async fn run(
     tells: usize,
 ) -> Result<RpcResult> {
     let server = ServerProc::spawn(&Spec::new(kind, cpus)).await?;
-    let r = measure(o, kind, &server, tells).await;
+    let r = measure(o, kind, &server, &[], tells).await;
     server.stop().await;
     r
 }
 
 const MAX_ASKS_PER_CONNECTION: u64 = 100_000_000;
 
-async fn measure(o: &Opts, kind: Kind, server: &ServerProc, tells: usize) -> Result<RpcResult> {
+/// Drives `server`; its CPU, and that of each group of processes in `others` (workers, Redis),
+/// counts as the server's.
+pub(crate) async fn measure(
+    o: &Opts,
+    kind: Kind,
+    server: &ServerProc,
+    others: &[Vec<u32>],
+    tells: usize,
+) -> Result<RpcResult> {
     let addr = server.addrs[0];
     let limit = Duration::from_secs(10);
     let mut conns = Vec::with_capacity(o.connections);
     for _ in 0..o.connections {
         let mut ws = wire::connect(addr).await?;
-        if kind == Kind::Sss {
+        if kind != Kind::Echo {
             wire::hello(&mut ws, limit).await?;
         }
         conns.push(ws);
@@ -93,10 +104,22 @@ async fn measure(o: &Opts, kind: Kind, server: &ServerProc, tells: usize) -> Res
             tokio::spawn(ask_loop(ws, kind, payload.clone(), tells, window))
         })
         .collect();
+    let mut groups = vec![vec![server.pid()]];
+    groups.extend(others.iter().cloned());
+    let all: Vec<u32> = groups.iter().flatten().copied().collect();
     sleep_until(from).await;
-    let before = CpuSnap::take(&[server.pid()])?;
+    let before = CpuSnap::take(&all)?;
+    let parts_before = groups
+        .iter()
+        .map(|g| CpuSnap::take(g))
+        .collect::<Result<Vec<_>>>()?;
     sleep_until(until).await;
-    let after = CpuSnap::take(&[server.pid()])?;
+    let after = CpuSnap::take(&all)?;
+    let parts = groups
+        .iter()
+        .zip(&parts_before)
+        .map(|(g, b)| Ok(b.until(&CpuSnap::take(g)?).server_us))
+        .collect::<Result<Vec<_>>>()?;
     let mut hist = histogram();
     let (mut count, mut errors) = (0, 0);
     for t in tasks {
@@ -123,6 +146,7 @@ async fn measure(o: &Opts, kind: Kind, server: &ServerProc, tells: usize) -> Res
         errors,
         hist,
         cpu: before.until(&after),
+        parts,
     })
 }
 
@@ -144,9 +168,9 @@ async fn ask_loop(
 ) -> Result<(u64, Histogram<u64>)> {
     sleep_until(w.start).await;
     let want = match kind {
-        Kind::Sss => "res",
         // The echo server sends the ask frame itself back.
         Kind::Echo => "ask",
+        Kind::Sss | Kind::Gateway | Kind::Worker => "res",
     };
     let tell = format!(r#"{{"t":"tell","topic":"note","msg":{payload}}}"#);
     let mut hist = histogram();

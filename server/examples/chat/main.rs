@@ -19,6 +19,10 @@
 //!   them on its own port (`http://127.0.0.1:8080/metrics`); in the cluster each instance serves
 //!   them on a port of its own (printed at start), since the proxy would pick one at random.
 //!   Logs: `RUST_LOG=info,sss_server=debug` follows every handshake, ask and subscription.
+//! - Worker mode (`--redis URL --workers M`): the instances hand `say`, `dm` and `typing` to
+//!   M worker processes (`chat --worker --redis URL`, which it starts; more can be started by
+//!   hand) through Redis, and run only sessions, subscriptions and the web app themselves.
+//!   `scripts/demo.sh --cluster --workers 2` runs it all.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -84,6 +88,8 @@ fn scaler_error(e: sss_server::ServerError) -> Rejection {
     Rejection::new(sss_server::codes::UNAVAILABLE, e.to_string())
 }
 
+/// A gateway (or the one instance): sessions, subscriptions, the web app. Its asks and tells
+/// are added by [`handlers`], or routed to workers.
 fn build(
     scaler: impl Scaler,
     web: PathBuf,
@@ -128,6 +134,15 @@ fn build(
             // Every room shows who is in it.
             Ok(Grant::with_presence())
         })
+        .http_fallback(move |req| {
+            let (web, pkg) = (web.clone(), pkg.clone());
+            async move { serve_http(req, &web, &pkg).await }
+        })
+}
+
+/// The chat's asks and tells: on the instances themselves, or on workers (`--worker`).
+fn handlers(builder: sss_server::ServerBuilder) -> sss_server::ServerBuilder {
+    builder
         .on_ask("say", |socket: Socket, say: Say| async move {
             let from = user_of(&socket)?;
             check_text(&say.text)?;
@@ -168,10 +183,6 @@ fn build(
                     .broadcast("typing", &json!({ "room": room, "from": from }))
                     .await;
             }
-        })
-        .http_fallback(move |req| {
-            let (web, pkg) = (web.clone(), pkg.clone());
-            async move { serve_http(req, &web, &pkg).await }
         })
 }
 
@@ -267,10 +278,20 @@ struct Args {
     origins: Vec<String>,
     redis: Option<String>,
     instances: usize,
+    /// Worker processes to start, and route the chat's asks and tells to.
+    workers: usize,
+    /// Run a worker instead of a server.
+    worker: bool,
 }
 
-const USAGE: &str =
-    "usage: chat [--addr HOST:PORT] [--origin URL]... [--redis URL [--instances N]]";
+const USAGE: &str = "usage: chat [--addr HOST:PORT] [--origin URL]... \
+     [--redis URL [--instances N] [--workers M]] | chat --worker --redis URL";
+
+/// The topics the chat's instances hand to workers with `--workers`.
+#[cfg(feature = "redis")]
+const WORKER_ASKS: [&str; 2] = ["say", "dm"];
+#[cfg(feature = "redis")]
+const WORKER_TELLS: [&str; 1] = ["typing"];
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
@@ -279,6 +300,8 @@ fn parse_args() -> Result<Args, String> {
         origins: Vec::new(),
         redis: None,
         instances: 1,
+        workers: 0,
+        worker: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value; {USAGE}"));
@@ -289,11 +312,18 @@ fn parse_args() -> Result<Args, String> {
             "--instances" => {
                 parsed.instances = value()?.parse().map_err(|e| format!("--instances: {e}"))?
             }
+            "--workers" => {
+                parsed.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?
+            }
+            "--worker" => parsed.worker = true,
             other => return Err(format!("unknown argument {other}; {USAGE}")),
         }
     }
     if parsed.instances == 0 || (parsed.instances > 1 && parsed.redis.is_none()) {
         return Err(format!("several instances need --redis; {USAGE}"));
+    }
+    if (parsed.worker || parsed.workers > 0) && parsed.redis.is_none() {
+        return Err(format!("workers need --redis; {USAGE}"));
     }
     Ok(parsed)
 }
@@ -353,6 +383,71 @@ async fn redis_scaler(
     sss_server::scaler::RedisScaler::connect(url, sss_server::scaler::RedisOptions::default()).await
 }
 
+/// Runs one worker: the chat's handlers, fed by the instances through Redis, until Ctrl-C.
+#[cfg(feature = "redis")]
+async fn work(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use sss_server::worker::{Worker, WorkerOptions};
+    let server = handlers(Server::builder(redis_scaler(url).await?))
+        .build()
+        .await?;
+    let worker = Worker::start(&server, url, WorkerOptions::default()).await?;
+    println!("chat worker {} ready", server.instance_id());
+    stopped().await?;
+    worker.stop(Duration::from_secs(5)).await;
+    server.shutdown(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// Starts `n` worker processes (this program with `--worker`) and waits until each is ready.
+/// They stop with this process (or with the Ctrl-C that reaches its whole process group).
+#[cfg(feature = "redis")]
+async fn spawn_workers(
+    n: usize,
+    url: &str,
+) -> Result<Vec<tokio::process::Child>, Box<dyn std::error::Error>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["--worker", "--redis", url])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let ready = tokio::io::BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await?;
+        println!("{}", ready.ok_or("a worker exited before it was ready")?);
+        children.push(child);
+    }
+    Ok(children)
+}
+
+/// The chat's asks and tells, in process or routed to workers.
+fn route(builder: sss_server::ServerBuilder, args: &Args) -> sss_server::ServerBuilder {
+    #[cfg(feature = "redis")]
+    if let (true, Some(url)) = (args.workers > 0, &args.redis) {
+        use sss_server::worker::{Gateway, WorkerOptions};
+        let gateway = Gateway::new(url.clone(), WorkerOptions::default())
+            .asks(WORKER_ASKS)
+            .tells(WORKER_TELLS);
+        return builder.gateway(gateway);
+    }
+    let _ = args;
+    handlers(builder)
+}
+
+/// Waits for Ctrl-C or SIGTERM (what a test harness or a service manager sends), so that the
+/// demo shuts down gracefully and its worker processes go with it.
+async fn stopped() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -361,6 +456,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = parse_args()?;
+    #[cfg(feature = "redis")]
+    if let (true, Some(url)) = (args.worker, &args.redis) {
+        return work(url).await;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let web = root.join("examples/chat/web");
     let pkg = root.join("../pkg/dist/web");
@@ -378,22 +477,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     tracing::info!(?origins, "sockets accepted from these origins");
+    #[cfg(feature = "redis")]
+    let _workers = match &args.redis {
+        Some(url) => spawn_workers(args.workers, url).await?,
+        None => Vec::new(),
+    };
     let mut servers = Vec::new();
     match &args.redis {
         None => servers.push(
-            build(MemoryScaler::default(), web, pkg, &origins, true)
-                .build()
-                .await?,
+            route(
+                build(MemoryScaler::default(), web, pkg, &origins, true),
+                &args,
+            )
+            .build()
+            .await?,
         ),
         #[cfg(feature = "redis")]
         Some(url) => {
             for _ in 0..args.instances {
                 let scaler = redis_scaler(url).await?;
-                servers.push(
-                    build(scaler, web.clone(), pkg.clone(), &origins, false)
-                        .build()
-                        .await?,
-                );
+                let builder = build(scaler, web.clone(), pkg.clone(), &origins, false);
+                servers.push(route(builder, &args).build().await?);
             }
         }
         #[cfg(not(feature = "redis"))]
@@ -423,7 +527,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(proxy(front, backends));
     }
     println!("Super Scaled Sockets chat demo: open http://{local}/ in a browser (Ctrl-C stops it)");
-    tokio::signal::ctrl_c().await?;
+    stopped().await?;
     for server in &servers {
         server.shutdown(Duration::from_secs(2)).await;
     }

@@ -101,7 +101,8 @@ impl RemoteSocket {
 /// # Ok(()) }
 /// ```
 ///
-/// It runs until [`stop`](Self::stop)ped (dropping the value leaves it running).
+/// It runs until [`stop`](Self::stop)ped, which lets the handlers running finish; dropping it
+/// stops taking jobs at once (the handlers running still finish and answer).
 pub struct Worker {
     consumer: Arc<Consumer>,
     stop: watch::Sender<bool>,
@@ -120,7 +121,8 @@ impl std::fmt::Debug for Worker {
 }
 
 struct Consumer {
-    server: Weak<Inner>,
+    /// The server whose handlers run (held: a worker is its server's reason to live).
+    server: Server,
     opts: WorkerOptions,
     stream: String,
     /// This worker's consumer name: its server's instance id.
@@ -161,7 +163,7 @@ impl Worker {
             .map_err(redis_error)?;
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let consumer = Arc::new(Consumer {
-            server: Arc::downgrade(&server.inner),
+            server: server.clone(),
             stream: opts.stream(),
             name: server.instance_id().to_owned(),
             permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
@@ -456,10 +458,7 @@ impl Consumer {
             );
             return self.done(id).await;
         }
-        let Some(inner) = self.server.upgrade() else {
-            self.running().remove(&id);
-            return;
-        };
+        let inner = &self.server.inner;
         let channel = self.opts.gateway_channel(&job.g);
         let socket = Socket(Peer::Remote(Arc::new(RemoteSocket {
             id: job.s,
@@ -468,13 +467,13 @@ impl Consumer {
                 session: job.e,
                 ..Session::default()
             },
-            server: self.server.clone(),
+            server: Arc::downgrade(inner),
             channel: channel.clone(),
             outbox: self.outbox.clone(),
         })));
         match job.k {
             Kind::Ask => {
-                let answer = ask(&inner, &job.t, socket, job.m).await;
+                let answer = ask(inner, &job.t, socket, job.m).await;
                 let reply = ToGateway::Reply {
                     i: job.i,
                     r: answer.map_err(|r| WireRejection {
@@ -489,7 +488,7 @@ impl Consumer {
                         .await;
                 }
             }
-            Kind::Tell => tell(&inner, &job.t, socket, job.m).await,
+            Kind::Tell => tell(inner, &job.t, socket, job.m).await,
         }
         self.done(id).await;
     }
