@@ -276,3 +276,50 @@ async fn a_job_left_with_a_stopped_worker_is_claimed_by_another() {
     let (answer, _second) = within("claimed", futures::future::join(slow, stop)).await;
     assert_eq!(answer.expect("answered by the second worker"), 1500);
 }
+
+/// The consumer names in the group, as Redis lists them.
+async fn consumers(redis: &RedisServer, prefix: &str) -> Vec<String> {
+    let mut admin = sss_tests::services::redis_admin(redis.url()).await;
+    let stream = format!("{prefix}:w:{{default}}");
+    let info: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg("workers")
+        .query_async(&mut admin)
+        .await
+        .expect("xinfo");
+    info.iter()
+        .filter_map(|fields| match fields.get(1) {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_consumer_of_a_worker_that_is_gone_is_forgotten() {
+    init_tracing();
+    let redis = RedisServer::start().await;
+    let opts = WorkerOptions {
+        claim_idle: Duration::from_millis(100),
+        ..options(&unique_prefix())
+    };
+    let (first_server, first) = worker(&redis, opts.clone()).await;
+    let (_second_server, _second) = worker(&redis, opts.clone()).await;
+    let gone = first_server.instance_id().to_owned();
+    within("both read", async {
+        while consumers(&redis, &opts.prefix).await.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    first.stop(Duration::from_secs(1)).await;
+    // Forgotten by the other worker after ten seconds of silence with nothing pending.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while consumers(&redis, &opts.prefix).await.contains(&gone) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the stopped worker's consumer is forgotten");
+}

@@ -31,6 +31,10 @@ const RETRY: Duration = Duration::from_millis(200);
 const OUTBOX: usize = 4096;
 /// Most outgoing messages sent to Redis in one round trip.
 const OUTBOX_BATCH: usize = 512;
+/// Claim rounds between two looks for consumers of workers that are gone.
+const FORGET_EVERY: u64 = 20;
+/// Claim times (`claim_idle`) a consumer must have been silent, holding nothing, to be gone.
+const FORGET_AFTER: u32 = 10;
 
 /// Something a worker sends to Redis, in order.
 enum Outgoing {
@@ -262,6 +266,34 @@ pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
+/// A consumer's name, pending jobs and idle milliseconds, from `XINFO CONSUMERS` (a flat
+/// field list in RESP2, a map in RESP3).
+fn consumer_info(v: &Value) -> Option<(String, u64, u64)> {
+    let pairs: Vec<(&Value, &Value)> = match v {
+        Value::Array(flat) => flat
+            .chunks(2)
+            .filter_map(|kv| Some((kv.first()?, kv.get(1)?)))
+            .collect(),
+        Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+        _ => return None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let (mut name, mut pending, mut idle) = (None, None, None);
+    for (k, v) in pairs {
+        match (text(k).as_deref(), v) {
+            (Some("name"), v) => name = text(v),
+            (Some("pending"), Value::Int(n)) => pending = u64::try_from(*n).ok(),
+            (Some("idle"), Value::Int(n)) => idle = u64::try_from(*n).ok(),
+            _ => {}
+        }
+    }
+    Some((name?, pending?, idle?))
+}
+
 fn is_nogroup(e: &::redis::RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }
@@ -288,11 +320,20 @@ impl Consumer {
             .arg("MKSTREAM");
         let create = cmd.query_async::<Value>(&mut conn);
         match tokio::time::timeout(self.opts.command_timeout, create).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Ok(Err(e)) => Err(redis_error(e)),
-            Err(_) => Err(WorkerError::Redis("timed out".to_owned())),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.code() == Some("BUSYGROUP") => {}
+            Ok(Err(e)) => return Err(redis_error(e)),
+            Err(_) => return Err(WorkerError::Redis("timed out".to_owned())),
         }
+        // Listed from the start (a blocked read that got nothing yet does not create it).
+        let mut cmd = ::redis::cmd("XGROUP");
+        cmd.arg("CREATECONSUMER")
+            .arg(&self.stream)
+            .arg(CONSUMER_GROUP)
+            .arg(&self.name);
+        self.bounded(cmd.query_async::<Value>(&mut conn))
+            .await
+            .map(drop)
     }
 
     /// Permits for up to `batch` jobs: waits for the first one.
@@ -361,12 +402,17 @@ impl Consumer {
     async fn claim(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let every = (self.opts.claim_idle / 2).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(every);
+        let mut rounds = 0u64;
         loop {
             tokio::select! {
                 _ = stopped(&mut stop) => return,
                 _ = tick.tick() => {}
             }
             self.touch().await;
+            rounds += 1;
+            if rounds.is_multiple_of(FORGET_EVERY) {
+                self.forget_gone_consumers().await;
+            }
             let mut cursor = "0-0".to_owned();
             loop {
                 let permits = self.permits().await;
@@ -400,6 +446,47 @@ impl Consumer {
                 };
                 if cursor == "0-0" {
                     break;
+                }
+            }
+        }
+    }
+
+    /// Removes from the group the consumers of workers that are gone: each worker process is
+    /// a consumer of its own, and without this every restart would leave one behind for good.
+    /// A consumer is gone when it holds no job and has not read for `FORGET_AFTER` claim times
+    /// (and at least `FORGET_AFTER` seconds). Redis does not count a blocked read that got
+    /// nothing as activity, so a live worker that got no job for that long is removed too:
+    /// harmless, it holds nothing, and its next job makes it anew.
+    async fn forget_gone_consumers(&self) {
+        let mut conn = self.conn.clone();
+        let mut cmd = ::redis::cmd("XINFO");
+        cmd.arg("CONSUMERS").arg(&self.stream).arg(CONSUMER_GROUP);
+        let Ok(Value::Array(consumers)) = self.bounded(cmd.query_async::<Value>(&mut conn)).await
+        else {
+            return;
+        };
+        let limit = millis(
+            self.opts
+                .claim_idle
+                .saturating_mul(FORGET_AFTER)
+                .max(READ_BLOCK * FORGET_AFTER),
+        );
+        for consumer in consumers {
+            let Some((name, pending, idle)) = consumer_info(&consumer) else {
+                continue;
+            };
+            if pending == 0 && idle > limit && name != self.name {
+                let mut cmd = ::redis::cmd("XGROUP");
+                cmd.arg("DELCONSUMER")
+                    .arg(&self.stream)
+                    .arg(CONSUMER_GROUP)
+                    .arg(&name);
+                if self
+                    .bounded(cmd.query_async::<Value>(&mut conn))
+                    .await
+                    .is_ok()
+                {
+                    tracing::debug!(consumer = name, "worker: forgot a consumer that is gone");
                 }
             }
         }
