@@ -263,6 +263,45 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// Something worker mode did that no other metric shows.
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkerEvent {
+    /// Gateway: an answer came for an ask no longer waiting (timed out, or answered already).
+    AnswerDropped,
+    /// Gateway: a routed tell was dropped (backlog full, or Redis unreachable).
+    TellDropped,
+    /// Worker: a job left idle with another worker was claimed.
+    JobClaimed,
+    /// Worker: a job past its deadline was dropped unrun.
+    JobExpired,
+}
+
+#[cfg(feature = "redis")]
+impl WorkerEvent {
+    const ALL: [WorkerEvent; 4] = [
+        WorkerEvent::AnswerDropped,
+        WorkerEvent::TellDropped,
+        WorkerEvent::JobClaimed,
+        WorkerEvent::JobExpired,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            WorkerEvent::AnswerDropped => "answer_dropped",
+            WorkerEvent::TellDropped => "tell_dropped",
+            WorkerEvent::JobClaimed => "job_claimed",
+            WorkerEvent::JobExpired => "job_expired",
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabel {
     code: String,
@@ -353,6 +392,8 @@ pub(crate) struct Metrics {
     resyncs: [Counter; 2],
     presence_requests: Family<OutcomeLabel, Counter>,
     scaler: [OpSeries; ScalerOp::ALL.len()],
+    #[cfg(feature = "redis")]
+    worker: [Counter; WorkerEvent::ALL.len()],
     /// Codes that have a label value of their own (at most [`MAX_CODES`]).
     codes: Mutex<HashSet<String>>,
 }
@@ -523,6 +564,23 @@ impl Metrics {
                 latency: latencies.get_or_create_owned(&label),
             }
         });
+        #[cfg(feature = "redis")]
+        let worker_family = Family::<EventLabel, Counter>::default();
+        #[cfg(feature = "redis")]
+        r.register(
+            "worker_events",
+            "Worker mode, by event: answer_dropped (gateway: an answer for an ask no longer \
+             waiting, late or second), tell_dropped (gateway: a routed tell dropped, backlog \
+             full or Redis unreachable), job_claimed (worker: a job left idle with another \
+             worker, claimed), job_expired (worker: a job past its deadline, dropped unrun)",
+            worker_family.clone(),
+        );
+        #[cfg(feature = "redis")]
+        let worker = WorkerEvent::ALL.map(|event| {
+            worker_family.get_or_create_owned(&EventLabel {
+                event: event.label(),
+            })
+        });
         Self {
             registry,
             connections,
@@ -545,8 +603,17 @@ impl Metrics {
             resyncs,
             presence_requests,
             scaler,
+            #[cfg(feature = "redis")]
+            worker,
             codes: Mutex::default(),
         }
+    }
+
+    /// Counts one worker-mode event.
+    #[cfg(feature = "redis")]
+    pub(crate) fn worker_event(&self, event: WorkerEvent) {
+        // `ALL` lists the variants in declaration order.
+        self.worker[event as usize].inc();
     }
 
     /// Every metric in the Prometheus text format (version 0.0.4).

@@ -14,6 +14,19 @@ use sss_server::{codes, Inbound, Rejection, Server, ServerOptions, Session};
 use sss_tests::services::{unique_prefix, RedisServer};
 use sss_tests::{init_tracing, start, within};
 
+/// A worker-mode event count, as `/metrics` shows it.
+fn events(server: &Server, event: &str) -> u64 {
+    let series = format!(r#"sss_worker_events_total{{event="{event}"}} "#);
+    server
+        .render_metrics()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&series)
+                .map(|v| v.trim().parse().expect("a count"))
+        })
+        .expect("the series is there")
+}
+
 fn options(prefix: &str) -> WorkerOptions {
     WorkerOptions {
         prefix: prefix.to_owned(),
@@ -236,7 +249,7 @@ async fn without_workers_asks_are_refused_busy_or_unavailable_never_silent() {
 
     // A worker arrives: it drops the three jobs past their deadline unrun, the backlog
     // drains, and asks are answered again.
-    let (_w_server, _w) = worker(&redis, opts.clone()).await;
+    let (w_server, _w) = worker(&redis, opts.clone()).await;
     let who: Value = within("served", async {
         loop {
             match c.ask::<_, Value>("whoami", &()).await {
@@ -247,6 +260,8 @@ async fn without_workers_asks_are_refused_busy_or_unavailable_never_silent() {
     })
     .await;
     assert!(who["socket"].is_string());
+    let expired = events(&w_server, "job_expired");
+    assert!(expired >= 3, "the jobs past their deadline: {expired}");
 }
 
 #[tokio::test]
@@ -273,8 +288,10 @@ async fn a_job_left_with_a_stopped_worker_is_claimed_by_another() {
         first.stop(Duration::from_millis(10)).await;
         worker(&redis, opts.clone()).await
     };
-    let (answer, _second) = within("claimed", futures::future::join(slow, stop)).await;
+    let (answer, (second_server, _second)) =
+        within("claimed", futures::future::join(slow, stop)).await;
     assert_eq!(answer.expect("answered by the second worker"), 1500);
+    assert_eq!(events(&second_server, "job_claimed"), 1);
 }
 
 /// The consumer names in the group, as Redis lists them.

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::{
     millis, now_ms, redis_error, Job, Kind, ToGateway, WireRejection, WorkerError, WorkerOptions,
 };
+use crate::metrics::WorkerEvent;
 use crate::server::Inner;
 use crate::socket::Peer;
 use crate::{Rejection, Server, Session, Socket};
@@ -437,6 +438,12 @@ impl Consumer {
                 let claimed = reply.get(1).map(entries).unwrap_or_default();
                 if !claimed.is_empty() {
                     tracing::info!(jobs = claimed.len(), "worker: claimed jobs left idle");
+                    for _ in &claimed {
+                        self.server
+                            .inner
+                            .metrics
+                            .worker_event(WorkerEvent::JobClaimed);
+                    }
                 }
                 self.run_all(claimed, permits);
                 cursor = match reply.first() {
@@ -543,6 +550,10 @@ impl Consumer {
                 topic = job.t,
                 "worker: dropping a job past its deadline"
             );
+            self.server
+                .inner
+                .metrics
+                .worker_event(WorkerEvent::JobExpired);
             return self.done(id).await;
         }
         let inner = &self.server.inner;

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::consumer::stopped;
 use super::{millis, now_ms, redis_error, Job, Kind, ToGateway, WorkerError, WorkerOptions};
+use crate::metrics::WorkerEvent;
 use crate::scaler::Control;
 use crate::server::{AskHandler, Inner, TellHandler};
 use crate::socket::Out;
@@ -247,13 +248,20 @@ impl GatewayLink {
         }
     }
 
-    /// Routes a tell. A tell the workers have no room for is dropped (and logged).
+    /// Routes a tell. A tell the workers have no room for is dropped (logged and counted).
     async fn tell(&self, topic: &str, socket: &Socket, msg: Box<RawValue>) {
         let job = self.job(Kind::Tell, topic, socket, msg, 0);
         match self.enqueue(&job).await {
-            Ok(true) => {}
+            Ok(true) => return,
             Ok(false) => tracing::warn!(topic, "tell dropped: the workers' backlog is full"),
             Err(e) => tracing::warn!(topic, error = %e, "tell dropped: workers unreachable"),
+        }
+        self.count(WorkerEvent::TellDropped);
+    }
+
+    fn count(&self, event: WorkerEvent) {
+        if let Some(inner) = self.server.get().and_then(Weak::upgrade) {
+            inner.metrics.worker_event(event);
         }
     }
 
@@ -333,7 +341,10 @@ impl GatewayLink {
                 Some(tx) => {
                     let _ = tx.send(r.map_err(|w| Rejection::new(w.code, w.reason)));
                 }
-                None => tracing::debug!(ask = i, "dropping a late or second answer"),
+                None => {
+                    tracing::debug!(ask = i, "dropping a late or second answer");
+                    self.count(WorkerEvent::AnswerDropped);
+                }
             }
             return true;
         }
