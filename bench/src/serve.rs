@@ -28,6 +28,7 @@ use sss_server::{codes, MemoryScaler, Rejection, Scaler, Server, ServerOptions, 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::opts::ScalerOpt;
 use crate::Result;
@@ -43,6 +44,9 @@ pub(crate) enum Kind {
     Gateway,
     /// A worker running the handlers for gateways (no listener).
     Worker,
+    /// The fan-out floor: a raw tokio-tungstenite server that speaks just enough of the
+    /// protocol for the `fanout` load (see [`fanout_instance`]).
+    RawFanout,
 }
 
 impl Kind {
@@ -52,6 +56,7 @@ impl Kind {
             Kind::Echo => "echo",
             Kind::Gateway => "gateway",
             Kind::Worker => "worker",
+            Kind::RawFanout => "fanout-raw",
         }
     }
 }
@@ -86,6 +91,7 @@ fn parse(args: &[String]) -> Result<ServeArgs> {
                     "echo" => Kind::Echo,
                     "gateway" => Kind::Gateway,
                     "worker" => Kind::Worker,
+                    "fanout-raw" => Kind::RawFanout,
                     k => return Err(format!("unknown kind {k}").into()),
                 }
             }
@@ -172,6 +178,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 instances.push(sss_instance(server, args.killable == Some(i)).await?);
             }
         }
+        Kind::RawFanout => instances.push(fanout_instance().await?),
         Kind::Worker => {
             // It listens to nobody: READY with no address.
             let scaler = scalers(&args)
@@ -422,4 +429,113 @@ async fn echo_conn(tcp: TcpStream) {
             break;
         }
     }
+}
+
+/// The raw fan-out server's subscribers: each connection's outbound queue.
+type Subscribers = Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Utf8Bytes>>>>;
+
+/// The fan-out floor: what any fan-out server must do and nothing else. It answers `hello`
+/// with a fixed `welcome`, a `sub` with a `subok` at the current seq (one channel, whatever
+/// its name), and an ask `publish` by encoding one `pub` frame, handing the same bytes to every
+/// subscriber's queue, and answering the seq. No auth, no history, no heartbeat, no limits.
+async fn fanout_instance() -> Result<Instance> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let subscribers: Subscribers = Arc::default();
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            };
+            tokio::spawn(fanout_conn(tcp, subscribers.clone(), seq.clone()));
+        }
+    });
+    Ok(Instance { addr, killer: None })
+}
+
+/// The envelope of a client frame, as the raw fan-out server reads it.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    t: &'a str,
+    #[serde(default)]
+    id: u64,
+    #[serde(default, borrow)]
+    msg: Option<&'a RawValue>,
+}
+
+async fn fanout_conn(
+    tcp: TcpStream,
+    subscribers: Subscribers,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    let _ = tcp.set_nodelay(true);
+    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+        return;
+    };
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Utf8Bytes>();
+    // Writes what is queued in one flush, as the sss server does.
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 64).await > 0 {
+            for frame in batch.drain(..) {
+                if sink.feed(Message::Text(frame)).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = stream.next().await {
+        let Ok(text) = msg.to_text() else { continue };
+        let Ok(f) = serde_json::from_str::<RawFrame>(text) else {
+            continue;
+        };
+        let reply = match f.t {
+            "hello" => r#"{"t":"welcome","v":1,"socket":"raw","hb":25000}"#.to_owned(),
+            "sub" => {
+                subscribers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(tx.clone());
+                let s = seq.load(Ordering::SeqCst);
+                format!(
+                    r#"{{"t":"subok","id":{},"ch":"fan","pos":{{"e":"raw","s":{s}}}}}"#,
+                    f.id
+                )
+            }
+            "ask" => {
+                let Some(req) = f
+                    .msg
+                    .and_then(|m| serde_json::from_str::<PublishReq>(m.get()).ok())
+                else {
+                    continue;
+                };
+                // The lock orders the seq with the hand-out: subscribers get seqs in order.
+                let subs = subscribers.lock().unwrap_or_else(|e| e.into_inner());
+                let s = seq.fetch_add(1, Ordering::SeqCst) + 1;
+                let frame = Utf8Bytes::from(format!(
+                    r#"{{"t":"pub","ch":"{}","topic":"m","pos":{{"e":"raw","s":{s}}},"msg":{}}}"#,
+                    req.ch,
+                    req.msg.get()
+                ));
+                for sub in subs.iter() {
+                    let _ = sub.send(frame.clone());
+                }
+                drop(subs);
+                format!(r#"{{"t":"res","id":{},"msg":{s}}}"#, f.id)
+            }
+            _ => continue,
+        };
+        if tx.send(Utf8Bytes::from(reply)).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
 }

@@ -52,8 +52,11 @@ impl FanoutResult {
 ///
 /// Memory scaler: one process. Redis: two processes on one Redis, the subscribers split
 /// between them (alternating), the publisher on the first; CPU is summed over both.
-pub(crate) async fn run(o: &Opts, cpus: Option<String>) -> Result<FanoutResult> {
+///
+/// `raw`: the fan-out floor instead (one process, see `serve::fanout_instance`).
+pub(crate) async fn run(o: &Opts, cpus: Option<String>, raw: bool) -> Result<FanoutResult> {
     let servers = match &o.scaler {
+        _ if raw => vec![ServerProc::spawn(&Spec::new(Kind::RawFanout, cpus)).await?],
         ScalerOpt::Memory => vec![ServerProc::spawn(&Spec::new(Kind::Sss, cpus)).await?],
         ScalerOpt::Redis(url) => {
             let spec = Spec::redis(url, &cluster_prefix(), cpus);

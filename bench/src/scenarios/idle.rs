@@ -94,7 +94,7 @@ async fn handshake(ws: &mut wire::Ws, kind: Kind) -> Result<()> {
             wire::send(ws, r#"{"t":"hello","v":1}"#.into()).await?;
             wire::expect(ws, limit).await.map(drop)
         }
-        Kind::Sss | Kind::Gateway | Kind::Worker => wire::hello(ws, limit).await,
+        Kind::Sss | Kind::Gateway | Kind::Worker | Kind::RawFanout => wire::hello(ws, limit).await,
     }
 }
 

@@ -305,7 +305,57 @@ async fn fanout_scenario(
     cpus: Option<String>,
     name: &str,
 ) -> Result<()> {
-    let r = fanout::run(o, cpus.clone()).await?;
+    // The floor, in the same run: one process, so only beside the memory scaler's.
+    let raw = match &o.scaler {
+        ScalerOpt::Memory => Some(fanout::run(o, cpus.clone(), true).await?),
+        ScalerOpt::Redis(_) => None,
+    };
+    let r = fanout::run(o, cpus.clone(), false).await?;
+    if let Some(raw) = &raw {
+        report.line(&json!({
+            "scenario": name,
+            "server": "fanout-raw",
+            "server_cpus": cpus_json(&cpus),
+            "subscribers": raw.subscribers,
+            "rate_per_s": o.rate,
+            "payload_bytes": o.payload,
+            "deliveries": raw.deliveries,
+            "deliveries_per_s": raw.per_second(),
+            "latency": latency_json(&raw.hist),
+            "lost": raw.lost,
+            "duplicated": raw.duplicated,
+            "errors": raw.errors,
+            "server_cpu_us_per_delivery": raw.server_us_per_delivery(),
+            "server_cores": raw.cpu.server_cores(),
+            "other_cores": raw.cpu.other_cores(),
+        }));
+        let ms = |q: f64| raw.hist.value_at_quantile(q) as f64 / 1000.0;
+        report.info(
+            name,
+            "raw: latency p50/p99 ms, server CPU µs/delivery",
+            format!(
+                "{:.3}/{:.3}, {:.2}",
+                ms(0.5),
+                ms(0.99),
+                raw.server_us_per_delivery()
+            ),
+        );
+        let lost = raw.lost + raw.duplicated + raw.errors;
+        report.check(
+            name,
+            "raw: lost, duplicated, failed",
+            lost,
+            "raw fan-out failures",
+        );
+        let ratio = r.server_us_per_delivery() / raw.server_us_per_delivery().max(1e-9);
+        report.target(
+            name,
+            "server CPU per delivery / raw",
+            format!("{ratio:.2}x"),
+            "<= 1.15x",
+            ratio <= 1.15,
+        );
+    }
     let scaler = match &o.scaler {
         ScalerOpt::Memory => "memory",
         ScalerOpt::Redis(_) => "redis",

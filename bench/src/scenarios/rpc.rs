@@ -170,7 +170,7 @@ async fn ask_loop(
     let want = match kind {
         // The echo server sends the ask frame itself back.
         Kind::Echo => "ask",
-        Kind::Sss | Kind::Gateway | Kind::Worker => "res",
+        Kind::Sss | Kind::Gateway | Kind::Worker | Kind::RawFanout => "res",
     };
     let tell = format!(r#"{{"t":"tell","topic":"note","msg":{payload}}}"#);
     let mut hist = histogram();
