@@ -19,6 +19,10 @@ Scenarios (default: all, in this order):
   cores             baseline, rpc and fanout with the server pinned to 1 core, then 2 cores
   presence          M sockets join one channel's presence at once, then leave: time to the
                     last join / leave event a watcher sees, and (over Redis) the Redis commands
+  scale             K connections to one server (from 127.0.0.2, .3, ...): connect rate, RSS
+                    per connection, idle CPU (user and kernel apart), then all on one channel:
+                    publish-to-last-delivery time and 1 publication/s latency (skipped, with
+                    the reason, when RLIMIT_NOFILE cannot hold K)
   workers           the rpc load with handlers in process (Redis scaler), then through worker
                     mode (1 gateway, W worker processes, one Redis): added latency and CPU per
                     ask (starts a redis-server of its own unless --scaler redis)
@@ -40,6 +44,7 @@ Options:
   --channel-sockets S     sockets the channels are spread over (100)
   --members M             presence members (1000)
   --workers W             worker processes of the workers scenario (2)
+  --scale K               connections of the scale scenario (250000)
   --server-cpus LIST      pin the server children with taskset -c LIST
   --load-cpus LIST        pin this load generator with taskset -c LIST
   --scaler memory|redis   scaler of the servers (memory); redis needs the `redis` feature
@@ -74,10 +79,11 @@ pub(crate) enum Scenario {
     Cores,
     Presence,
     Workers,
+    Scale,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 10] = [
+    const ALL: [Scenario; 11] = [
         Scenario::Baseline,
         Scenario::Rpc,
         Scenario::Tells,
@@ -88,6 +94,7 @@ impl Scenario {
         Scenario::Cores,
         Scenario::Presence,
         Scenario::Workers,
+        Scenario::Scale,
     ];
 
     fn parse(s: &str) -> Option<Self> {
@@ -102,6 +109,7 @@ impl Scenario {
             "cores" => Self::Cores,
             "presence" => Self::Presence,
             "workers" => Self::Workers,
+            "scale" => Self::Scale,
             _ => return None,
         })
     }
@@ -128,6 +136,7 @@ pub(crate) struct Opts {
     /// Members of the presence scenario.
     pub(crate) members: usize,
     pub(crate) workers: usize,
+    pub(crate) scale: usize,
     pub(crate) server_cpus: Option<String>,
     pub(crate) load_cpus: Option<String>,
     pub(crate) scaler: ScalerOpt,
@@ -153,6 +162,7 @@ impl Opts {
             channel_sockets: 100,
             members: 1000,
             workers: 2,
+            scale: 250_000,
             server_cpus: None,
             load_cpus: None,
             scaler: ScalerOpt::Memory,
@@ -173,6 +183,7 @@ impl Opts {
         self.channels = 2000;
         self.channel_sockets = 10;
         self.members = 50;
+        self.scale = 500;
     }
 
     /// Parses the arguments; `Ok(None)` for `--help`.
@@ -215,6 +226,7 @@ impl Opts {
                 "--channel-sockets" => o.channel_sockets = num::<usize>(a, value(a)?)?.max(1),
                 "--members" => o.members = num::<usize>(a, value(a)?)?.max(1),
                 "--workers" => o.workers = num::<usize>(a, value(a)?)?.max(1),
+                "--scale" => o.scale = num::<usize>(a, value(a)?)?.max(1),
                 "--server-cpus" => o.server_cpus = Some(value(a)?),
                 "--load-cpus" => o.load_cpus = Some(value(a)?),
                 "--scaler" => match value(a)?.as_str() {

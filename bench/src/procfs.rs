@@ -22,6 +22,12 @@ fn clk_tck() -> u64 {
 /// User plus system CPU time of a process (all its threads, dead ones included), in µs. The
 /// kernel counts in clock ticks (10 ms), so short windows are coarse.
 pub(crate) fn cpu_us(pid: u32) -> Result<u64> {
+    let (user, kernel) = cpu_split_us(pid)?;
+    Ok(user + kernel)
+}
+
+/// User and kernel CPU time of a process apart, in µs.
+pub(crate) fn cpu_split_us(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let rest = stat
@@ -36,8 +42,10 @@ pub(crate) fn cpu_us(pid: u32) -> Result<u64> {
             .ok_or("short /proc/<pid>/stat")?
             .parse::<u64>()?)
     };
-    let total = ticks(11)? + ticks(12)?;
-    Ok(total * 1_000_000 / clk_tck())
+    Ok((
+        ticks(11)? * 1_000_000 / clk_tck(),
+        ticks(12)? * 1_000_000 / clk_tck(),
+    ))
 }
 
 /// CPU time the whole machine spent busy (every process, interrupts and steal), in µs: the

@@ -5,6 +5,7 @@ mod fanout;
 mod idle;
 mod presence;
 mod rpc;
+mod scale;
 mod storm;
 
 use std::net::SocketAddr;
@@ -145,6 +146,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Presence if redis => "presence[redis]",
             Scenario::Presence => "presence",
             Scenario::Workers => "workers",
+            Scenario::Scale => "scale",
         };
         eprintln!("== {name}");
         let r = match scenario {
@@ -166,6 +168,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Cores => cores_scenario(o, report).await,
             Scenario::Presence => presence_scenario(o, report, name).await,
             Scenario::Workers => workers_scenario(o, report, name).await,
+            Scenario::Scale => scale_scenario(o, report, name).await,
         };
         if let Err(e) = r {
             eprintln!("{name} failed: {e}");
@@ -762,6 +765,74 @@ async fn workers_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<(
             routed.server_us_per_rt() - inproc.server_us_per_rt()
         ),
     );
+    Ok(())
+}
+
+/// `scale`: see the module `scale`. Skipped, with the reason, when this machine's descriptor
+/// limit cannot hold the connections.
+async fn scale_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()> {
+    let r = match scale::run(o, o.scale).await {
+        Err(e) if e.to_string().contains("RLIMIT_NOFILE") => {
+            eprintln!("{name}: skipped: {e}");
+            report.info(name, "skipped", e.to_string());
+            return Ok(());
+        }
+        r => r?,
+    };
+    let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+    report.line(&json!({
+        "scenario": name,
+        "connections": r.connections,
+        "connect_seconds": r.connect_secs,
+        "connects_per_s": r.connections as f64 / r.connect_secs.max(1e-9),
+        "server_rss_bytes_per_connection": r.rss_per_connection,
+        "idle_seconds": r.idle_secs,
+        "idle_server_user_cores": r.idle_user_cores,
+        "idle_server_kernel_cores": r.idle_kernel_cores,
+        "subscribe_seconds": r.subscribe_secs,
+        "publish_to_last_delivery_ms": r.publish_to_last_ms,
+        "published": r.published,
+        "latency": latency_json(&r.hist),
+        "lost": r.lost,
+        "errors": r.errors,
+    }));
+    report.info(name, "connections", r.connections.to_string());
+    report.info(
+        name,
+        "connects/s",
+        format!("{:.0}", r.connections as f64 / r.connect_secs.max(1e-9)),
+    );
+    let kb = r.rss_per_connection / 1024.0;
+    report.target(
+        name,
+        "server RSS KiB/connection",
+        format!("{kb:.2}"),
+        "<= 4",
+        kb <= 4.0,
+    );
+    report.info(
+        name,
+        "idle server cores: user / kernel",
+        format!("{:.3} / {:.3}", r.idle_user_cores, r.idle_kernel_cores),
+    );
+    report.info(name, "subscribe all, s", format!("{:.2}", r.subscribe_secs));
+    report.info(
+        name,
+        "one publish to last delivery, ms",
+        format!("{:.1}", r.publish_to_last_ms),
+    );
+    report.info(
+        name,
+        "1/s: latency p50/p99/max ms",
+        format!(
+            "{:.1}/{:.1}/{:.1}",
+            ms(0.5),
+            ms(0.99),
+            r.hist.max() as f64 / 1000.0
+        ),
+    );
+    report.check(name, "lost", r.lost, "deliveries lost");
+    report.check(name, "errors", r.errors, "connections failed");
     Ok(())
 }
 
