@@ -44,7 +44,7 @@ impl Server {
             return Err(NotReady::ShuttingDown);
         }
         #[cfg(feature = "redis")]
-        if self.inner.gateway.as_ref().is_some_and(|g| !g.is_up()) {
+        if self.inner.gateways.iter().any(|g| !g.is_up()) {
             return Err(NotReady::Workers);
         }
         let check = self.inner.scaler.ready();

@@ -277,7 +277,7 @@ pub struct ServerBuilder {
     tells: HashMap<String, TellHandler>,
     http_fallback: Option<HttpFallback>,
     #[cfg(feature = "redis")]
-    gateway: Option<crate::worker::Gateway>,
+    gateways: Vec<crate::worker::Gateway>,
 }
 
 fn bad_request(e: serde_json::Error) -> Rejection {
@@ -391,10 +391,12 @@ impl ServerBuilder {
 
     /// Routes the gateway's topics to workers (see [`worker`](crate::worker)): their asks and
     /// tells go through Redis to worker processes instead of handlers of this server. A topic
-    /// routed this way replaces an `on_ask` or `on_tell` handler of the same name.
+    /// routed this way replaces an `on_ask` or `on_tell` handler of the same name. Call it once
+    /// per group of workers (each [`WorkerOptions::group`](crate::worker::WorkerOptions::group)
+    /// is a stream and a consumer group of its own), with distinct topics.
     #[cfg(feature = "redis")]
     pub fn gateway(mut self, gateway: crate::worker::Gateway) -> Self {
-        self.gateway = Some(gateway);
+        self.gateways.push(gateway);
         self
     }
 
@@ -426,18 +428,17 @@ impl ServerBuilder {
         }
         let instance = new_instance_id();
         #[cfg(feature = "redis")]
-        let gateway = match self.gateway.take() {
-            Some(g) => {
-                let (link, routes) = g
-                    .start(&instance)
-                    .await
-                    .map_err(|e| ScalerError::Unavailable(e.to_string()))?;
-                self.asks.extend(routes.asks);
-                self.tells.extend(routes.tells);
-                Some(link)
-            }
-            None => None,
-        };
+        let mut gateways = Vec::new();
+        #[cfg(feature = "redis")]
+        for g in std::mem::take(&mut self.gateways) {
+            let (link, routes) = g
+                .start(&instance)
+                .await
+                .map_err(|e| ScalerError::Unavailable(e.to_string()))?;
+            self.asks.extend(routes.asks);
+            self.tells.extend(routes.tells);
+            gateways.push(link);
+        }
         let metrics = Arc::new(Metrics::new());
         let scaler: Arc<dyn Scaler> = Arc::new(Metered::new(self.scaler, metrics.clone()));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -474,12 +475,12 @@ impl ServerBuilder {
             observability_connections: Arc::default(),
             metrics,
             #[cfg(feature = "redis")]
-            gateway,
+            gateways,
             stop_tx,
             stop_rx,
         });
         #[cfg(feature = "redis")]
-        if let Some(link) = &inner.gateway {
+        for link in &inner.gateways {
             link.attach(Arc::downgrade(&inner));
         }
         tokio::spawn(dispatch(Arc::downgrade(&inner), events_rx));
@@ -513,9 +514,9 @@ pub(crate) struct Inner {
     /// server at `max_connections` still answers its health checks).
     pub(crate) observability_connections: Arc<ConnectionCounts>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Worker mode's link, when this server routes topics to workers.
+    /// Worker mode's links, one per group of workers this server routes topics to.
     #[cfg(feature = "redis")]
-    pub(crate) gateway: Option<Arc<crate::worker::GatewayLink>>,
+    pub(crate) gateways: Vec<Arc<crate::worker::GatewayLink>>,
     stop_tx: watch::Sender<bool>,
     pub(crate) stop_rx: watch::Receiver<bool>,
 }
@@ -634,7 +635,7 @@ impl Server {
             tells: HashMap::new(),
             http_fallback: None,
             #[cfg(feature = "redis")]
-            gateway: None,
+            gateways: Vec::new(),
         }
     }
 
@@ -784,7 +785,7 @@ impl Server {
             let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
         }
         #[cfg(feature = "redis")]
-        if let Some(link) = &self.inner.gateway {
+        for link in &self.inner.gateways {
             link.stop();
         }
         self.inner.scaler.stop().await;

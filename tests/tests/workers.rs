@@ -340,3 +340,39 @@ async fn the_consumer_of_a_worker_that_is_gone_is_forgotten() {
     .await
     .expect("the stopped worker's consumer is forgotten");
 }
+
+#[tokio::test]
+async fn each_group_of_workers_gets_the_topics_routed_to_it() {
+    init_tracing();
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let group = |name: &str| WorkerOptions {
+        group: name.to_owned(),
+        ask_timeout: Duration::from_millis(500),
+        ..options(&prefix)
+    };
+    let builder = Server::builder(scaler(&redis, &prefix).await)
+        .gateway(Gateway::new(redis.url(), group("a")).asks(["whoami"]))
+        .gateway(Gateway::new(redis.url(), group("b")).asks(["slow"]));
+    let (_gw, listening, url) = start(builder).await;
+    let _listening = listening;
+    let c = client(&url).await;
+
+    // Only group b has a worker: its topic is answered, group a's is not.
+    let (_b_server, _b) = worker(&redis, group("b")).await;
+    let ms: u64 = within("slow", c.ask("slow", &1))
+        .await
+        .expect("group b answers");
+    assert_eq!(ms, 1);
+    let e = within("whoami", c.ask::<_, Value>("whoami", &()))
+        .await
+        .expect_err("no worker in group a");
+    assert_eq!(e.code(), codes::UNAVAILABLE);
+
+    // A worker of group a arrives: it answers its topic (the expired job is dropped unrun).
+    let (a_server, _a) = worker(&redis, group("a")).await;
+    let who: Value = within("whoami", c.ask("whoami", &()))
+        .await
+        .expect("group a answers");
+    assert_eq!(who["worker"], json!(a_server.instance_id()));
+}

@@ -12,7 +12,7 @@
 //!   clients ──▶ gateway 2 ─┼─▶ Redis stream ─┼─▶ worker 2      (one consumer group:
 //!   clients ──▶ gateway N ─┘   per group     └─▶ worker M       each job to one worker)
 //!                   ▲                                 │
-//!                   └──── <prefix>:w:gw:<gateway> ◀───┘  replies, tells to the socket, boots
+//!                   └── <prefix>:w:<group>:gw:<gateway> ◀─┘  replies, tells, boots
 //! ```
 //!
 //! What runs where:
@@ -109,9 +109,9 @@ impl WorkerOptions {
         format!("{}:w:{{{}}}", self.prefix, self.group)
     }
 
-    /// The pub/sub channel a gateway hears its answers on.
+    /// The pub/sub channel a gateway hears this group's answers on.
     fn gateway_channel(&self, gateway: &str) -> String {
-        format!("{}:w:gw:{gateway}", self.prefix)
+        format!("{}:w:{}:gw:{gateway}", self.prefix, self.group)
     }
 }
 
