@@ -675,3 +675,69 @@ async fn tell(inner: &Inner, topic: &str, socket: Socket, msg: Box<RawValue>) {
         tracing::warn!(topic, "tell handler panicked in a worker");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, job: &str) -> Value {
+        Value::Array(vec![bulk(id), Value::Array(vec![bulk("j"), bulk(job)])])
+    }
+
+    #[test]
+    fn read_replies_in_resp2_and_resp3_give_the_same_entries() {
+        let list = Value::Array(vec![entry("1-0", "a"), entry("2-0", "b")]);
+        let want = vec![
+            ("1-0".to_owned(), Some(b"a".to_vec())),
+            ("2-0".to_owned(), Some(b"b".to_vec())),
+        ];
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("stream"), list.clone()])]);
+        let resp3 = Value::Map(vec![(bulk("stream"), list)]);
+        assert_eq!(read_reply(&resp2), want);
+        assert_eq!(read_reply(&resp3), want);
+        // A read that timed out.
+        assert!(read_reply(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn an_entry_without_its_job_field_is_kept_without_a_job() {
+        // XAUTOCLAIM before Redis 7 lists deleted entries with no fields.
+        let list = Value::Array(vec![
+            Value::Array(vec![bulk("3-0"), Value::Nil]),
+            Value::Array(vec![bulk("4-0"), Value::Array(vec![bulk("x"), bulk("y")])]),
+        ]);
+        assert_eq!(
+            entries(&list),
+            vec![("3-0".to_owned(), None), ("4-0".to_owned(), None)]
+        );
+    }
+
+    #[test]
+    fn consumer_info_reads_resp2_and_resp3() {
+        let fields = vec![
+            bulk("name"),
+            bulk("w1"),
+            bulk("pending"),
+            Value::Int(2),
+            bulk("idle"),
+            Value::Int(1500),
+            bulk("inactive"),
+            Value::Int(-1),
+        ];
+        let want = Some(("w1".to_owned(), 2, 1500));
+        assert_eq!(consumer_info(&Value::Array(fields.clone())), want);
+        let map = fields
+            .chunks(2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect();
+        assert_eq!(consumer_info(&Value::Map(map)), want);
+        assert_eq!(
+            consumer_info(&Value::Array(vec![bulk("name"), bulk("w1")])),
+            None
+        );
+    }
+}
