@@ -155,7 +155,9 @@ pub struct Client {
     welcomed_before: bool,
     welcome: Option<Welcome>,
     /// The last server `error` frame on this connection: the reason of the close that follows.
-    server_error: Option<String>,
+    server_error: Option<AskError>,
+    /// What every `hello` carries for the server's session parser (see [`Client::set_auth`]).
+    auth: Option<Box<RawValue>>,
     next_ask: u64,
     next_sub: u64,
     /// Every ask not completed yet, in id order. Ids and deadlines grow together, so the first
@@ -190,6 +192,7 @@ impl Client {
             welcomed_before: false,
             welcome: None,
             server_error: None,
+            auth: None,
             next_ask: 1,
             next_sub: 1,
             asks: VecDeque::new(),
@@ -218,6 +221,7 @@ impl Client {
                 *opened = true;
                 self.send(&ClientFrame::Hello {
                     v: PROTOCOL_VERSION,
+                    auth: self.auth.clone(),
                 });
             }
         }
@@ -284,7 +288,7 @@ impl Client {
                 }
             }
             ServerFrame::Error { code, reason } => {
-                self.server_error = Some(format!("{code}: {reason}"));
+                self.server_error = Some(AskError::new(code, reason));
             }
             ServerFrame::Ping {} => self.send(&ClientFrame::Pong {}),
             ServerFrame::Pong {} => {}
@@ -331,6 +335,14 @@ impl Client {
     }
 
     // ---- Commands -----------------------------------------------------------------------
+
+    /// Sets the credentials every following `hello` carries for the server's session parser
+    /// (a token, or any JSON; `None`: none). A driver with a static value sets it once; one
+    /// that fetches a fresh token before each connection sets it after each
+    /// [`Action::Connect`], before [`Client::handle_open`].
+    pub fn set_auth(&mut self, auth: Option<Box<RawValue>>) {
+        self.auth = auth;
+    }
 
     /// Sends a request to the server's handler for `topic`; its outcome arrives as
     /// [`Event::AskDone`] with the returned id, within [`Config::ask_timeout`].
@@ -570,7 +582,7 @@ impl Client {
                 false,
             ),
             ServerFrame::Error { code, reason } => {
-                self.server_error = Some(format!("{code}: {reason}"));
+                self.server_error = Some(AskError::new(code, reason));
             }
             ServerFrame::Ping {} => self.send(&ClientFrame::Pong {}),
             _ => self.protocol_error(now, "unexpected frame before welcome".to_owned()),
@@ -626,14 +638,15 @@ impl Client {
 
     /// The current socket is gone: back off and reconnect, or close for good.
     fn lost(&mut self, now: Instant, code: u16, reason: String, reconnect: bool) {
-        let reason = self.server_error.take().unwrap_or(reason);
+        let error = self.server_error.take();
+        let reason = error.as_ref().map_or(reason, ToString::to_string);
         let attempts_left = self
             .config
             .reconnect
             .max_attempts
             .is_none_or(|max| self.attempt < max);
         if !(reconnect && attempts_left) {
-            return self.finish(code, reason);
+            return self.finish_with(code, reason, error);
         }
         self.welcome = None;
         self.transmits.clear();
@@ -661,6 +674,11 @@ impl Client {
 
     /// Closes for good: everything pending fails, then [`Event::Closed`].
     fn finish(&mut self, code: u16, reason: String) {
+        self.finish_with(code, reason, None);
+    }
+
+    /// [`Client::finish`], after the server's `error` frame `error`.
+    fn finish_with(&mut self, code: u16, reason: String, error: Option<AskError>) {
         self.conn = Conn::Closed;
         self.welcome = None;
         self.transmits.clear();
@@ -672,7 +690,11 @@ impl Client {
             self.ask_done(id, Err(AskError::closed()));
         }
         self.set_status(Status::Closed);
-        self.events.push_back(Event::Closed { code, reason });
+        self.events.push_back(Event::Closed {
+            code,
+            reason,
+            error,
+        });
     }
 
     // ---- Asks ---------------------------------------------------------------------------

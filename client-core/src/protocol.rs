@@ -158,6 +158,12 @@ pub mod codes {
     pub const CLOSED: &str = "closed";
     /// Client side: the frame could not be encoded (message or topic invalid).
     pub const INVALID: &str = "invalid";
+    /// The session parser refused the `hello`: no or bad credentials (close
+    /// [`close::HANDSHAKE_REFUSED`](super::close::HANDSHAKE_REFUSED) follows).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The session parser refused the `hello`: the credentials are valid but not allowed here
+    /// (close [`close::HANDSHAKE_REFUSED`](super::close::HANDSHAKE_REFUSED) follows).
+    pub const FORBIDDEN: &str = "forbidden";
 }
 
 /// WebSocket close codes used by the server and understood by the clients.
@@ -186,9 +192,11 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4005;
     /// The handshake did not complete in time (`hello` missing). Clients reconnect.
     pub const HANDSHAKE_TIMEOUT: u16 = 4006;
-    /// Never sent on the wire: drivers report a handshake the server refused with an HTTP
-    /// client error (the session parser's refusal, a forbidden origin) with this code. Clients do
-    /// not reconnect.
+    /// The handshake was refused: sent by the server after the `error` frame that answers a
+    /// `hello` its session parser refused ([`codes::UNAUTHORIZED`](super::codes::UNAUTHORIZED),
+    /// [`codes::FORBIDDEN`](super::codes::FORBIDDEN) or the application's code); drivers also
+    /// report an upgrade refused with an HTTP client error (a forbidden origin) with this code.
+    /// Clients do not reconnect: the same credentials would be refused again.
     pub const HANDSHAKE_REFUSED: u16 = 4010;
 
     /// Whether a client should reconnect after the connection closed with `code`.
@@ -236,6 +244,9 @@ pub enum ClientFrame {
     Hello {
         /// Protocol version ([`PROTOCOL_VERSION`]).
         v: u32,
+        /// Credentials for the server's session parser (a token, or any JSON), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        auth: Option<Box<RawValue>>,
     },
     /// A request; the server answers with `res` or `rej` carrying the same id.
     Ask {
@@ -453,10 +464,11 @@ struct Wire<'a> {
     reason: Option<Cow<'a, str>>,
     presence: Option<bool>,
     m: Option<&'a RawValue>,
+    auth: Option<&'a RawValue>,
 }
 
 /// The keys of [`Wire`], in field order.
-const WIRE_KEYS: [&str; 18] = [
+const WIRE_KEYS: [&str; 19] = [
     "t",
     "v",
     "id",
@@ -475,6 +487,7 @@ const WIRE_KEYS: [&str; 18] = [
     "reason",
     "presence",
     "m",
+    "auth",
 ];
 
 fn malformed(what: &str, at: usize) -> ProtocolError {
@@ -762,7 +775,7 @@ fn opt_position(frame: &str, v: Option<&RawValue>) -> Result<Option<Position>, P
 }
 
 fn parse_wire(frame: &str) -> Result<Wire<'_>, ProtocolError> {
-    let [t, v, id, topic, msg, ch, q, since, pos, recovered, socket, user, session, hb, code, reason, presence, m] =
+    let [t, v, id, topic, msg, ch, q, since, pos, recovered, socket, user, session, hb, code, reason, presence, m, auth] =
         fields(frame, &WIRE_KEYS)?;
     let f = frame;
     Ok(Wire {
@@ -784,6 +797,7 @@ fn parse_wire(frame: &str) -> Result<Wire<'_>, ProtocolError> {
         reason: opt_string(f, reason)?,
         presence: opt_bool(f, presence)?,
         m: non_null(m),
+        auth: non_null(auth),
     })
 }
 
@@ -815,6 +829,7 @@ impl ClientFrame {
         Ok(match &*w.t {
             "hello" => Self::Hello {
                 v: req(w.v, "hello", "v")?,
+                auth: w.auth.map(RawValue::to_owned),
             },
             "ask" => Self::Ask {
                 id: req(w.id, "ask", "id")?,
@@ -869,7 +884,12 @@ impl ClientFrame {
         out.push_str("{\"t\":");
         push_str(&mut out, kind);
         match self {
-            Self::Hello { v } => push_u64(&mut out, "v", (*v).into()),
+            Self::Hello { v, auth } => {
+                push_u64(&mut out, "v", (*v).into());
+                if let Some(auth) = auth {
+                    push_raw(&mut out, "auth", auth);
+                }
+            }
             Self::Ask { id, topic, msg } => {
                 push_u64(&mut out, "id", *id);
                 push_key(&mut out, "topic");
@@ -1203,8 +1223,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            roundtrip_client(ClientFrame::Hello { v: 1 }),
-            ClientFrame::Hello { v: 1 }
+            roundtrip_client(ClientFrame::Hello { v: 1, auth: None }),
+            ClientFrame::Hello { v: 1, auth: None }
         ));
     }
 
@@ -1317,6 +1337,7 @@ mod tests {
     fn mutated_frames_never_panic() {
         let frames = [
             r#"{"t":"welcome","v":1,"socket":"s-1","user":"ann","session":"x","hb":25000}"#,
+            r#"{"t":"hello","v":1,"auth":{"token":"t-1","scopes":["a"]}}"#,
             r#"{"t":"pub","ch":"room:1","topic":"msg","pos":{"e":"k3x","s":12},"msg":{"a":[1,2.5,"\u00e9"]}}"#,
             r#"{"t":"subok","id":3,"ch":"c","pos":{"e":"e","s":0},"recovered":false}"#,
             r#"{"t":"sub","id":8,"ch":"room:lobby","q":{"password":"x"},"since":{"e":"8c","s":41}}"#,
@@ -1416,6 +1437,8 @@ mod tests {
             presence: Option<bool>,
             #[serde(borrow)]
             m: Option<&'a RawValue>,
+            #[serde(borrow)]
+            auth: Option<&'a RawValue>,
         }
     }
 
@@ -1556,7 +1579,7 @@ mod tests {
             ),
         ] {
             match ClientFrame::decode(text) {
-                Ok(ClientFrame::Hello { v: got }) => assert_eq!(got, v, "{text}"),
+                Ok(ClientFrame::Hello { v: got, .. }) => assert_eq!(got, v, "{text}"),
                 other => panic!("{text}: {other:?}"),
             }
         }
@@ -1590,7 +1613,11 @@ mod tests {
         let msg = raw_json(r#"{"a":[1,"\u0000"]}"#).expect("json");
         let odd = "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é😀/";
         let frames = [
-            ClientFrame::Hello { v: 1 },
+            ClientFrame::Hello { v: 1, auth: None },
+            ClientFrame::Hello {
+                v: 1,
+                auth: Some(msg.clone()),
+            },
             ClientFrame::Ask {
                 id: u64::MAX,
                 topic: odd.into(),

@@ -76,7 +76,7 @@ fn statuses(events: &[Event]) -> Vec<Status> {
 
 fn closed(events: &[Event]) -> Option<(u16, String)> {
     events.iter().find_map(|e| match e {
-        Event::Closed { code, reason } => Some((*code, reason.clone())),
+        Event::Closed { code, reason, .. } => Some((*code, reason.clone())),
         _ => None,
     })
 }
@@ -123,7 +123,7 @@ fn connects_says_hello_and_is_ready() {
     assert_eq!(pair.connects()[0].1, "ws://a");
     assert!(matches!(
         pair.server.received[0],
-        ClientFrame::Hello { v: 1 }
+        ClientFrame::Hello { v: 1, auth: None }
     ));
     assert_eq!(pair.client.status(), Status::Ready);
     assert_eq!(statuses(&pair.take_events()), [Status::Ready]);
@@ -856,6 +856,55 @@ fn wrong_protocol_version_closes_for_good() {
     assert_eq!(
         closed(&pair.take_events()).map(|c| c.0),
         Some(close::UNSUPPORTED_VERSION)
+    );
+}
+
+#[test]
+fn hello_carries_the_auth_set_before_each_connection() {
+    let mut pair = Pair::new(config());
+    pair.client.set_auth(Some(json(r#"{"token":"t2"}"#)));
+    pair.drop_connection(close::ABNORMAL, "");
+    pair.advance(ms(250));
+    let hellos: Vec<Option<String>> = pair
+        .server
+        .received
+        .iter()
+        .filter_map(|f| match f {
+            ClientFrame::Hello { auth, .. } => Some(auth.as_ref().map(|a| a.get().to_owned())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hellos, [None, Some(r#"{"token":"t2"}"#.to_owned())]);
+}
+
+/// A `hello` the session parser refused: the `error` frame's code reaches the application with
+/// the close, and the client does not try again.
+#[test]
+fn refused_hello_closes_for_good_with_the_servers_code() {
+    let mut pair = Pair::connected();
+    pair.server.welcome = false;
+    pair.drop_connection(close::ABNORMAL, "");
+    pair.advance(ms(250));
+    pair.server_send(ServerFrame::Error {
+        code: codes::UNAUTHORIZED.into(),
+        reason: "token expired".into(),
+    });
+    pair.drop_connection(close::HANDSHAKE_REFUSED, "token expired");
+    let connects = pair.connects().len();
+    pair.advance(ms(60_000));
+    assert_eq!(pair.connects().len(), connects, "no reconnect after a refusal");
+    assert_eq!(pair.client.status(), Status::Closed);
+    let events = pair.take_events();
+    let error = events.iter().find_map(|e| match e {
+        Event::Closed { code, error, .. } => Some((*code, error.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        error,
+        Some((
+            close::HANDSHAKE_REFUSED,
+            Some(AskError::new(codes::UNAUTHORIZED, "token expired"))
+        ))
     );
 }
 

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{
     connect_async_tls_with_config, Connector, MaybeTlsStream, WebSocketStream,
@@ -21,9 +23,12 @@ use tokio_tungstenite::{
 use tracing::{debug, warn};
 
 use crate::subscription::{self, Publication, SubEvent};
-use crate::{ConnectError, Options, RequestError};
+use crate::{AuthSource, ConnectError, Options, RequestError};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connection attempt that worked: the socket, and the credentials its `hello` carries.
+type Opened = (Ws, Option<Box<RawValue>>);
 
 /// Why a connection attempt failed: a refusal (HTTP status and body) or anything else.
 enum ConnectFail {
@@ -95,14 +100,19 @@ struct Driver {
     core: core::Client,
     start: Instant,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Extra headers (cookies included) of every upgrade request.
+    headers: Arc<Vec<(String, String)>>,
+    auth: Option<AuthSource>,
     ws: Option<Ws>,
-    connecting: Option<BoxFuture<'static, Result<Ws, ConnectFail>>>,
+    connecting: Option<BoxFuture<'static, Result<Opened, ConnectFail>>>,
     asks: HashMap<AskId, oneshot::Sender<Result<Box<RawValue>, RequestError>>>,
     subs: HashMap<String, SubEntry>,
     tells: HashMap<String, Vec<mpsc::UnboundedSender<Box<RawValue>>>>,
     status: watch::Sender<Status>,
     /// Who the current connection is, as its `welcome` said.
     identity: watch::Sender<Option<Identity>>,
+    /// How the client closed, once it has.
+    closed: watch::Sender<Option<Closed>>,
     first: Option<FirstSender>,
     refusal: Option<(u16, String)>,
     last_failure: (u16, String),
@@ -122,11 +132,24 @@ pub struct Identity {
     pub session: Option<String>,
 }
 
+/// How a client closed for good: the close code and reason, and the server's error that caused
+/// it, if any (a refused `hello`: [`codes::UNAUTHORIZED`](crate::codes::UNAUTHORIZED), ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Reason.
+    pub reason: String,
+    /// The server's `error` frame before the close.
+    pub error: Option<AskError>,
+}
+
 /// What [`spawn`] hands to the client handle.
 pub(crate) struct Spawned {
     pub(crate) cmd: mpsc::UnboundedSender<Command>,
     pub(crate) status: watch::Receiver<Status>,
     pub(crate) identity: watch::Receiver<Option<Identity>>,
+    pub(crate) closed: watch::Receiver<Option<Closed>>,
     pub(crate) owner: Arc<Owner>,
     /// Resolves with the outcome of the first connection.
     pub(crate) first: oneshot::Receiver<Result<(), ConnectError>>,
@@ -136,6 +159,16 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = watch::channel(Status::Connecting);
     let (identity_tx, identity_rx) = watch::channel(None);
+    let (closed_tx, closed_rx) = watch::channel(None);
+    let mut headers = options.headers;
+    if !options.cookies.is_empty() {
+        let cookies: Vec<String> = options
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        headers.push(("Cookie".to_owned(), cookies.join("; ")));
+    }
     let (first_tx, first_rx) = oneshot::channel();
     let seed = options.seed.unwrap_or_else(random_seed);
     let config = Config {
@@ -151,6 +184,8 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
         core: core::Client::new(config, core::Instant::from_millis(0)),
         start,
         tls: options.tls,
+        headers: Arc::new(headers),
+        auth: options.auth,
         ws: None,
         connecting: None,
         asks: HashMap::new(),
@@ -158,6 +193,7 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
         tells: HashMap::new(),
         status: status_tx,
         identity: identity_tx,
+        closed: closed_tx,
         first: Some(first_tx),
         refusal: None,
         last_failure: (close::ABNORMAL, String::new()),
@@ -169,6 +205,7 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
         cmd: cmd_tx,
         status: status_rx,
         identity: identity_rx,
+        closed: closed_rx,
         owner,
         first: first_rx,
     }
@@ -185,10 +222,37 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-async fn open(url: String, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Ws, ConnectFail> {
+/// One connection attempt: fetches the credentials (if the client has a source), then opens the
+/// socket with the extra headers.
+async fn open(
+    url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    headers: Arc<Vec<(String, String)>>,
+    auth: Option<AuthSource>,
+) -> Result<Opened, ConnectFail> {
+    let auth = match auth {
+        Some(source) => Some(
+            source
+                .fetch()
+                .await
+                .map_err(|e| ConnectFail::Other(format!("no credentials: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectFail::Other(e.to_string()))?;
+    for (name, value) in headers.iter() {
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|e| ConnectFail::Other(format!("header {name:?}: {e}")))?;
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|e| ConnectFail::Other(format!("header {name}: {e}")))?;
+        request.headers_mut().append(name, value);
+    }
     let connector = tls.map(Connector::Rustls);
-    match connect_async_tls_with_config(url.as_str(), Some(ws_config()), true, connector).await {
-        Ok((ws, _)) => Ok(ws),
+    match connect_async_tls_with_config(request, Some(ws_config()), true, connector).await {
+        Ok((ws, _)) => Ok((ws, auth)),
         Err(WsError::Http(res)) if res.status().is_client_error() => {
             let body = res
                 .body()
@@ -209,8 +273,8 @@ async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, WsError>> {
 }
 
 async fn connected(
-    c: &mut Option<BoxFuture<'static, Result<Ws, ConnectFail>>>,
-) -> Result<Ws, ConnectFail> {
+    c: &mut Option<BoxFuture<'static, Result<Opened, ConnectFail>>>,
+) -> Result<Opened, ConnectFail> {
     match c {
         Some(f) => f.await,
         None => pending().await,
@@ -244,8 +308,9 @@ impl Driver {
                     self.connecting = None;
                     let now = self.now();
                     match r {
-                        Ok(ws) => {
+                        Ok((ws, auth)) => {
                             self.ws = Some(ws);
+                            self.core.set_auth(auth);
                             self.core.handle_open(now);
                         }
                         Err(ConnectFail::Refused(status, body)) => {
@@ -427,7 +492,9 @@ impl Driver {
             core::Action::Connect { url } => {
                 debug!(url, "connecting");
                 self.ws = None;
-                self.connecting = Some(open(url, self.tls.clone()).boxed());
+                let (tls, headers, auth) =
+                    (self.tls.clone(), self.headers.clone(), self.auth.clone());
+                self.connecting = Some(open(url, tls, headers, auth).boxed());
             }
             core::Action::Close { code, reason } => {
                 self.connecting = None;
@@ -553,10 +620,18 @@ impl Driver {
                     let _ = entry.events.send(SubEvent::Ended { code, reason });
                 }
             }
-            Event::Closed { code, reason } => {
+            Event::Closed {
+                code,
+                reason,
+                error,
+            } => {
                 if let Some(first) = self.first.take() {
-                    let err = match self.refusal.take() {
-                        Some((status, reason)) if code == close::HANDSHAKE_REFUSED => {
+                    let err = match (self.refusal.take(), &error) {
+                        (_, Some(e)) if code == close::HANDSHAKE_REFUSED => ConnectError::Rejected {
+                            code: e.code.clone(),
+                            reason: e.reason.clone(),
+                        },
+                        (Some((status, reason)), _) if code == close::HANDSHAKE_REFUSED => {
                             ConnectError::Refused { status, reason }
                         }
                         _ => ConnectError::Closed {
@@ -566,6 +641,11 @@ impl Driver {
                     };
                     let _ = first.send(Err(err));
                 }
+                self.closed.send_replace(Some(Closed {
+                    code,
+                    reason: reason.clone(),
+                    error,
+                }));
                 for (_, entry) in self.subs.drain() {
                     let err = RequestError::Ask(core::AskError::new(
                         sss_core::protocol::codes::CLOSED,

@@ -39,8 +39,9 @@ mod subscription;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -53,7 +54,27 @@ pub use sss_core::Position;
 pub use subscription::{Publication, SubEvent, SubscribeOptions, Subscription};
 
 use driver::Command;
-pub use driver::Identity;
+pub use driver::{Closed, Identity};
+
+/// Fetches the credentials of one connection attempt (see [`Options::auth_with`]).
+type AuthFn = Arc<dyn Fn() -> BoxFuture<'static, Result<Box<RawValue>, String>> + Send + Sync>;
+
+/// Where each `hello`'s credentials come from: called before every connection attempt.
+#[derive(Clone)]
+pub(crate) struct AuthSource(AuthFn);
+
+impl AuthSource {
+    /// The credentials for the next attempt, or why there are none.
+    pub(crate) fn fetch(&self) -> BoxFuture<'static, Result<Box<RawValue>, String>> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for AuthSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthSource(..)")
+    }
+}
 
 /// Client settings. `Options::default()` reconnects forever with 250 ms .. 10 s backoff.
 #[derive(Clone, Debug)]
@@ -71,6 +92,12 @@ pub struct Options {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Jitter seed; default: random.
     pub seed: Option<u64>,
+    /// Extra HTTP headers of every upgrade request (the server's session parser sees them).
+    pub headers: Vec<(String, String)>,
+    /// Cookies of every upgrade request, sent in one `Cookie` header.
+    pub cookies: Vec<(String, String)>,
+    /// The credentials of every `hello` ([`Options::auth`], [`Options::auth_with`]).
+    auth: Option<AuthSource>,
 }
 
 impl Default for Options {
@@ -83,6 +110,9 @@ impl Default for Options {
             offline_queue: core.offline_queue,
             tls: None,
             seed: None,
+            headers: Vec::new(),
+            cookies: Vec::new(),
+            auth: None,
         }
     }
 }
@@ -108,19 +138,70 @@ impl Options {
         self.offline_queue = n;
         self
     }
+    /// Adds an HTTP header to every upgrade request.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    /// Adds a cookie to every upgrade request.
+    pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.cookies.push((name.into(), value.into()));
+        self
+    }
+    /// Sends `auth` (a token, or any JSON) in every `hello`, for the server's session parser
+    /// ([`HandshakeRequest::auth`] on the server).
+    ///
+    /// [`HandshakeRequest::auth`]: https://docs.rs/sss-server/latest/sss_server/struct.HandshakeRequest.html#method.auth
+    pub fn auth(self, auth: serde_json::Value) -> Self {
+        self.auth_with(move || {
+            let auth = auth.clone();
+            async move { Ok::<_, std::convert::Infallible>(auth) }
+        })
+    }
+    /// Calls `fetch` before every connection attempt (the first and each reconnect) and sends
+    /// what it returns in that attempt's `hello`: a token that expires is refreshed. An error
+    /// fails the attempt (the client retries with backoff; [`Client::connect`] reports it).
+    pub fn auth_with<F, Fut, T, E>(mut self, fetch: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: Serialize,
+        E: std::fmt::Display,
+    {
+        let fetch = Arc::new(fetch);
+        self.auth = Some(AuthSource(Arc::new(move || {
+            let fut = fetch();
+            async move {
+                let auth = fut.await.map_err(|e| e.to_string())?;
+                serde_json::value::to_raw_value(&auth).map_err(|e| e.to_string())
+            }
+            .boxed()
+        })));
+        self
+    }
 }
 
 /// Why [`Client::connect`] failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The server refused the handshake (the session parser, or the allowed origins) with this
-    /// HTTP status and reason.
+    /// The server refused the HTTP upgrade (a forbidden origin, or a proxy in front of it) with
+    /// this HTTP status and reason.
     #[error("handshake refused with HTTP {status}: {reason}")]
     Refused {
         /// HTTP status.
         status: u16,
         /// The server's reason (response body).
+        reason: String,
+    },
+    /// The server refused the `hello` (its session parser): the `error` frame's code
+    /// ([`codes::UNAUTHORIZED`], [`codes::FORBIDDEN`] or the application's own) and reason.
+    /// The client does not retry: the same credentials would be refused again.
+    #[error("refused by the server: {code}: {reason}")]
+    Rejected {
+        /// The server's error code.
+        code: String,
+        /// The server's reason.
         reason: String,
     },
     /// The connection closed before it was ready (code and reason of the close).
@@ -185,6 +266,7 @@ pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
     status: watch::Receiver<Status>,
     identity: watch::Receiver<Option<Identity>>,
+    closed: watch::Receiver<Option<Closed>>,
     _owner: Arc<driver::Owner>,
 }
 
@@ -227,6 +309,7 @@ impl Client {
                 cmd: s.cmd,
                 status: s.status,
                 identity: s.identity,
+                closed: s.closed,
                 _owner: s.owner,
             },
             s.first,
@@ -371,6 +454,12 @@ impl Client {
         let mut rx = self.status.clone();
         let result = rx.wait_for(|s| f(*s) || *s == Status::Closed).await;
         result.map_or(Status::Closed, |s| *s)
+    }
+
+    /// How the client closed for good (`None` while it is not closed): after a reconnect the
+    /// server refused (an expired token), `error` holds the server's code and reason.
+    pub fn closed(&self) -> Option<Closed> {
+        self.closed.borrow().clone()
     }
 
     /// Closes the connection for good; pending asks fail with `closed`.

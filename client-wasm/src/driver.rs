@@ -24,7 +24,7 @@ use sss_core::protocol::{close, codes};
 use sss_core::Position;
 use wasm_bindgen::prelude::*;
 
-use crate::js::{self, set};
+use crate::js::{self, set, AuthSource};
 use crate::socket::Socket;
 use crate::subscription::{SubState, Subscription};
 use crate::Client;
@@ -87,6 +87,11 @@ struct State {
 /// and timer callbacks (those hold it weakly).
 pub(crate) struct Shared {
     core: RefCell<core::Client>,
+    /// `getAuth`, called before every connection attempt.
+    get_auth: Option<Function>,
+    /// The connection attempt waiting for `getAuth` (its socket id and URL), and the promise
+    /// callbacks that settle it (dropped with the attempt).
+    auth_wait: RefCell<Option<AuthWait>>,
     socket: RefCell<Option<Socket>>,
     timer: RefCell<Option<(Instant, Timeout)>>,
     state: RefCell<State>,
@@ -94,11 +99,29 @@ pub(crate) struct Shared {
     next_socket: Cell<u64>,
 }
 
+/// A connection attempt waiting for the promise `getAuth` returned.
+struct AuthWait {
+    id: u64,
+    url: String,
+    _settle: (Closure<dyn FnMut(JsValue)>, Closure<dyn FnMut(JsValue)>),
+}
+
 impl Shared {
-    fn create(config: Config) -> Rc<Shared> {
+    fn create(config: Config, auth: AuthSource) -> Rc<Shared> {
         let now = js::now();
+        let mut core = core::Client::new(config, now);
+        let get_auth = match auth {
+            AuthSource::None => None,
+            AuthSource::Static(auth) => {
+                core.set_auth(Some(auth));
+                None
+            }
+            AuthSource::Callback(f) => Some(f),
+        };
         Rc::new(Shared {
-            core: RefCell::new(core::Client::new(config, now)),
+            core: RefCell::new(core),
+            get_auth,
+            auth_wait: RefCell::new(None),
             socket: RefCell::new(None),
             timer: RefCell::new(None),
             state: RefCell::new(State::default()),
@@ -108,8 +131,8 @@ impl Shared {
     }
 
     /// Starts a client: it connects at once, and reconnects by itself.
-    pub(crate) fn start(config: Config) -> Rc<Shared> {
-        let shared = Self::create(config);
+    pub(crate) fn start(config: Config, auth: AuthSource) -> Rc<Shared> {
+        let shared = Self::create(config, auth);
         shared.pump();
         shared
     }
@@ -117,9 +140,9 @@ impl Shared {
     /// Starts a client and returns a promise of its [`Client`] handle once the first
     /// connection is ready; if that connection fails, the promise rejects and the client
     /// closes instead of retrying.
-    pub(crate) fn connect(config: Config) -> Promise {
+    pub(crate) fn connect(config: Config, auth: AuthSource) -> Promise {
         let (promise, first) = Pending::new();
-        let shared = Self::create(config);
+        let shared = Self::create(config, auth);
         shared.state.borrow_mut().first = Some((first, shared.clone()));
         shared.pump();
         promise
@@ -359,19 +382,15 @@ impl Shared {
                 let id = self.next_socket.get();
                 self.next_socket.set(id + 1);
                 self.state.borrow_mut().socket_error = false;
-                match Socket::open(&url, Rc::downgrade(self), id) {
-                    Ok(socket) => *self.socket.borrow_mut() = Some(socket),
-                    Err(e) => {
-                        let reason = format!("cannot open {url}: {}", js::describe(&e));
-                        self.state.borrow_mut().failure = Some((close::ABNORMAL, reason.clone()));
-                        let now = js::now();
-                        self.core
-                            .borrow_mut()
-                            .handle_close(now, close::ABNORMAL, &reason);
-                    }
+                match self.get_auth.clone() {
+                    Some(get_auth) => self.fetch_auth(&get_auth, id, url),
+                    None => self.open(id, &url),
                 }
             }
             Action::Close { code, reason } => {
+                // An attempt still waiting for `getAuth` is abandoned with its socket.
+                let waiting = self.auth_wait.borrow_mut().take();
+                drop(waiting);
                 self.state.borrow_mut().failure = Some((code, reason.clone()));
                 let socket = self.socket.borrow_mut().take();
                 if let Some(socket) = socket {
@@ -379,6 +398,72 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Opens socket `id` to `url`, or reports why the browser refused at once.
+    fn open(self: &Rc<Self>, id: u64, url: &str) {
+        match Socket::open(url, Rc::downgrade(self), id) {
+            Ok(socket) => *self.socket.borrow_mut() = Some(socket),
+            Err(e) => self.attempt_failed(format!("cannot open {url}: {}", js::describe(&e))),
+        }
+    }
+
+    /// The current connection attempt failed before it had a socket.
+    fn attempt_failed(self: &Rc<Self>, reason: String) {
+        self.state.borrow_mut().failure = Some((close::ABNORMAL, reason.clone()));
+        let now = js::now();
+        self.core
+            .borrow_mut()
+            .handle_close(now, close::ABNORMAL, &reason);
+    }
+
+    /// Calls `getAuth` for connection attempt `id`; once its promise settles, the socket opens
+    /// with the credentials in its `hello`, or the attempt fails (and is retried with backoff).
+    fn fetch_auth(self: &Rc<Self>, get_auth: &Function, id: u64, url: String) {
+        let promise = match get_auth.call0(&JsValue::UNDEFINED) {
+            Ok(v) => Promise::resolve(&v),
+            Err(e) => return self.attempt_failed(format!("getAuth threw: {}", js::describe(&e))),
+        };
+        let weak = Rc::downgrade(self);
+        let ok = Closure::<dyn FnMut(JsValue)>::new(move |auth: JsValue| {
+            if let Some(shared) = weak.upgrade() {
+                shared.auth_settled(id, Ok(auth));
+            }
+        });
+        let weak = Rc::downgrade(self);
+        let err = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+            if let Some(shared) = weak.upgrade() {
+                shared.auth_settled(id, Err(e));
+            }
+        });
+        let _ = promise.then2(&ok, &err);
+        *self.auth_wait.borrow_mut() = Some(AuthWait {
+            id,
+            url,
+            _settle: (ok, err),
+        });
+    }
+
+    /// `getAuth`'s promise for attempt `id` settled (ignored if that attempt was abandoned).
+    fn auth_settled(self: &Rc<Self>, id: u64, auth: Result<JsValue, JsValue>) {
+        let current = self.auth_wait.borrow().as_ref().is_some_and(|w| w.id == id);
+        if !current {
+            return;
+        }
+        // The closures running now are dropped with it only after they return: wasm-bindgen
+        // frees a `Closure` dropped during its own call once that call ends.
+        let Some(wait) = self.auth_wait.borrow_mut().take() else {
+            return;
+        };
+        match auth.and_then(|auth| js::to_raw(&auth)) {
+            Ok(auth) => {
+                self.core.borrow_mut().set_auth(Some(auth));
+                self.open(id, &wait.url);
+            }
+            Err(e) => self.attempt_failed(format!("getAuth failed: {}", js::describe(&e))),
+        }
+        drop(wait);
+        self.pump();
     }
 
     /// Re-arms the timer for the core's next deadline (one `setTimeout` at a time).
@@ -458,7 +543,11 @@ impl Shared {
                 code,
                 reason,
             } => self.sub_ended(&channel, js::error(&code, &reason)),
-            Event::Closed { code, reason } => self.closed(code, &reason),
+            Event::Closed {
+                code,
+                reason,
+                error,
+            } => self.closed(code, &reason, error.as_ref()),
             _ => {}
         }
     }
@@ -483,7 +572,7 @@ impl Shared {
                     // The first connection failed: `connect` reports it instead of retrying.
                     let (code, reason) =
                         failure.unwrap_or((close::ABNORMAL, "connection failed".to_owned()));
-                    first.reject(&connect_error(code, &reason));
+                    first.reject(&connect_error(code, &reason, None));
                     let now = js::now();
                     self.core.borrow_mut().close(now);
                     return;
@@ -573,7 +662,8 @@ impl Shared {
         }
     }
 
-    fn closed(&self, code: u16, reason: &str) {
+    /// Closed for good; `error`: the server's `error` frame that caused it (a refused `hello`).
+    fn closed(&self, code: u16, reason: &str, error: Option<&AskError>) {
         let (subs, first, listeners, by_app) = {
             let mut state = self.state.borrow_mut();
             (
@@ -586,12 +676,15 @@ impl Shared {
         let info: JsValue = Object::new().into();
         set(&info, "code", &JsValue::from(code));
         set(&info, "reason", &JsValue::from_str(reason));
+        if let Some(e) = error {
+            set(&info, "error", &js::ask_error(e));
+        }
         let name = JsValue::from_str("closed");
         for f in &listeners {
             js::call(f, &name, Some(&info));
         }
         if let Some((first, _shared)) = first {
-            first.reject(&connect_error(code, reason));
+            first.reject(&connect_error(code, reason, error));
         }
         for entry in subs {
             let error = js::error(codes::CLOSED, reason);
@@ -603,12 +696,16 @@ impl Shared {
     }
 }
 
-/// `Client.connect` failed: code `closed` (the client gave up), with the WebSocket close code.
-fn connect_error(code: u16, reason: &str) -> JsValue {
-    let error = js::error(
-        codes::CLOSED,
-        &format!("could not connect ({code}): {reason}"),
-    );
+/// `Client.connect` failed, with the WebSocket close code: the server's error when it refused
+/// (`unauthorized`, ...), else code `closed` (the client gave up).
+fn connect_error(code: u16, reason: &str, server: Option<&AskError>) -> JsValue {
+    let error = match server {
+        Some(e) => js::ask_error(e),
+        None => js::error(
+            codes::CLOSED,
+            &format!("could not connect ({code}): {reason}"),
+        ),
+    };
     set(&error, "closeCode", &JsValue::from(code));
     error
 }

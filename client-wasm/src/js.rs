@@ -196,6 +196,30 @@ fn millis(n: f64) -> Duration {
     Duration::from_millis(if n.is_finite() { n as u64 } else { u64::MAX })
 }
 
+/// Where each `hello`'s credentials come from (`auth` / `getAuth` of `ClientOptions`).
+pub(crate) enum AuthSource {
+    /// No credentials.
+    None,
+    /// The same value every time.
+    Static(Box<RawValue>),
+    /// Called before every connection attempt; returns the value or a promise of it.
+    Callback(Function),
+}
+
+/// The credentials option of `ClientOptions`: `getAuth` (a function) wins over `auth`.
+pub(crate) fn auth_source(options: &JsValue) -> Result<AuthSource, JsValue> {
+    if let Some(f) = get(options, "getAuth") {
+        return f
+            .dyn_into::<Function>()
+            .map(AuthSource::Callback)
+            .map_err(|_| error(codes::INVALID, "option getAuth must be a function"));
+    }
+    match get(options, "auth") {
+        Some(v) => to_raw(&v).map(AuthSource::Static),
+        None => Ok(AuthSource::None),
+    }
+}
+
 /// The core configuration from the JS options object (see `ClientOptions` in the typings).
 pub(crate) fn config(urls: Vec<String>, options: &JsValue) -> Result<Config, JsValue> {
     let mut config = Config {

@@ -22,9 +22,12 @@
 //! protocol's codes: `timeout`, `disconnected`, `refused`, `unknown_topic`, `closed`,
 //! `queue_full`, ..., or an application's own code from a handler's rejection).
 //!
-//! A handshake the server refuses (its session parser answering 401/403) is, in a browser, only
-//! visible as a failed connection: close code 1006 with no reason, exactly like an unreachable
-//! server. `Client.connect` then rejects with code `closed` and `closeCode` 1006.
+//! Credentials go in the protocol's `hello`: the `auth` option (any JSON, e.g. a token) or
+//! `getAuth` (a function returning it or a promise of it, called before every connection
+//! attempt, so an expiring token is refreshed). A `hello` the server's session parser refuses
+//! is an `SssError` with the server's code (`unauthorized`, `forbidden` or the application's)
+//! and reason: `Client.connect` rejects with it (`closeCode` 4010), and a client refused on a
+//! reconnect closes for good with it in the `closed` status info's `error`.
 //!
 //! Everything compiles on any target (so the native workspace lints it); it only runs in a JS
 //! host with `WebSocket`, `performance` and `setTimeout`.
@@ -69,6 +72,8 @@ export type ErrorCode =
   | "queue_full"
   | "closed"
   | "invalid"
+  | "unauthorized"
+  | "forbidden"
   | (string & {});
 
 /** Every error the client raises or rejects with is an `Error` with these properties. */
@@ -78,7 +83,10 @@ export interface SssError extends Error {
   code: ErrorCode;
   /** Human-readable reason. */
   reason: string;
-  /** For `Client.connect` failures: the WebSocket close code (1006: unreachable or refused). */
+  /**
+   * For `Client.connect` failures: the WebSocket close code (1006: unreachable; 4010: the
+   * server refused the `hello`, and `code` is the server's, e.g. `unauthorized`).
+   */
   closeCode?: number;
 }
 
@@ -93,6 +101,8 @@ export interface StatusInfo {
   code?: number;
   /** Why the client closed. */
   reason?: string;
+  /** For `closed`: the server's error that closed it (a refused `hello`: `unauthorized`, ...). */
+  error?: SssError;
 }
 
 /** Reconnect policy: exponential backoff with full jitter. */
@@ -114,6 +124,14 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Asks and tells held while disconnected (default 1024); past it they fail `queue_full`. */
   offlineQueue?: number;
+  /** Credentials sent in every `hello` for the server's session parser (a token, any JSON). */
+  auth?: unknown;
+  /**
+   * Called before every connection attempt (first and reconnects); its value (or the value its
+   * promise resolves to) is sent as that attempt's `auth`. A throw or rejection fails the
+   * attempt. Takes precedence over `auth`.
+   */
+  getAuth?: () => unknown | Promise<unknown>;
 }
 
 /** A place in a channel's stream: `seq` grows by one per publication within an `epoch`. */
@@ -188,9 +206,9 @@ export class Client {
    */
   constructor(urls: string | string[], options?: ClientOptions);
   /**
-   * Connects and resolves once the connection is ready. Rejects (code `closed`, with
-   * `closeCode`) when that first connection fails: in a browser a refused handshake looks
-   * exactly like an unreachable server (close code 1006).
+   * Connects and resolves once the connection is ready. Rejects with `closeCode` when that
+   * first connection fails: the server's code (`unauthorized`, ...) when it refused the
+   * `hello`, else `closed` (1006: the server could not be reached).
    */
   static connect(urls: string | string[], options?: ClientOptions): Promise<Client>;
   /** Asks the server's handler for `topic`; resolves with its answer. */
@@ -303,21 +321,23 @@ impl Client {
     #[wasm_bindgen(constructor, skip_typescript)]
     pub fn new(urls: JsValue, options: JsValue) -> Result<Client, JsValue> {
         let config = js::config(js::urls(&urls)?, &options)?;
+        let auth = js::auth_source(&options)?;
         Ok(Client {
-            shared: Shared::start(config),
+            shared: Shared::start(config, auth),
         })
     }
 
     /// Connects to `urls` (a URL or an array of URLs, tried round-robin on reconnects) and
     /// resolves once the connection is ready; rejects with code `closed` if that first
     /// connection fails. `options`: `{ reconnect: { baseMs, maxMs, maxAttempts },
-    /// askTimeoutMs, connectTimeoutMs, offlineQueue }`.
+    /// askTimeoutMs, connectTimeoutMs, offlineQueue, auth, getAuth }`.
     ///
     /// From Rust (tests): `Client::try_from_js_value(JsFuture::from(promise).await?)`.
     #[wasm_bindgen(skip_typescript)]
     pub fn connect(urls: JsValue, options: JsValue) -> Promise {
-        match js::urls(&urls).and_then(|urls| js::config(urls, &options)) {
-            Ok(config) => Shared::connect(config),
+        let config = js::urls(&urls).and_then(|urls| js::config(urls, &options));
+        match config.and_then(|c| Ok((c, js::auth_source(&options)?))) {
+            Ok((config, auth)) => Shared::connect(config, auth),
             Err(e) => Promise::reject(&e),
         }
     }

@@ -37,10 +37,11 @@ use serde_json::{json, Value};
 use sss_core::protocol::{classify_channel, encode_pub, raw_json, ChannelKind, ServerFrame};
 use sss_core::Position;
 use sss_server::machine::{
-    AskOutcome, Command, Config, Identity, Machine, OpId, Publication, Synced, Topics, Verdict,
+    AskOutcome, Command, Config, Machine, OpId, Publication, SessionOutcome, Synced, Topics,
+    Verdict,
 };
 use sss_server::scaler::{History, Record};
-use sss_server::{Grant, Rejection};
+use sss_server::{Grant, Rejection, Session};
 
 const SESSION: &str = "sess-1";
 /// The subscription parser's one fixed rule: `room:secret` needs this in its query.
@@ -205,14 +206,9 @@ impl Harness {
             max_concurrent_tells: 2,
             max_subscriptions: 4,
         };
-        let identity = Identity {
-            socket: "s-1".into(),
-            user: Some(user.into()),
-            session: Some(SESSION.into()),
-        };
         let now = Instant::now();
         Self {
-            m: Machine::new(now, config, identity, Arc::new(Handlers)),
+            m: Machine::new(now, config, "s-1".into(), Arc::new(Handlers)),
             now,
             user,
             next_id: 0,
@@ -425,6 +421,14 @@ impl Harness {
             assert!(!self.closed, "(f) command after Close: {c:?}");
             match c {
                 Command::Send(frame) => self.sent(frame.as_str()),
+                // The session parser accepts at once: the harness fuzzes what follows `welcome`
+                // (the session phase has its own tests in server/tests/machine.rs).
+                Command::AuthorizeSession { op, .. } => {
+                    let session = Session::user(self.user).with_session(SESSION);
+                    let outcome = SessionOutcome::Accepted(session);
+                    self.m.handle_verdict(Verdict::Session { op, outcome });
+                }
+                Command::Admit(_) => {}
                 Command::Authorize { op, channel, query } => {
                     assert!(
                         matches!(classify_channel(&channel), Ok(ChannelKind::Public)),

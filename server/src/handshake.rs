@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,7 +29,8 @@ use crate::Server;
 /// The body type of the HTTP responses the server produces.
 pub type Body = Full<Bytes>;
 
-/// What the session parser sees of a WebSocket handshake.
+/// What the session parser sees of a WebSocket handshake: the HTTP upgrade request, and the
+/// credentials the client's `hello` carried ([`auth`](Self::auth)).
 #[derive(Debug, Clone)]
 pub struct HandshakeRequest {
     /// Request URI (path and query).
@@ -43,6 +45,8 @@ pub struct HandshakeRequest {
     pub origin: Option<String>,
     /// The peer's address, when the server knows it.
     pub peer: Option<SocketAddr>,
+    /// The `hello`'s `auth`.
+    auth: Option<Box<RawValue>>,
 }
 
 impl HandshakeRequest {
@@ -80,12 +84,32 @@ impl HandshakeRequest {
             query,
             origin,
             peer,
+            auth: None,
         }
     }
 
     /// A cookie's value.
     pub fn cookie(&self, name: &str) -> Option<&str> {
         self.cookies.get(name).map(String::as_str)
+    }
+
+    /// The credentials the client's `hello` carried (its `auth` option: a token, or any JSON),
+    /// as raw JSON; `None` when it sent none. A JSON string `"abc"` reads `"\"abc\""` here:
+    /// see [`auth_as`](Self::auth_as).
+    pub fn auth(&self) -> Option<&RawValue> {
+        self.auth.as_deref()
+    }
+
+    /// The `hello`'s credentials deserialized as `T`: `None` when there are none or they are
+    /// not a `T` (for a plain token, `T = String`).
+    pub fn auth_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.auth()?.get()).ok()
+    }
+
+    /// The request with the `hello`'s credentials.
+    pub(crate) fn with_auth(mut self, auth: Option<Box<RawValue>>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -115,33 +139,36 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The session parser's refusal of a handshake: the client gets this HTTP status and reason.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{status}: {reason}")]
+/// The session parser's refusal of a `hello`: the client gets an `error` frame with this code
+/// and reason, then close [`close::HANDSHAKE_REFUSED`](crate::close::HANDSHAKE_REFUSED), and does
+/// not reconnect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {reason}")]
 pub struct Refusal {
-    /// HTTP status of the refusal (e.g. 401, 403).
-    pub status: StatusCode,
-    /// Reason, sent as the response body.
+    /// Stable code: [`codes::UNAUTHORIZED`](crate::codes::UNAUTHORIZED),
+    /// [`codes::FORBIDDEN`](crate::codes::FORBIDDEN), or the application's own.
+    pub code: String,
+    /// Human-readable reason.
     pub reason: String,
 }
 
 impl Refusal {
-    /// A refusal with a status and reason.
-    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+    /// A refusal with an application code.
+    pub fn new(code: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
-            status,
+            code: code.into(),
             reason: reason.into(),
         }
     }
 
-    /// 401 Unauthorized.
+    /// Code `unauthorized`: no credentials, or bad ones.
     pub fn unauthorized(reason: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, reason)
+        Self::new(sss_core::protocol::codes::UNAUTHORIZED, reason)
     }
 
-    /// 403 Forbidden.
+    /// Code `forbidden`: valid credentials, not allowed here.
     pub fn forbidden(reason: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, reason)
+        Self::new(sss_core::protocol::codes::FORBIDDEN, reason)
     }
 }
 
@@ -175,8 +202,8 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 
 impl Server {
     /// Handles one HTTP request that should be a WebSocket upgrade: checks it, runs the allowed
-    /// origins check and the session parser, and answers `101 Switching Protocols` (the socket
-    /// then runs in its own task) or the refusal.
+    /// origins check, and answers `101 Switching Protocols` (the socket then runs in its own
+    /// task, where the session parser sees the request and the `hello`) or the refusal.
     ///
     /// Use this to mount the server in a hyper or axum application; [`Server::listen`] uses it
     /// for every request.
@@ -188,8 +215,6 @@ impl Server {
         let span = debug_span!(
             "handshake",
             peer = peer.map(tracing::field::display),
-            user = Empty,
-            session = Empty,
             socket = Empty
         );
         let answer = self.handshake(req, peer).instrument(span.clone()).await;
@@ -270,25 +295,8 @@ impl Server {
                 }
             }
         }
-        let session = match &inner.session_parser {
-            Some(parser) => match parser(hs).await {
-                Ok(s) => s,
-                Err(refusal) => {
-                    debug!(%refusal, "session parser refused");
-                    return Err(refused(
-                        Refused::SessionParser,
-                        refusal.status,
-                        refusal.reason,
-                    ));
-                }
-            },
-            None => crate::Session::anonymous(),
-        };
         let socket = crate::socket::new_socket_id(&inner.instance);
-        let span = tracing::Span::current();
-        span.record("user", session.user.as_deref());
-        span.record("session", session.session.as_deref());
-        span.record("socket", &*socket.1);
+        tracing::Span::current().record("socket", &*socket.1);
         let inner: Arc<Inner> = inner.clone();
         tokio::spawn(async move {
             match on_upgrade.await {
@@ -299,7 +307,7 @@ impl Server {
                         Some(inner.ws_config()),
                     )
                     .await;
-                    crate::socket::run(inner, ws, session, socket).await;
+                    crate::socket::run(inner, ws, hs, socket).await;
                 }
                 Err(e) => debug!(error = %e, "upgrade failed"),
             }

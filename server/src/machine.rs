@@ -9,6 +9,11 @@
 //! an outcome the machine decided on its own (a subscription answered, an ask or a presence
 //! request refused before any work), for the driver's metrics and logs.
 //!
+//! The connection itself first moves `Hello ─hello─► Authenticating ─accepted─► Open`: the
+//! `hello` (with its `auth`) becomes a [`Command::AuthorizeSession`], and only the session
+//! parser's [`Verdict::Session`] for that operation opens the socket (`welcome`) or refuses it
+//! (`error` with the parser's code, then close [`close::HANDSHAKE_REFUSED`]).
+//!
 //! Every subscription moves through explicit states:
 //!
 //! ```text
@@ -43,7 +48,7 @@ use sss_core::Position;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::scaler::{History, Record};
-use crate::{Grant, Rejection};
+use crate::{Grant, Refusal, Rejection, Session};
 
 /// Limits and timers of one socket (from [`ServerOptions`](crate::ServerOptions)).
 #[derive(Clone, Debug)]
@@ -62,15 +67,12 @@ pub struct Config {
     pub max_subscriptions: usize,
 }
 
-/// Who the socket is, as the session parser decided.
+/// Who the socket is: its id, and the user and session the session parser gave it.
 #[derive(Clone, Debug, Default)]
-pub struct Identity {
-    /// The socket's cluster-wide id.
-    pub socket: String,
-    /// User id.
-    pub user: Option<String>,
-    /// Session id.
-    pub session: Option<String>,
+struct Identity {
+    socket: String,
+    user: Option<String>,
+    session: Option<String>,
 }
 
 /// Which ask and tell topics have handlers.
@@ -113,6 +115,17 @@ pub struct PresenceNote {
 pub enum Command {
     /// Send this text frame.
     Send(Utf8Bytes),
+    /// Run the session parser on the handshake request and the `hello`'s `auth`; answer with
+    /// [`Verdict::Session`].
+    AuthorizeSession {
+        /// Operation id.
+        op: OpId,
+        /// The `hello`'s credentials, if any.
+        auth: Option<Box<RawValue>>,
+    },
+    /// The session parser accepted: the socket now belongs to this session (the driver makes
+    /// it reachable by user and session id). Comes right before the `welcome`.
+    Admit(Session),
     /// Run the middleware and the subscription parser; answer with [`Verdict::Authorized`].
     Authorize {
         /// Operation id.
@@ -250,9 +263,27 @@ pub enum Synced {
     History(History),
 }
 
+/// How the session parser ended.
+#[derive(Debug)]
+pub enum SessionOutcome {
+    /// It accepted, with this session.
+    Accepted(Session),
+    /// It refused.
+    Refused(Refusal),
+    /// It panicked.
+    Panicked,
+}
+
 /// The outcome of async work the machine asked for.
 #[derive(Debug)]
 pub enum Verdict {
+    /// The session parser decided.
+    Session {
+        /// The [`Command::AuthorizeSession`] operation.
+        op: OpId,
+        /// How.
+        outcome: SessionOutcome,
+    },
     /// The middleware and subscription parser decided.
     Authorized {
         /// The [`Command::Authorize`] operation.
@@ -378,6 +409,8 @@ impl Last {
 enum Phase {
     /// Waiting for `hello`.
     Hello,
+    /// The session parser runs for operation `op`.
+    Authenticating { op: OpId },
     Open,
     Closed,
 }
@@ -419,14 +452,17 @@ fn frame(f: &ServerFrame) -> Command {
 }
 
 impl Machine {
-    /// A socket that just upgraded at `now`.
-    pub fn new(now: Instant, config: Config, identity: Identity, topics: Arc<dyn Topics>) -> Self {
+    /// A socket that just upgraded at `now`, with its cluster-wide id `socket`.
+    pub fn new(now: Instant, config: Config, socket: String, topics: Arc<dyn Topics>) -> Self {
         Self {
             hello_deadline: now + config.handshake_timeout,
             last_recv: now,
             next_ping: now + config.heartbeat,
             config,
-            identity,
+            identity: Identity {
+                socket,
+                ..Identity::default()
+            },
             topics,
             phase: Phase::Hello,
             subs: HashMap::new(),
@@ -446,7 +482,7 @@ impl Machine {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Hello => Some(self.hello_deadline),
+            Phase::Hello | Phase::Authenticating { .. } => Some(self.hello_deadline),
             // While reading is paused the silence is the server's doing, not the client's.
             Phase::Open if !self.wants_read() => Some(self.next_ping),
             Phase::Open => Some(
@@ -549,8 +585,12 @@ impl Machine {
             Ok(f) => f,
             Err(e) => return self.protocol_error(e.to_string()),
         };
-        if self.phase == Phase::Hello {
-            return self.on_hello(now, frame);
+        match self.phase {
+            Phase::Hello => return self.on_hello(frame),
+            Phase::Authenticating { .. } => {
+                return self.protocol_error("frame sent before welcome");
+            }
+            _ => {}
         }
         match frame {
             ClientFrame::Hello { .. } => self.protocol_error("hello sent twice"),
@@ -603,6 +643,12 @@ impl Machine {
             Phase::Hello if now >= self.hello_deadline => {
                 self.close(close::HANDSHAKE_TIMEOUT, "no hello in time");
             }
+            Phase::Authenticating { .. } if now >= self.hello_deadline => {
+                self.close(
+                    close::HANDSHAKE_TIMEOUT,
+                    "the session parser did not decide in time",
+                );
+            }
             Phase::Open => {
                 if self.wants_read() && now >= self.last_recv + self.config.heartbeat * 2 {
                     self.close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
@@ -615,22 +661,16 @@ impl Machine {
         }
     }
 
-    fn on_hello(&mut self, now: Instant, frame: ClientFrame) {
+    fn on_hello(&mut self, frame: ClientFrame) {
         match frame {
-            ClientFrame::Hello { v } if v == PROTOCOL_VERSION => {
-                self.phase = Phase::Open;
-                self.last_recv = now;
-                self.next_ping = now + self.config.heartbeat;
-                let welcome = ServerFrame::Welcome {
-                    v: PROTOCOL_VERSION,
-                    socket: self.identity.socket.clone(),
-                    user: self.identity.user.clone(),
-                    session: self.identity.session.clone(),
-                    hb: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
-                };
-                self.send(&welcome);
+            ClientFrame::Hello { v, auth } if v == PROTOCOL_VERSION => {
+                self.next_op += 1;
+                let op = self.next_op;
+                self.phase = Phase::Authenticating { op };
+                self.commands
+                    .push_back(Command::AuthorizeSession { op, auth });
             }
-            ClientFrame::Hello { v } => {
+            ClientFrame::Hello { v, .. } => {
                 let reason = format!(
                     "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
                 );
@@ -936,6 +976,7 @@ impl Machine {
     /// Async work finished.
     pub fn handle_verdict(&mut self, verdict: Verdict) {
         match verdict {
+            Verdict::Session { op, outcome } => self.on_session(op, outcome),
             Verdict::AskDone { id, outcome } => {
                 self.asks = self.asks.saturating_sub(1);
                 if self.phase == Phase::Closed {
@@ -960,6 +1001,46 @@ impl Machine {
             Verdict::Authorized { op, result } => self.on_authorized(op, result),
             Verdict::Joined { op, result } => self.on_joined(op, result),
             Verdict::Synced { op, result } => self.on_synced(op, result),
+        }
+    }
+
+    /// The session parser's verdict: `welcome`, or an `error` frame and a close.
+    fn on_session(&mut self, op: OpId, outcome: SessionOutcome) {
+        if self.phase != (Phase::Authenticating { op }) {
+            return;
+        }
+        match outcome {
+            SessionOutcome::Accepted(session) => {
+                self.phase = Phase::Open;
+                self.identity.user.clone_from(&session.user);
+                self.identity.session.clone_from(&session.session);
+                self.commands.push_back(Command::Admit(session));
+                // The heartbeat starts from the `hello` (or anything the client sent since).
+                self.next_ping = self.last_recv + self.config.heartbeat;
+                let welcome = ServerFrame::Welcome {
+                    v: PROTOCOL_VERSION,
+                    socket: self.identity.socket.clone(),
+                    user: self.identity.user.clone(),
+                    session: self.identity.session.clone(),
+                    hb: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+                };
+                self.send(&welcome);
+            }
+            SessionOutcome::Refused(refusal) => {
+                self.send(&ServerFrame::Error {
+                    code: refusal.code,
+                    reason: refusal.reason.clone(),
+                });
+                self.close(close::HANDSHAKE_REFUSED, refusal.reason);
+            }
+            SessionOutcome::Panicked => {
+                let reason = "the session parser failed";
+                self.send(&ServerFrame::Error {
+                    code: codes::INTERNAL.into(),
+                    reason: reason.into(),
+                });
+                self.close(close::INTERNAL_ERROR, reason);
+            }
         }
     }
 

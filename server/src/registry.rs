@@ -111,25 +111,31 @@ impl Registry {
         &self.channels[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
+    /// A new connection: reachable by its id (and closed by a shutdown) from now on.
     pub(crate) fn add_socket(&self, s: &Arc<SocketShared>) {
         let n = {
             let mut sockets = write(&self.sockets);
             sockets.insert(s.id.clone(), s.clone());
             sockets.len()
         };
-        if let Some(u) = s.session.user.as_deref() {
+        self.count.send_replace(n);
+    }
+
+    /// The session parser accepted the socket: it becomes reachable by its user and session.
+    pub(crate) fn add_identity(&self, s: &Arc<SocketShared>) {
+        let session = s.session();
+        if let Some(u) = session.user.as_deref() {
             write(&self.users)
                 .entry(u.to_owned())
                 .or_default()
                 .insert(s.key, s.clone());
         }
-        if let Some(id) = s.session.session.as_deref() {
+        if let Some(id) = session.session.as_deref() {
             write(&self.sessions)
                 .entry(id.to_owned())
                 .or_default()
                 .insert(s.key, s.clone());
         }
-        self.count.send_replace(n);
     }
 
     pub(crate) fn remove_socket(&self, s: &SocketShared) {
@@ -149,8 +155,9 @@ impl Registry {
                 }
             }
         };
-        forget(&self.users, s.session.user.as_deref());
-        forget(&self.sessions, s.session.session.as_deref());
+        let session = s.session();
+        forget(&self.users, session.user.as_deref());
+        forget(&self.sessions, session.session.as_deref());
         self.count.send_replace(n);
     }
 

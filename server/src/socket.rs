@@ -9,7 +9,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,10 +29,12 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::{debug, debug_span, warn, Instrument, Span};
 
+use crate::handshake::HandshakeRequest;
 use crate::machine::{
-    AskOutcome, Command, Config, Identity, Machine, Note, PresenceNote, Publication, Synced,
+    AskOutcome, Command, Config, Machine, Note, PresenceNote, Publication, SessionOutcome, Synced,
     Topics, Verdict,
 };
+use crate::metrics::Refused;
 use crate::scaler::ScalerError;
 use crate::server::{Inbound, Inner};
 use crate::{Rejection, Session};
@@ -62,7 +64,9 @@ pub(crate) struct SocketShared {
     server: std::sync::Weak<Inner>,
     pub(crate) id: Arc<str>,
     pub(crate) key: u64,
-    pub(crate) session: Session,
+    /// Set once, when the session parser accepts the `hello` (before the `welcome`): handlers
+    /// and the registry only ever see the socket after that.
+    session: OnceLock<Session>,
     tx: mpsc::Sender<Out>,
     kill: Mutex<Option<(u16, String)>>,
     killed: Notify,
@@ -70,16 +74,25 @@ pub(crate) struct SocketShared {
     member: OnceLock<Arc<Member>>,
 }
 
+/// What a socket is before its session parser accepted it.
+static NO_SESSION: LazyLock<Session> = LazyLock::new(Session::anonymous);
+
 impl SocketShared {
+    /// The session the parser gave (anonymous until it decided).
+    pub(crate) fn session(&self) -> &Session {
+        self.session.get().unwrap_or(&NO_SESSION)
+    }
+
     /// The socket as a member of a channel's presence.
     pub(crate) fn member(&self) -> Arc<Member> {
         self.member
             .get_or_init(|| {
+                let session = self.session();
                 Arc::new(Member {
                     socket: self.id.to_string(),
-                    user: self.session.user.clone(),
-                    session: self.session.session.clone(),
-                    info: self.session.info.clone(),
+                    user: session.user.clone(),
+                    session: session.session.clone(),
+                    info: session.info.clone(),
                 })
             })
             .clone()
@@ -167,7 +180,7 @@ impl Socket {
 
     fn identity(&self) -> &Session {
         match &self.0 {
-            Peer::Local(s) => &s.session,
+            Peer::Local(s) => s.session(),
             #[cfg(feature = "redis")]
             Peer::Remote(r) => &r.session,
         }
@@ -274,11 +287,12 @@ fn unavailable(e: ScalerError) -> Rejection {
     Rejection::new(codes::UNAVAILABLE, e.to_string())
 }
 
-/// Runs one connection until it closes. `key` and `id` are from [`new_socket_id`].
+/// Runs one connection until it closes. `key` and `id` are from [`new_socket_id`]; `request`
+/// is what the session parser sees of the upgrade.
 pub(crate) async fn run<S>(
     inner: Arc<Inner>,
     ws: WebSocketStream<S>,
-    session: Session,
+    request: HandshakeRequest,
     (key, id): (u64, Arc<str>),
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -288,7 +302,7 @@ pub(crate) async fn run<S>(
         server: Arc::downgrade(&inner),
         id,
         key,
-        session,
+        session: OnceLock::new(),
         tx,
         kill: Mutex::new(None),
         killed: Notify::new(),
@@ -305,16 +319,12 @@ pub(crate) async fn run<S>(
         max_concurrent_tells: opts.max_concurrent_tells,
         max_subscriptions: opts.max_subscriptions,
     };
-    let identity = Identity {
-        socket: shared.id.to_string(),
-        user: shared.session.user.clone(),
-        session: shared.session.session.clone(),
-    };
     let topics: Arc<dyn Topics> = inner.clone();
-    let machine = Machine::new(Instant::now().into_std(), config, identity, topics);
+    let machine = Machine::new(Instant::now().into_std(), config, shared.id.to_string(), topics);
     let mut driver = Driver {
         inner: inner.clone(),
         shared: shared.clone(),
+        request: Some(request),
         machine,
         ws,
         outgoing: Vec::new(),
@@ -376,6 +386,8 @@ where
 struct Driver<S> {
     inner: Arc<Inner>,
     shared: Arc<SocketShared>,
+    /// The upgrade request, until the session parser takes it.
+    request: Option<HandshakeRequest>,
     machine: Machine,
     ws: WebSocketStream<S>,
     /// Frames produced while handling one event, written together.
@@ -469,6 +481,18 @@ where
         while let Some(cmd) = self.machine.poll_command() {
             match cmd {
                 Command::Send(f) => self.outgoing.push(Message::Text(f)),
+                Command::AuthorizeSession { op, auth } => self.authorize_session(op, auth),
+                Command::Admit(session) => {
+                    debug!(
+                        socket = &*self.shared.id,
+                        user = session.user.as_deref(),
+                        session = session.session.as_deref(),
+                        "session accepted"
+                    );
+                    // Set once: the machine admits a socket once.
+                    let _ = self.shared.session.set(session);
+                    self.inner.registry.add_identity(&self.shared);
+                }
                 Command::Authorize { op, channel, query } => self.authorize(op, channel, query),
                 Command::Join {
                     op,
@@ -546,6 +570,34 @@ where
                 debug!(socket, topic, "tell dropped: no handler");
             }
         }
+    }
+
+    /// Runs the session parser on the upgrade request and the `hello`'s `auth` (none set:
+    /// every socket is anonymous, answered at once).
+    fn authorize_session(&mut self, op: u64, auth: Option<Box<RawValue>>) {
+        let request = self.request.take().map(|r| r.with_auth(auth));
+        let (Some(parser), Some(request)) = (self.inner.session_parser.clone(), request) else {
+            let outcome = SessionOutcome::Accepted(Session::anonymous());
+            return self.machine.handle_verdict(Verdict::Session { op, outcome });
+        };
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        let authorize = async move {
+            let outcome = match AssertUnwindSafe(parser(request)).catch_unwind().await {
+                Ok(Ok(session)) => SessionOutcome::Accepted(session),
+                Ok(Err(refusal)) => {
+                    debug!(%refusal, "session parser refused");
+                    inner.metrics.refused(Refused::SessionParser);
+                    SessionOutcome::Refused(refusal)
+                }
+                Err(_) => {
+                    warn!(socket = &*shared.id, "session parser panicked");
+                    SessionOutcome::Panicked
+                }
+            };
+            shared.report(Verdict::Session { op, outcome }).await;
+        };
+        tokio::spawn(authorize);
     }
 
     fn authorize(&self, op: u64, channel: String, query: Option<Box<RawValue>>) {

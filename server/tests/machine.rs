@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 use sss_core::protocol::{close, codes, encode_pub};
 use sss_core::Position;
 use sss_server::machine::{
-    AskOutcome, Command, Config, Identity, Machine, Note, OpId, PresenceNote, Publication, Synced,
-    Topics, Verdict,
+    AskOutcome, Command, Config, Machine, Note, OpId, PresenceNote, Publication, SessionOutcome,
+    Synced, Topics, Verdict,
 };
 use sss_server::scaler::{History, Record};
-use sss_server::{Grant, Rejection};
+use sss_server::{Grant, Refusal, Rejection, Session};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 struct AppTopics;
@@ -40,12 +40,9 @@ fn config() -> Config {
     }
 }
 
-fn eve() -> Identity {
-    Identity {
-        socket: "i-1".into(),
-        user: Some("eve".into()),
-        session: Some("s-eve".into()),
-    }
+/// The session parser's answer for the test's one socket: user `eve`, session `s-eve`.
+fn eve() -> Session {
+    Session::user("eve").with_session("s-eve")
 }
 
 const EPOCH: &str = "e1";
@@ -160,6 +157,11 @@ struct World {
     seen: HashMap<String, Position>,
     /// Whether the latest `sub` of each channel asked for presence events.
     events: HashMap<String, bool>,
+    /// The session parser's operation the machine waits for, and the `auth` it was given.
+    session_op: Option<(OpId, Option<String>)>,
+    /// The session the machine admitted (`Command::Admit`), and how many frames were sent
+    /// before it.
+    admitted: Option<(Session, usize)>,
     /// A frame the machine decided on its own (`subok`, `subrej`, a `rej` no handler made),
     /// whose [`Note`] must come next.
     unnoted: Option<Value>,
@@ -169,7 +171,7 @@ impl World {
     fn new() -> Self {
         let now = Instant::now();
         Self {
-            m: Machine::new(now, config(), eve(), Arc::new(AppTopics)),
+            m: Machine::new(now, config(), "i-1".into(), Arc::new(AppTopics)),
             now,
             registry: HashSet::new(),
             history: HashMap::new(),
@@ -189,6 +191,8 @@ impl World {
             awaiting: HashMap::new(),
             seen: HashMap::new(),
             events: HashMap::new(),
+            session_op: None,
+            admitted: None,
             unnoted: None,
         }
     }
@@ -196,8 +200,16 @@ impl World {
     fn welcomed() -> Self {
         let mut w = Self::new();
         w.text(r#"{"t":"hello","v":1}"#);
+        w.session(SessionOutcome::Accepted(eve()));
         assert_eq!(w.take()[0]["t"], "welcome");
         w
+    }
+
+    /// The session parser's verdict for the pending `AuthorizeSession`.
+    fn session(&mut self, outcome: SessionOutcome) {
+        let (op, _) = self.session_op.take().expect("no session parser running");
+        self.m.handle_verdict(Verdict::Session { op, outcome });
+        self.drain();
     }
 
     /// Frames sent since the last call.
@@ -266,6 +278,14 @@ impl World {
                     self.sent.push(v);
                 }
                 Command::Note(note) => self.check_note(&note),
+                Command::AuthorizeSession { op, auth } => {
+                    assert!(self.session_op.is_none(), "a second session parser run");
+                    self.session_op = Some((op, auth.map(|a| a.get().to_owned())));
+                }
+                Command::Admit(session) => {
+                    assert!(self.admitted.is_none(), "admitted twice");
+                    self.admitted = Some((session, self.sent.len()));
+                }
                 Command::Authorize { op, channel, query } => {
                     self.auth.insert(channel.clone(), Auth::Pending(op));
                     let query = query.map(|q| q.get().to_owned());
@@ -802,6 +822,98 @@ fn an_unknown_version_is_refused_with_4001() {
     assert_eq!(w.closed, Some(close::UNSUPPORTED_VERSION));
 }
 
+/// `hello` → the session parser (with the `hello`'s `auth`) → `Admit`, then `welcome` with the
+/// parser's user and session; nothing is sent while the parser runs.
+#[test]
+fn hello_runs_the_session_parser_with_its_auth_before_welcome() {
+    let mut w = World::new();
+    w.text(r#"{"t":"hello","v":1,"auth":{"token":"t-1"}}"#);
+    assert_eq!(
+        w.session_op.as_ref().map(|(_, auth)| auth.clone()),
+        Some(Some(r#"{"token":"t-1"}"#.to_owned()))
+    );
+    assert!(w.take().is_empty(), "nothing before the parser decides");
+    w.session(SessionOutcome::Accepted(eve()));
+    let (session, sent_before) = w.admitted.take().expect("admitted");
+    assert_eq!(
+        (session.user.as_deref(), sent_before),
+        (Some("eve"), 0),
+        "Admit comes before the welcome"
+    );
+    let sent = w.take();
+    assert_eq!(kinds(&sent), ["welcome"]);
+    assert_eq!(
+        (&sent[0]["socket"], &sent[0]["user"], &sent[0]["session"]),
+        (&json!("i-1"), &json!("eve"), &json!("s-eve"))
+    );
+    // The parser's user owns `#user:eve`.
+    let id = w.sub("#user:eve", None, None);
+    w.settle();
+    assert_eq!(w.sub_answers.get(&id), Some(&1));
+}
+
+#[test]
+fn a_refused_hello_gets_the_parsers_code_then_close_4010() {
+    for (refusal, code) in [
+        (Refusal::unauthorized("bad token"), "unauthorized"),
+        (Refusal::forbidden("not here"), "forbidden"),
+        (Refusal::new("banned", "go away"), "banned"),
+    ] {
+        let mut w = World::new();
+        w.text(r#"{"t":"hello","v":1,"auth":"nope"}"#);
+        w.session(SessionOutcome::Refused(refusal.clone()));
+        let sent = w.take();
+        assert_eq!(kinds(&sent), [format!("error:{code}")]);
+        assert_eq!(sent[0]["reason"], json!(refusal.reason));
+        assert_eq!(w.closed, Some(close::HANDSHAKE_REFUSED));
+        assert!(w.admitted.is_none(), "a refused socket is not admitted");
+        assert_eq!(w.m.poll_timeout(), None);
+    }
+}
+
+#[test]
+fn a_panicking_session_parser_is_internal_then_close_1011() {
+    let mut w = World::new();
+    w.text(r#"{"t":"hello","v":1}"#);
+    w.session(SessionOutcome::Panicked);
+    assert_eq!(kinds(&w.take()), ["error:internal"]);
+    assert_eq!(w.closed, Some(close::INTERNAL_ERROR));
+}
+
+/// While the parser runs, anything the client sends is a protocol error (it must wait for
+/// `welcome`), the handshake deadline still holds, and a verdict for another operation is
+/// ignored.
+#[test]
+fn while_the_session_parser_runs() {
+    let mut w = World::new();
+    w.text(r#"{"t":"hello","v":1}"#);
+    w.text(r#"{"t":"ask","id":1,"topic":"echo","msg":1}"#);
+    assert_eq!(kinds(&w.take()), ["error:protocol"]);
+    assert_eq!(w.closed, Some(close::PROTOCOL_ERROR));
+
+    let mut w = World::new();
+    let start = w.now;
+    w.text(r#"{"t":"hello","v":1}"#);
+    assert_eq!(w.m.poll_timeout(), Some(start + Duration::from_secs(10)));
+    w.m.handle_timeout(start + Duration::from_secs(10));
+    w.drain();
+    assert_eq!(w.closed, Some(close::HANDSHAKE_TIMEOUT));
+    w.session(SessionOutcome::Accepted(eve()));
+    assert!(w.take().is_empty(), "no welcome after the close");
+
+    let mut w = World::new();
+    w.text(r#"{"t":"hello","v":1}"#);
+    let (op, _) = w.session_op.clone().expect("parser running");
+    w.m.handle_verdict(Verdict::Session {
+        op: op + 1,
+        outcome: SessionOutcome::Accepted(eve()),
+    });
+    w.drain();
+    assert!(w.take().is_empty(), "a verdict for another operation is ignored");
+    w.session(SessionOutcome::Accepted(eve()));
+    assert_eq!(kinds(&w.take()), ["welcome"]);
+}
+
 #[test]
 fn told_frames_wait_for_welcome() {
     let tell = || Utf8Bytes::from(r#"{"t":"tell","topic":"news","msg":1}"#);
@@ -810,6 +922,10 @@ fn told_frames_wait_for_welcome() {
     w.drain();
     assert!(w.take().is_empty(), "nothing but welcome before welcome");
     w.text(r#"{"t":"hello","v":1}"#);
+    w.m.handle_told(tell());
+    w.drain();
+    assert!(w.take().is_empty(), "nor while the session parser runs");
+    w.session(SessionOutcome::Accepted(eve()));
     w.m.handle_told(tell());
     w.drain();
     assert_eq!(kinds(&w.take()), ["welcome", "tell"]);

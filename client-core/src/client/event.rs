@@ -171,5 +171,9 @@ pub enum Event {
         code: u16,
         /// Reason.
         reason: String,
+        /// The server's `error` frame that preceded the close, if any: why the server ended
+        /// the connection, with its stable code (`unauthorized`, `forbidden` or the
+        /// application's own for a refused `hello`, `protocol`, `unsupported_version`).
+        error: Option<AskError>,
     },
 }

@@ -238,7 +238,7 @@ impl Server {
 
     fn receive(&mut self, frame: &ClientFrame, now: Instant) -> Vec<ServerFrame> {
         match frame {
-            ClientFrame::Hello { v } if self.welcome => {
+            ClientFrame::Hello { v, .. } if self.welcome => {
                 assert_eq!(*v, PROTOCOL_VERSION);
                 self.last_ping = now;
                 self.sockets += 1;
