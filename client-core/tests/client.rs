@@ -892,7 +892,11 @@ fn refused_hello_closes_for_good_with_the_servers_code() {
     pair.drop_connection(close::HANDSHAKE_REFUSED, "token expired");
     let connects = pair.connects().len();
     pair.advance(ms(60_000));
-    assert_eq!(pair.connects().len(), connects, "no reconnect after a refusal");
+    assert_eq!(
+        pair.connects().len(),
+        connects,
+        "no reconnect after a refusal"
+    );
     assert_eq!(pair.client.status(), Status::Closed);
     let events = pair.take_events();
     let error = events.iter().find_map(|e| match e {

@@ -12,10 +12,10 @@ use sss_core::protocol::{close, Member};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{
     connect_async_tls_with_config, Connector, MaybeTlsStream, WebSocketStream,
@@ -627,10 +627,12 @@ impl Driver {
             } => {
                 if let Some(first) = self.first.take() {
                     let err = match (self.refusal.take(), &error) {
-                        (_, Some(e)) if code == close::HANDSHAKE_REFUSED => ConnectError::Rejected {
-                            code: e.code.clone(),
-                            reason: e.reason.clone(),
-                        },
+                        (_, Some(e)) if code == close::HANDSHAKE_REFUSED => {
+                            ConnectError::Rejected {
+                                code: e.code.clone(),
+                                reason: e.reason.clone(),
+                            }
+                        }
                         (Some((status, reason)), _) if code == close::HANDSHAKE_REFUSED => {
                             ConnectError::Refused { status, reason }
                         }

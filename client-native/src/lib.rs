@@ -45,10 +45,10 @@ use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sss_core::client::{AskError, ClientError, Config, Reconnect, Status};
+use sss_core::client::{AskError, ClientError, Config, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use sss_core::client::{Recovery, Status as ClientStatus};
+pub use sss_core::client::{Reconnect, Recovery, Status as ClientStatus};
 pub use sss_core::protocol::{close, codes, Member, PresenceStats};
 pub use sss_core::Position;
 pub use subscription::{Publication, SubEvent, SubscribeOptions, Subscription};

@@ -103,7 +103,8 @@ pub(crate) struct Shared {
 struct AuthWait {
     id: u64,
     url: String,
-    _settle: (Closure<dyn FnMut(JsValue)>, Closure<dyn FnMut(JsValue)>),
+    _resolved: Closure<dyn FnMut(JsValue)>,
+    _rejected: Closure<dyn FnMut(JsValue)>,
 }
 
 impl Shared {
@@ -440,7 +441,8 @@ impl Shared {
         *self.auth_wait.borrow_mut() = Some(AuthWait {
             id,
             url,
-            _settle: (ok, err),
+            _resolved: ok,
+            _rejected: err,
         });
     }
 

@@ -410,7 +410,9 @@ enum Phase {
     /// Waiting for `hello`.
     Hello,
     /// The session parser runs for operation `op`.
-    Authenticating { op: OpId },
+    Authenticating {
+        op: OpId,
+    },
     Open,
     Closed,
 }

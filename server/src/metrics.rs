@@ -413,7 +413,7 @@ impl Metrics {
         let accepted = Counter::default();
         r.register(
             "connections_accepted",
-            "WebSocket handshakes accepted (101 Switching Protocols)",
+            "Sockets accepted: upgraded, and their hello accepted by the session parser",
             accepted.clone(),
         );
         let refused_family = Family::<ReasonLabel, Counter>::default();
@@ -421,7 +421,7 @@ impl Metrics {
             "connections_refused",
             "Connections and handshakes refused before a socket opened, by reason: bad_request \
              (not a WebSocket upgrade), shutting_down, origin (not in allowed_origins), \
-             session_parser, max_connections, max_connections_per_ip, header_timeout (no \
+             session_parser (refused the hello), max_connections, max_connections_per_ip, header_timeout (no \
              complete request head within header_read_timeout, idle keep-alive connections \
              included), tls_handshake (failed or timed out)",
             refused_family.clone(),
@@ -434,8 +434,8 @@ impl Metrics {
         let handshake = Latency::default();
         r.register(
             "handshake_duration_seconds",
-            "Time from a WebSocket upgrade request to the server's answer (checks and session \
-             parser), accepted or refused",
+            "Time from a WebSocket upgrade request to the server's answer (its checks; the \
+             session parser runs after hello), accepted or refused",
             handshake.clone(),
         );
         let closed = Family::default();

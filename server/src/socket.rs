@@ -320,7 +320,12 @@ pub(crate) async fn run<S>(
         max_subscriptions: opts.max_subscriptions,
     };
     let topics: Arc<dyn Topics> = inner.clone();
-    let machine = Machine::new(Instant::now().into_std(), config, shared.id.to_string(), topics);
+    let machine = Machine::new(
+        Instant::now().into_std(),
+        config,
+        shared.id.to_string(),
+        topics,
+    );
     let mut driver = Driver {
         inner: inner.clone(),
         shared: shared.clone(),
@@ -489,6 +494,7 @@ where
                         session = session.session.as_deref(),
                         "session accepted"
                     );
+                    self.inner.metrics.accepted.inc();
                     // Set once: the machine admits a socket once.
                     let _ = self.shared.session.set(session);
                     self.inner.registry.add_identity(&self.shared);
@@ -578,7 +584,9 @@ where
         let request = self.request.take().map(|r| r.with_auth(auth));
         let (Some(parser), Some(request)) = (self.inner.session_parser.clone(), request) else {
             let outcome = SessionOutcome::Accepted(Session::anonymous());
-            return self.machine.handle_verdict(Verdict::Session { op, outcome });
+            return self
+                .machine
+                .handle_verdict(Verdict::Session { op, outcome });
         };
         let inner = self.inner.clone();
         let shared = self.shared.clone();

@@ -909,7 +909,10 @@ fn while_the_session_parser_runs() {
         outcome: SessionOutcome::Accepted(eve()),
     });
     w.drain();
-    assert!(w.take().is_empty(), "a verdict for another operation is ignored");
+    assert!(
+        w.take().is_empty(),
+        "a verdict for another operation is ignored"
+    );
     w.session(SessionOutcome::Accepted(eve()));
     assert_eq!(kinds(&w.take()), ["welcome"]);
 }

@@ -362,6 +362,8 @@ async fn unsubscribe_stops_delivery() {
     }
 }
 
+/// The session parser's refusal (it sees the query string too) is the server's code and reason
+/// (more in tests/tests/auth.rs).
 #[tokio::test]
 async fn refused_handshake_is_a_typed_error() {
     let (_server, url, _) = setup().await;
@@ -371,8 +373,8 @@ async fn refused_handshake_is_a_typed_error() {
     )
     .await
     {
-        Err(ConnectError::Refused { status, reason }) => {
-            assert_eq!(status, 401);
+        Err(ConnectError::Rejected { code, reason }) => {
+            assert_eq!(code, codes::UNAUTHORIZED);
             assert_eq!(reason, "bad token");
         }
         other => panic!("{other:?}"),
