@@ -7,7 +7,7 @@
 #      (tests/browser/), driven by playwright-core under `node --test`;
 #   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
 #      each sees the other in the room's member list, and a leave when one closes; screenshots
-#      under target/;
+#      under target/. And a Node program (the package's ./node entry) logs in with a token;
 #   d. the same against the demo as a cluster (2 instances behind its round-robin proxy, one
 #      Redis) whose chat handlers run in 2 worker processes (worker mode).
 # Runs both, prints the runners' summaries, exits non-zero if either failed. Idempotent; kills
@@ -128,7 +128,10 @@ start_server 's/.*open \(http[^ ]*\) in a browser.*/\1/p' \
 if (
   # shellcheck source=scripts/wasm-env.sh
   source scripts/wasm-env.sh
-  SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs
+  # `&&`: errexit does not apply inside an `if` condition. Node 20 keeps its global WebSocket
+  # behind a flag.
+  SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs &&
+    SSS_DEMO_URL="$URL" node --experimental-websocket --no-warnings --test tests/browser/node.test.cjs
 ); then
   log "c. passed in $((SECONDS - T))s (screenshots: target/demo-ann.png, target/demo-bob.png, target/demo-presence.png)"
 else

@@ -277,8 +277,9 @@ async fn restart_reconnects_and_recovers_in_order() {
     assert_eq!(get(&pos, "seq").as_f64(), Some(10.0));
 }
 
+/// The session parser's refusal reaches the page: its code and reason, close code 4010.
 #[wasm_bindgen_test]
-async fn refused_handshake_is_a_failed_connection() {
+async fn refused_hello_is_the_servers_code() {
     let url = format!("{}?deny=1", url());
     let err = within(
         Client::connect(JsValue::from_str(&url), JsValue::UNDEFINED),
@@ -286,8 +287,27 @@ async fn refused_handshake_is_a_failed_connection() {
     )
     .await
     .expect_err("refused");
-    assert_eq!(code(&err), "closed");
-    assert_eq!(get(&err, "closeCode").as_f64(), Some(1006.0));
+    assert_eq!(code(&err), "unauthorized");
+    assert_eq!(
+        get(&err, "reason").as_string().as_deref(),
+        Some("denied by the test server")
+    );
+    assert_eq!(get(&err, "closeCode").as_f64(), Some(4010.0));
+}
+
+/// A token in the `auth` option logs in as its user.
+#[wasm_bindgen_test]
+async fn auth_option_logs_in() {
+    let options = json(r#"{"auth":"tok-wasm"}"#);
+    let v = within(
+        Client::connect(JsValue::from_str(&url()), options),
+        "connect",
+    )
+    .await
+    .expect("a good token connects");
+    let client = Client::try_from_js_value(v).expect("a Client");
+    assert_eq!(client.user().as_deref(), Some("wasm"));
+    client.close();
 }
 
 #[wasm_bindgen_test]

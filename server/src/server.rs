@@ -291,8 +291,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Sets the session parser, run on every handshake. It sees the HTTP upgrade request and
-    /// returns the socket's [`Session`] or a [`Refusal`] (the client gets its HTTP status).
+    /// Sets the session parser, run on every connection once the client's `hello` arrived. It
+    /// sees the HTTP upgrade request and the `hello`'s credentials
+    /// ([`HandshakeRequest::auth`]) and returns the socket's [`Session`] or a [`Refusal`] (the
+    /// client gets an `error` frame with its code, then close 4010, and does not retry).
     /// Without one, every connection is accepted anonymously.
     pub fn session_parser<F, Fut>(mut self, f: F) -> Self
     where

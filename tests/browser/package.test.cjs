@@ -222,19 +222,61 @@ test("presence: members, counts, join and leave callbacks and their removers", a
   assert.equal(r.refused, "no_presence");
 });
 
-test("a refused handshake is a failed connection (1006)", async () => {
+test("a refused hello is the server's code and reason, not 1006", async () => {
   const r = await page.evaluate(async () => {
     const { Client, wsUrl } = window.sss;
-    return Client.connect(`${wsUrl}?deny=1`).then(
-      () => "connected",
-      (e) => ({ code: e.code, closeCode: e.closeCode, isError: e instanceof Error }),
-    );
+    const seen = (e) => ({ name: e.name, code: e.code, reason: e.reason, closeCode: e.closeCode });
+    const denied = await Client.connect(`${wsUrl}?deny=1`).catch(seen);
+    const badToken = await Client.connect(wsUrl, { auth: "forged" }).catch(seen);
+    return { denied, badToken };
   });
-  assert.deepEqual(r, { code: "closed", closeCode: 1006, isError: true });
+  assert.deepEqual(r, {
+    denied: { name: "SssError", code: "unauthorized", reason: "denied by the test server", closeCode: 4010 },
+    badToken: { name: "SssError", code: "unauthorized", reason: "bad token", closeCode: 4010 },
+  });
+});
+
+test("auth: a token logs in; getAuth is asked again before a reconnect; a refusal then closes", async () => {
+  const r = await page.evaluate(async () => {
+    const { Client, wsUrl } = window.sss;
+    const fixed = await Client.connect(wsUrl, { auth: "tok-ann" });
+    const fixedUser = fixed.user;
+    fixed.close();
+
+    // Fresh tokens: the first two log in, the third is refused after the second restart.
+    const tokens = ["tok-bob1", "tok-bob2", "forged"];
+    let calls = 0;
+    const client = await Client.connect(wsUrl, {
+      reconnect: { baseMs: 50 },
+      getAuth: () => new Promise((resolve) => setTimeout(() => resolve(tokens[calls++]), 10)),
+    });
+    const users = [client.user];
+    const closed = new Promise((resolve) =>
+      client.onStatus((status, info) => {
+        if (status === "ready") users.push(client.user);
+        if (status === "closed") resolve({ code: info.code, error: info.error?.code, reason: info.error?.reason });
+      }),
+    );
+    await client.ask("restart", { downMs: 100 });
+    await new Promise((resolve) =>
+      client.onStatus((status) => status === "ready" && resolve()),
+    );
+    await client.ask("restart", { downMs: 100 });
+    const end = await closed;
+    return { fixedUser, users, calls, end, status: client.status };
+  });
+  assert.deepEqual(r, {
+    fixedUser: "ann",
+    users: ["bob1", "bob2"],
+    calls: 3,
+    end: { code: 4010, error: "unauthorized", reason: "bad token" },
+    status: "closed",
+  });
 });
 
 test("no uncaught page errors", () => {
-  // The refused handshake logs a network error to the console; only script errors count.
+  // Reconnect attempts while the restarted server is down log network errors to the console;
+  // only script errors count. (A refused hello logs nothing: it is a frame and a close code.)
   const scriptErrors = pageErrors.filter((e) => !/WebSocket connection to .* failed/.test(e));
   assert.deepEqual(scriptErrors, []);
 });

@@ -4,7 +4,11 @@
 //! Run it with `scripts/demo.sh` (which builds the package first), or, once `pkg/dist` exists:
 //! `cargo run -p sss-server --example chat -- [--addr 127.0.0.1:8080] [--origin URL]...`.
 //!
-//! - Log in with a name (a cookie `sss_user` the session parser reads; no cookie, no socket).
+//! - Log in with a name: the page sets a cookie `sss_user` the session parser reads; a program
+//!   (Node, Rust) sends the name as its token instead, in the protocol's `hello`
+//!   (`{ auth: "ann" }` in JS, `Options::default().auth(json!("ann"))` in Rust). No cookie and
+//!   no token: no socket. The demo trusts the name, as it trusts the cookie; a real application
+//!   verifies a signed token here.
 //! - Rooms are channels: `room:lobby`, `room:rust`, `room:random`, and `room:secret`, which the
 //!   subscription parser opens only with the password `letmein`.
 //! - Every room has presence: the page lists who is in it (each user's `info` is their name)
@@ -103,8 +107,12 @@ fn build(
     Server::builder(scaler)
         .options(options)
         .session_parser(|req| async move {
-            let user = req
-                .cookie("sss_user")
+            let token: Option<String> = req.auth_as();
+            let user = match (token.as_deref(), req.cookie("sss_user")) {
+                (Some(token), _) => Some(token),
+                (None, cookie) => cookie,
+            };
+            let user = user
                 .filter(|u| valid_name(u))
                 .ok_or_else(|| Refusal::unauthorized("log in first"))?;
             let session = req.cookie("sss_session").unwrap_or(user).to_owned();

@@ -16,8 +16,9 @@
 //!
 //! The subscription parser refuses channels starting with `private:` (code `refused`) and any
 //! query `{"deny": true}`; `room:` channels have presence, others not. The session parser
-//! refuses handshakes with `?deny=1` (HTTP 401), gives `?user=NAME` a user id, and `?name=TEXT`
-//! the presence info `{"name": TEXT}`.
+//! refuses `?deny=1` (`unauthorized`), takes a token `"tok-NAME"` in the `hello`'s `auth` as user
+//! NAME (any other token: `unauthorized`, "bad token"), gives `?user=NAME` a user id, and
+//! `?name=TEXT` the presence info `{"name": TEXT}`.
 //!
 //! Plain HTTP requests get files from the repository (only under `/pkg/` and `/tests/browser/`),
 //! so the npm package's page is served from the same origin as the socket.
@@ -86,8 +87,17 @@ fn builder(ctx: &Arc<Ctx>) -> ServerBuilder {
             if req.query.get("deny").is_some_and(|v| v == "1") {
                 return Err(Refusal::unauthorized("denied by the test server"));
             }
-            let session = match req.query.get("user") {
-                Some(user) => Session::user(user.clone()),
+            // A token `tok-<user>` in the hello's auth; any other token is refused.
+            let token = match req.auth() {
+                None => None,
+                Some(_) => Some(
+                    req.auth_as::<String>()
+                        .and_then(|t| t.strip_prefix("tok-").map(str::to_owned))
+                        .ok_or_else(|| Refusal::unauthorized("bad token"))?,
+                ),
+            };
+            let session = match token.or_else(|| req.query.get("user").cloned()) {
+                Some(user) => Session::user(user),
                 None => Session::anonymous(),
             };
             match req.query.get("name") {
