@@ -35,7 +35,8 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::protocol::{
-    classify_channel, close, ClientFrame, Position, ServerFrame, MAX_TOPIC_LEN, PROTOCOL_VERSION,
+    classify_channel, close, codes, ClientFrame, Position, ServerFrame, MAX_TOPIC_LEN,
+    PROTOCOL_VERSION,
 };
 use config::Rng;
 
@@ -645,7 +646,8 @@ impl Client {
             .reconnect
             .max_attempts
             .is_none_or(|max| self.attempt < max);
-        if !(reconnect && attempts_left) {
+        let first_failed = self.config.fail_first_connect && !self.welcomed_before;
+        if !(reconnect && attempts_left) || first_failed {
             return self.finish_with(code, reason, error);
         }
         self.welcome = None;
@@ -684,10 +686,25 @@ impl Client {
         self.transmits.clear();
         self.queue.clear();
         self.held.clear();
-        self.subs.clear();
         self.syncing.clear();
         for (id, _) in std::mem::take(&mut self.asks) {
             self.ask_done(id, Err(AskError::closed()));
+        }
+        // Every subscription ends with the close's reason: one that never started fails, one
+        // that had started is ended.
+        for (channel, sub) in std::mem::take(&mut self.subs) {
+            self.events.push_back(if sub.last.is_none() {
+                Event::SubscribeFailed {
+                    channel,
+                    error: AskError::new(codes::CLOSED, reason.clone()),
+                }
+            } else {
+                Event::Unsubscribed {
+                    channel,
+                    code: codes::CLOSED.to_owned(),
+                    reason: reason.clone(),
+                }
+            });
         }
         self.set_status(Status::Closed);
         self.events.push_back(Event::Closed {
@@ -849,20 +866,27 @@ impl Client {
             return;
         }
         sub.awaiting = None;
-        let recovery = match recovered {
-            None => Recovery::New,
-            Some(true) => Recovery::Recovered,
-            Some(false) => Recovery::Unrecoverable,
-        };
-        if recovery != Recovery::Recovered || sub.last.is_none() {
+        // A subscription with a position has started before: this answers a resync. One that
+        // had none to resume from (its first `sub`, resent after a reconnect) starts now.
+        let first = sub.last.is_none();
+        let recovered = recovered != Some(false);
+        if first || !recovered {
             sub.last = Some(pos.clone());
         }
         self.release_held(&channel);
-        self.events.push_back(Event::Subscribed {
-            channel,
-            position: pos,
-            recovery,
-            presence,
+        self.events.push_back(if first {
+            Event::Subscribed {
+                channel,
+                position: pos,
+                presence,
+            }
+        } else {
+            Event::Resynced {
+                channel,
+                position: pos,
+                recovered,
+                presence,
+            }
         });
         self.settle_sync(Some(id));
     }

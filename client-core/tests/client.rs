@@ -48,17 +48,28 @@ fn publications(events: &[Event]) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-/// Subscribed events as `(channel, position seq, recovery)`.
+/// Subscribed and resynced events as `(channel, position seq, recovery)`.
 fn subscribed(events: &[Event]) -> Vec<(String, u64, Recovery)> {
     events
         .iter()
         .filter_map(|e| match e {
             Event::Subscribed {
+                channel, position, ..
+            } => Some((channel.clone(), position.seq, Recovery::New)),
+            Event::Resynced {
                 channel,
                 position,
-                recovery,
+                recovered,
                 ..
-            } => Some((channel.clone(), position.seq, *recovery)),
+            } => Some((
+                channel.clone(),
+                position.seq,
+                if *recovered {
+                    Recovery::Recovered
+                } else {
+                    Recovery::Unrecoverable
+                },
+            )),
             _ => None,
         })
         .collect()
@@ -589,13 +600,15 @@ fn reconnect_to_lost_history_is_unrecoverable() {
     let events = pair.take_events();
     match &events
         .iter()
-        .filter(|e| matches!(e, Event::Subscribed { .. }))
+        .filter(|e| matches!(e, Event::Subscribed { .. } | Event::Resynced { .. }))
         .collect::<Vec<_>>()[..]
     {
-        [Event::Subscribed {
-            position, recovery, ..
+        [Event::Resynced {
+            position,
+            recovered,
+            ..
         }] => {
-            assert_eq!(*recovery, Recovery::Unrecoverable);
+            assert!(!recovered);
             assert_eq!(position, &pos("e2", 1));
         }
         other => panic!("{other:?}"),
@@ -912,6 +925,122 @@ fn refused_hello_closes_for_good_with_the_servers_code() {
     );
 }
 
+/// The policy both drivers' `connect` follow: with `fail_first_connect`, a first connection
+/// that fails closes the client with that failure; without, it is retried.
+#[test]
+fn a_failed_first_connection_closes_when_asked() {
+    for fail_first_connect in [true, false] {
+        let now = Instant::from_millis(0);
+        let config = Config {
+            fail_first_connect,
+            ..config()
+        };
+        let mut client = Client::new(config, now);
+        client
+            .subscribe(now, "room", SubscribeOptions::default())
+            .expect("subscribe");
+        assert!(matches!(client.poll_action(), Some(Action::Connect { .. })));
+        client.handle_close(now, close::ABNORMAL, "connection refused");
+        let events: Vec<Event> = std::iter::from_fn(|| client.poll_event()).collect();
+        if fail_first_connect {
+            assert_eq!(client.status(), Status::Closed);
+            assert_eq!(
+                closed(&events),
+                Some((close::ABNORMAL, "connection refused".to_owned()))
+            );
+            assert!(matches!(
+                &events[0],
+                Event::SubscribeFailed { channel, error } if channel == "room" && error.is_closed()
+            ));
+            assert_eq!(client.poll_timeout(), None, "nothing more is scheduled");
+        } else {
+            assert_eq!(statuses(&events), [Status::Reconnecting { attempt: 0 }]);
+            assert!(client.poll_timeout().is_some(), "a reconnect is scheduled");
+        }
+    }
+    // After a welcome, a lost connection is retried either way.
+    let mut pair = Pair::new(Config {
+        fail_first_connect: true,
+        ..config()
+    });
+    pair.drop_connection(close::ABNORMAL, "");
+    assert_eq!(pair.client.status(), Status::Reconnecting { attempt: 0 });
+}
+
+/// A subscription resent after a reconnect before its first answer starts (`Subscribed`);
+/// one that had started resyncs (`Resynced`).
+#[test]
+fn only_a_started_subscription_resyncs() {
+    let mut pair = subscribed_pair();
+    pair.server.defer_subs = true;
+    pair.client
+        .subscribe(pair.now, "news", SubscribeOptions::default())
+        .expect("subscribe");
+    pair.drive();
+    pair.server.defer_subs = false;
+    pair.drop_connection(close::GOING_AWAY, "restart");
+    pair.advance(ms(250));
+    let kinds: Vec<(String, &str)> = pair
+        .take_events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Subscribed { channel, .. } => Some((channel.clone(), "subscribed")),
+            Event::Resynced { channel, .. } => Some((channel.clone(), "resynced")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("news".to_owned(), "subscribed"),
+            ("room".to_owned(), "resynced")
+        ]
+    );
+}
+
+/// However the client closes, every subscription ends with the close's reason before `Closed`.
+#[test]
+fn closing_ends_every_subscription_with_a_reason() {
+    for by_app in [true, false] {
+        let mut pair = subscribed_pair();
+        if by_app {
+            pair.client.close(pair.now);
+            pair.drive();
+        } else {
+            pair.drop_connection(close::BOOTED, "booted by the server");
+        }
+        let events = pair.take_events();
+        let reason = if by_app {
+            "closed by the client"
+        } else {
+            "booted by the server"
+        };
+        assert!(
+            matches!(
+                &events[..],
+                [
+                    Event::Unsubscribed { channel, code, reason: r },
+                    Event::Status(Status::Closed),
+                    Event::Closed { .. },
+                ] if channel == "room" && code == codes::CLOSED && r == reason
+            ),
+            "{events:?}"
+        );
+    }
+}
+
+#[test]
+fn client_errors_have_the_codes_both_drivers_report() {
+    assert_eq!(ClientError::Closed.code(), codes::CLOSED);
+    assert_eq!(ClientError::QueueFull.code(), codes::QUEUE_FULL);
+    assert_eq!(
+        ClientError::InvalidChannel(ChannelError::Empty).code(),
+        codes::INVALID_CHANNEL
+    );
+    assert_eq!(ClientError::AlreadySubscribed.code(), codes::INVALID);
+    assert_eq!(ClientError::InvalidTopic.code(), codes::INVALID);
+}
+
 #[test]
 fn user_close_fails_everything_with_closed() {
     let mut pair = Pair::connected();
@@ -1022,12 +1151,15 @@ fn members(events: &[Event]) -> Vec<(String, bool, String)> {
         .collect()
 }
 
-/// The `presence` field of every `Subscribed` event, as `(channel, presence)`.
+/// The `presence` field of every `Subscribed` and `Resynced` event, as `(channel, presence)`.
 fn presence_granted(events: &[Event]) -> Vec<(String, bool)> {
     events
         .iter()
         .filter_map(|e| match e {
             Event::Subscribed {
+                channel, presence, ..
+            }
+            | Event::Resynced {
                 channel, presence, ..
             } => Some((channel.clone(), *presence)),
             _ => None,

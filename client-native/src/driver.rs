@@ -115,7 +115,6 @@ struct Driver {
     closed: watch::Sender<Option<Closed>>,
     first: Option<FirstSender>,
     refusal: Option<(u16, String)>,
-    last_failure: (u16, String),
     done: bool,
 }
 
@@ -155,7 +154,9 @@ pub(crate) struct Spawned {
     pub(crate) first: oneshot::Receiver<Result<(), ConnectError>>,
 }
 
-pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
+/// Starts the driver task. `fail_first_connect`: a first connection that fails closes the client
+/// (what [`Client::connect`](crate::Client::connect) reports) instead of being retried.
+pub(crate) fn spawn(urls: Vec<String>, options: Options, fail_first_connect: bool) -> Spawned {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = watch::channel(Status::Connecting);
     let (identity_tx, identity_rx) = watch::channel(None);
@@ -178,6 +179,7 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
         reconnect: options.reconnect,
         offline_queue: options.offline_queue,
         seed,
+        fail_first_connect,
     };
     let start = Instant::now();
     let driver = Driver {
@@ -196,7 +198,6 @@ pub(crate) fn spawn(urls: Vec<String>, options: Options) -> Spawned {
         closed: closed_tx,
         first: Some(first_tx),
         refusal: None,
-        last_failure: (close::ABNORMAL, String::new()),
         done: false,
     };
     tokio::spawn(driver.run(cmd_rx));
@@ -331,7 +332,6 @@ impl Driver {
 
     fn failed(&mut self, code: u16, reason: String) {
         debug!(code, reason, "connection failed");
-        self.last_failure = (code, reason.clone());
         let now = self.now();
         self.core.handle_close(now, code, &reason);
     }
@@ -528,21 +528,10 @@ impl Driver {
                     changed
                 });
                 self.status.send_replace(s);
-                match s {
-                    Status::Ready => {
-                        if let Some(first) = self.first.take() {
-                            let _ = first.send(Ok(()));
-                        }
+                if s == Status::Ready {
+                    if let Some(first) = self.first.take() {
+                        let _ = first.send(Ok(()));
                     }
-                    // The first connection failed: `connect` reports it instead of retrying.
-                    Status::Reconnecting { .. } if self.first.is_some() => {
-                        let (code, reason) = self.last_failure.clone();
-                        if let Some(first) = self.first.take() {
-                            let _ = first.send(Err(ConnectError::Closed { code, reason }));
-                        }
-                        self.shutdown();
-                    }
-                    _ => {}
                 }
             }
             Event::AskDone { id, result } => {
@@ -556,27 +545,28 @@ impl Driver {
                 }
             }
             Event::Subscribed {
+                channel, presence, ..
+            } => {
+                if let Some(entry) = self.subs.get_mut(&channel) {
+                    entry.shared.set_presence(presence);
+                    if let Some(ready) = entry.ready.take() {
+                        let _ = ready.send(Ok(Recovery::New));
+                    }
+                }
+            }
+            Event::Resynced {
                 channel,
                 position,
-                recovery,
+                recovered,
                 presence,
             } => {
                 if let Some(entry) = self.subs.get_mut(&channel) {
                     entry.shared.set_presence(presence);
-                    match entry.ready.take() {
-                        Some(ready) => {
-                            let _ = ready.send(Ok(recovery));
-                        }
-                        None => {
-                            let ev = match recovery {
-                                Recovery::Unrecoverable => SubEvent::Unrecoverable { position },
-                                Recovery::Recovered | Recovery::New => {
-                                    SubEvent::Recovered { position }
-                                }
-                            };
-                            let _ = entry.events.send(ev);
-                        }
-                    }
+                    let _ = entry.events.send(if recovered {
+                        SubEvent::Recovered { position }
+                    } else {
+                        SubEvent::Unrecoverable { position }
+                    });
                 }
             }
             Event::SubscribeFailed { channel, error } => {
@@ -648,26 +638,8 @@ impl Driver {
                     reason: reason.clone(),
                     error,
                 }));
-                for (_, entry) in self.subs.drain() {
-                    let err = RequestError::Ask(core::AskError::new(
-                        sss_core::protocol::codes::CLOSED,
-                        reason.clone(),
-                    ));
-                    match entry.ready {
-                        Some(ready) => {
-                            let _ = ready.send(Err(err));
-                        }
-                        None => {
-                            let _ = entry.events.send(SubEvent::Ended {
-                                code: sss_core::protocol::codes::CLOSED.into(),
-                                reason: reason.clone(),
-                            });
-                        }
-                    }
-                }
                 self.done = true;
             }
-            _ => {}
         }
     }
 

@@ -237,10 +237,8 @@ impl RequestError {
     pub fn code(&self) -> &str {
         match self {
             Self::Ask(e) => &e.code,
-            Self::Client(ClientError::Closed) => codes::CLOSED,
-            Self::Client(ClientError::QueueFull) => codes::QUEUE_FULL,
-            Self::Client(ClientError::InvalidChannel(_)) => codes::INVALID_CHANNEL,
-            Self::Client(_) | Self::Json(_) => codes::INVALID,
+            Self::Client(e) => e.code(),
+            Self::Json(_) => codes::INVALID,
         }
     }
 }
@@ -282,7 +280,7 @@ impl Client {
         if urls.is_empty() {
             return Err(ConnectError::NoUrl);
         }
-        let (client, first) = Self::start(urls, options);
+        let (client, first) = Self::start(urls, options, true);
         match first.await {
             Ok(Ok(())) => Ok(client),
             Ok(Err(e)) => Err(e),
@@ -296,14 +294,15 @@ impl Client {
     /// Starts a client without waiting: it connects (and reconnects) in the background; watch
     /// [`Client::status_stream`]. Commands issued before it is ready wait in the offline queue.
     pub fn new(urls: Vec<String>, options: Options) -> Client {
-        Self::start(urls, options).0
+        Self::start(urls, options, false).0
     }
 
     fn start(
         urls: Vec<String>,
         options: Options,
+        fail_first_connect: bool,
     ) -> (Client, oneshot::Receiver<Result<(), ConnectError>>) {
-        let s = driver::spawn(urls, options);
+        let s = driver::spawn(urls, options, fail_first_connect);
         (
             Client {
                 cmd: s.cmd,

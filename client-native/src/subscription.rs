@@ -68,7 +68,8 @@ pub enum SubEvent {
     /// [`SubEvent::Join`].
     Leave(Member),
     /// The subscription ended: the server removed it (`booted`), refused it on resubscription,
-    /// or the client closed. No more events follow.
+    /// or the client closed (code `closed`, with the close's reason, however it closed). No more
+    /// events follow.
     Ended {
         /// Error code.
         code: String,

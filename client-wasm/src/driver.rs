@@ -75,12 +75,6 @@ struct State {
     /// The `Client.connect` promise, and the client it resolves with (which keeps the driver
     /// alive meanwhile), until the first connection is ready or fails.
     first: Option<(Pending, Rc<Shared>)>,
-    /// Code and reason of the last socket failure (what `Client.connect` rejects with).
-    failure: Option<(u16, String)>,
-    /// The current socket had an `error` event (its `close` will be a bare 1006).
-    socket_error: bool,
-    /// The application closed the client (subscriptions then end without an error).
-    closed_by_app: bool,
 }
 
 /// Everything a client is, shared by its JS handles (`Client`, `Subscription`) and the socket
@@ -143,6 +137,10 @@ impl Shared {
     /// closes instead of retrying.
     pub(crate) fn connect(config: Config, auth: AuthSource) -> Promise {
         let (promise, first) = Pending::new();
+        let config = Config {
+            fail_first_connect: true,
+            ..config
+        };
         let shared = Self::create(config, auth);
         shared.state.borrow_mut().first = Some((first, shared.clone()));
         shared.pump();
@@ -241,7 +239,6 @@ impl Shared {
     }
 
     pub(crate) fn close(self: &Rc<Self>) {
-        self.state.borrow_mut().closed_by_app = true;
         let now = js::now();
         self.core.borrow_mut().close(now);
         self.pump();
@@ -307,12 +304,6 @@ impl Shared {
         }
     }
 
-    pub(crate) fn on_error(&self, id: u64) {
-        if self.is_current(id) {
-            self.state.borrow_mut().socket_error = true;
-        }
-    }
-
     pub(crate) fn on_close(self: &Rc<Self>, id: u64, code: u16, reason: &str) {
         if !self.is_current(id) {
             return;
@@ -321,13 +312,12 @@ impl Shared {
         drop(socket);
         let reason = match reason {
             "" if code == close::ABNORMAL => {
-                // Browsers hide why: an unreachable server and a refused handshake (the session
-                // parser's HTTP 401/403) look the same.
+                // Browsers hide why: an unreachable server and a refused upgrade (a forbidden
+                // origin) look the same. (A refused `hello` is an `error` frame and 4010.)
                 "the connection failed or was refused (browsers give no detail)".to_owned()
             }
             r => r.to_owned(),
         };
-        self.state.borrow_mut().failure = Some((code, reason.clone()));
         let now = js::now();
         self.core.borrow_mut().handle_close(now, code, &reason);
         self.pump();
@@ -382,7 +372,6 @@ impl Shared {
                 drop(old);
                 let id = self.next_socket.get();
                 self.next_socket.set(id + 1);
-                self.state.borrow_mut().socket_error = false;
                 match self.get_auth.clone() {
                     Some(get_auth) => self.fetch_auth(&get_auth, id, url),
                     None => self.open(id, &url),
@@ -392,7 +381,6 @@ impl Shared {
                 // An attempt still waiting for `getAuth` is abandoned with its socket.
                 let waiting = self.auth_wait.borrow_mut().take();
                 drop(waiting);
-                self.state.borrow_mut().failure = Some((code, reason.clone()));
                 let socket = self.socket.borrow_mut().take();
                 if let Some(socket) = socket {
                     socket.close(code, &reason);
@@ -411,7 +399,6 @@ impl Shared {
 
     /// The current connection attempt failed before it had a socket.
     fn attempt_failed(self: &Rc<Self>, reason: String) {
-        self.state.borrow_mut().failure = Some((close::ABNORMAL, reason.clone()));
         let now = js::now();
         self.core
             .borrow_mut()
@@ -524,11 +511,23 @@ impl Shared {
                 }
             }
             Event::Subscribed {
+                channel, presence, ..
+            } => self.subscribed(&channel, presence),
+            Event::Resynced {
                 channel,
                 position,
-                recovery,
+                recovered,
                 presence,
-            } => self.subscribed(&channel, &position, recovery, presence),
+            } => {
+                if let Some(sub) = self.sub(&channel) {
+                    let recovery = if recovered {
+                        Recovery::Recovered
+                    } else {
+                        Recovery::Unrecoverable
+                    };
+                    sub.resynced(recovery, presence, &position);
+                }
+            }
             Event::SubscribeFailed { channel, error } => {
                 self.sub_ended(&channel, js::ask_error(&error));
             }
@@ -550,7 +549,6 @@ impl Shared {
                 reason,
                 error,
             } => self.closed(code, &reason, error.as_ref()),
-            _ => {}
         }
     }
 
@@ -558,28 +556,15 @@ impl Shared {
         let (first, listeners) = {
             let mut state = self.state.borrow_mut();
             let first = match status {
-                Status::Ready => state.first.take().map(|p| (p, None)),
-                Status::Reconnecting { .. } => {
-                    let failure = state.failure.clone();
-                    state.first.take().map(|p| (p, Some(failure)))
-                }
+                Status::Ready => state.first.take(),
                 _ => None,
             };
             (first, state.status.clone())
         };
-        if let Some(((first, shared), failure)) = first {
-            match failure {
-                None => first.resolve(&Client::from_shared(shared)),
-                Some(failure) => {
-                    // The first connection failed: `connect` reports it instead of retrying.
-                    let (code, reason) =
-                        failure.unwrap_or((close::ABNORMAL, "connection failed".to_owned()));
-                    first.reject(&connect_error(code, &reason, None));
-                    let now = js::now();
-                    self.core.borrow_mut().close(now);
-                    return;
-                }
-            }
+        // A first connection that fails closes the core (`fail_first_connect`): `closed`
+        // rejects the promise.
+        if let Some((first, shared)) = first {
+            first.resolve(&Client::from_shared(shared));
         }
         // `closed` is announced with its code and reason by the `Closed` event that follows.
         if status == Status::Closed || listeners.is_empty() {
@@ -595,38 +580,18 @@ impl Shared {
         }
     }
 
-    fn subscribed(
-        self: &Rc<Self>,
-        channel: &str,
-        position: &Position,
-        recovery: Recovery,
-        presence: bool,
-    ) {
+    /// A subscription's first `subok`: the `subscribe` promise resolves.
+    fn subscribed(self: &Rc<Self>, channel: &str, presence: bool) {
         let found = {
             let mut state = self.state.borrow_mut();
             (state.subs.iter_mut())
                 .find(|e| e.sub.channel == channel)
-                .map(|e| (e.sub.clone(), e.ready.take()))
+                .and_then(|e| Some((e.sub.clone(), e.ready.take()?)))
         };
-        let Some((sub, ready)) = found else {
-            return;
-        };
-        match ready {
-            Some(ready) => {
-                sub.accepted(recovery, presence);
-                let handle = Subscription::js_handle(sub, Rc::downgrade(self));
-                ready.resolve(&handle);
-            }
-            // A resync: after a reconnect, or a gap seen live. A resync that came back "new"
-            // (the server had no position to resume from) lost nothing either.
-            None => sub.resynced(
-                match recovery {
-                    Recovery::Unrecoverable => Recovery::Unrecoverable,
-                    _ => Recovery::Recovered,
-                },
-                presence,
-                position,
-            ),
+        if let Some((sub, ready)) = found {
+            sub.accepted(Recovery::New, presence);
+            let handle = Subscription::js_handle(sub, Rc::downgrade(self));
+            ready.resolve(&handle);
         }
     }
 
@@ -666,14 +631,10 @@ impl Shared {
 
     /// Closed for good; `error`: the server's `error` frame that caused it (a refused `hello`).
     fn closed(&self, code: u16, reason: &str, error: Option<&AskError>) {
-        let (subs, first, listeners, by_app) = {
+        // Subscriptions have ended already: the core ends them before it closes.
+        let (first, listeners) = {
             let mut state = self.state.borrow_mut();
-            (
-                std::mem::take(&mut state.subs),
-                state.first.take(),
-                state.status.clone(),
-                state.closed_by_app,
-            )
+            (state.first.take(), state.status.clone())
         };
         let info: JsValue = Object::new().into();
         set(&info, "code", &JsValue::from(code));
@@ -687,13 +648,6 @@ impl Shared {
         }
         if let Some((first, _shared)) = first {
             first.reject(&connect_error(code, reason, error));
-        }
-        for entry in subs {
-            let error = js::error(codes::CLOSED, reason);
-            match entry.ready {
-                Some(ready) => ready.reject(&error),
-                None => entry.sub.end((!by_app).then_some(error)),
-            }
         }
     }
 }

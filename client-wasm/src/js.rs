@@ -58,20 +58,20 @@ pub(crate) fn error(code: &str, reason: &str) -> JsValue {
     err
 }
 
+/// The `code` of an error made by [`error`].
+pub(crate) fn code(error: &JsValue) -> Option<String> {
+    get(error, "code").and_then(|c| c.as_string())
+}
+
 /// The JS error of a failed ask or subscription.
 pub(crate) fn ask_error(e: &AskError) -> JsValue {
     error(&e.code, &e.reason)
 }
 
-/// The JS error of a command the core refused (the same codes as the native client).
+/// The JS error of a command the core refused (its code is the core's, as in the native
+/// client).
 pub(crate) fn client_error(e: &ClientError) -> JsValue {
-    let code = match e {
-        ClientError::Closed => codes::CLOSED,
-        ClientError::QueueFull => codes::QUEUE_FULL,
-        ClientError::InvalidChannel(_) => codes::INVALID_CHANNEL,
-        _ => codes::INVALID,
-    };
-    error(code, &e.to_string())
+    error(e.code(), &e.to_string())
 }
 
 /// A short description of a thrown JS value (an `Error`'s message, or its string form).

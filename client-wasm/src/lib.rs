@@ -273,7 +273,9 @@ export class Subscription<T = unknown> implements AsyncIterableIterator<Publicat
    */
   onRecovery(fn: (recovery: "recovered" | "unrecoverable", position: Position) => void): void;
   /** Calls `fn(error)` when the subscription ends: an `SssError` when the server ended it
-   *  (e.g. `booted`) or the client closed for good, `undefined` when the app ended it. */
+   *  (e.g. `booted`) or the client closed (code `closed`, however it closed), `undefined`
+   *  when the app unsubscribed. A `for await` loop ends normally when the client closes, and
+   *  throws the error when the server ended the subscription. */
   onEnd(fn: (error: SssError | undefined) => void): void;
   /** Whether the subscription has presence, as the server said when it last (re)accepted it. */
   readonly hasPresence: boolean;

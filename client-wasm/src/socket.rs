@@ -20,7 +20,6 @@ pub(crate) struct Socket {
     _on_open: Closure<dyn FnMut(Event)>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
-    _on_error: Closure<dyn FnMut(Event)>,
 }
 
 impl Socket {
@@ -51,18 +50,12 @@ impl Socket {
                 shared.on_close(id, e.code(), &e.reason());
             }
         });
-        // The `error` event is a plain `Event` with nothing to read (no `message`): a `close`
-        // event (1006) always follows it, and that is what the driver acts on.
-        let d = driver;
-        let on_error = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
-            if let Some(shared) = d.upgrade() {
-                shared.on_error(id);
-            }
-        });
+        // No `error` listener: the event is a plain `Event` with nothing to read (no
+        // `message`), and a `close` event (1006) always follows it; that is what the driver
+        // acts on.
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        ws.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         Ok(Socket {
             id,
             ws,
@@ -70,7 +63,6 @@ impl Socket {
             _on_open: on_open,
             _on_message: on_message,
             _on_close: on_close,
-            _on_error: on_error,
         })
     }
 
@@ -90,7 +82,6 @@ impl Drop for Socket {
         self.ws.set_onopen(None);
         self.ws.set_onmessage(None);
         self.ws.set_onclose(None);
-        self.ws.set_onerror(None);
         let state = self.ws.ready_state();
         if state == WebSocket::CONNECTING || state == WebSocket::OPEN {
             let (code, reason) = self

@@ -26,6 +26,13 @@ extern "C" {
 /// How a subscription's stream ended: `None` while it is live.
 type Ended = Option<Option<JsValue>>;
 
+/// Whether the error a subscription ended with makes its async iterator throw. The client's
+/// close (code `closed`, however it closed) ends a `for await` loop normally: the application
+/// is shutting it down, and `onEnd` still says why.
+fn fails_iterator(error: &JsValue) -> bool {
+    js::code(error).as_deref() != Some(codes::CLOSED)
+}
+
 struct Inner {
     /// `on()` callbacks, with their topic (`None`: every topic).
     listeners: Vec<(Option<String>, Function)>,
@@ -185,8 +192,8 @@ impl SubState {
         }
     }
 
-    /// The subscription is over: with `error` when the server or a final disconnection ended
-    /// it, without when the application did. Buffered publications can still be iterated.
+    /// The subscription is over: with `error` when the server or the client's close ended it,
+    /// without when the application unsubscribed. Buffered publications can still be iterated.
     pub(crate) fn end(&self, error: Option<JsValue>) {
         let (waiters, listeners) = {
             let mut inner = self.inner.borrow_mut();
@@ -201,8 +208,8 @@ impl SubState {
         };
         for waiter in waiters {
             match &error {
-                Some(e) => waiter.reject(e),
-                None => waiter.resolve(&iter_result(&JsValue::UNDEFINED, true)),
+                Some(e) if fails_iterator(e) => waiter.reject(e),
+                _ => waiter.resolve(&iter_result(&JsValue::UNDEFINED, true)),
             }
         }
         let arg = error.unwrap_or(JsValue::UNDEFINED);
@@ -222,8 +229,8 @@ impl SubState {
             match inner.queue.pop_front() {
                 Some(p) => Some(Ok(iter_result(&p, false))),
                 None => match &inner.ended {
-                    Some(None) => Some(Ok(iter_result(&JsValue::UNDEFINED, true))),
-                    Some(Some(e)) => Some(Err(e.clone())),
+                    Some(Some(e)) if fails_iterator(e) => Some(Err(e.clone())),
+                    Some(_) => Some(Ok(iter_result(&JsValue::UNDEFINED, true))),
                     None => None,
                 },
             }
@@ -372,8 +379,9 @@ impl Subscription {
     }
 
     /// Calls `fn(error)` when the subscription ends: `error` is an `SssError` when the server
-    /// ended it (code `booted`, `refused` on resubscription) or the client closed for good, and
-    /// `undefined` when the application unsubscribed or closed the client.
+    /// ended it (code `booted`, `refused` on resubscription) or the client closed (code
+    /// `closed`, by the application or for good), and `undefined` when the application
+    /// unsubscribed.
     #[wasm_bindgen(js_name = onEnd, skip_typescript)]
     pub fn on_end(&self, f: Function) {
         let ended = self.state.inner.borrow().ended.clone();

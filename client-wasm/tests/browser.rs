@@ -539,3 +539,63 @@ async fn a_reconnect_replays_no_presence_and_the_app_asks_again() {
     assert!(joins.borrow().is_empty(), "{:?}", joins.borrow());
     assert!(leaves.borrow().is_empty(), "{:?}", leaves.borrow());
 }
+
+// ---- The core's policies, as the native client's tests/tests/policy.rs sees them ----------
+
+/// `Client.connect` reports a failed first connection; `new Client` keeps retrying.
+#[wasm_bindgen_test]
+async fn a_failed_first_connect_rejects_and_a_background_client_retries() {
+    // Nothing listens on port 1 (and browsers refuse it outright): the attempt fails, 1006.
+    let dead = JsValue::from_str("ws://127.0.0.1:1/ws");
+    let options = r#"{"reconnect": {"baseMs": 10}}"#;
+    let err = within(Client::connect(dead.clone(), json(options)), "connect")
+        .await
+        .expect_err("no server");
+    assert_eq!(code(&err), "closed");
+    assert_eq!(get(&err, "closeCode").as_f64(), Some(1006.0));
+    let client = Client::new(dead, json(options)).expect("a client");
+    let (on_status, _, first) = recorder();
+    client.on_status(on_status);
+    let status = within(first, "a status").await.expect("status");
+    assert_eq!(status.as_string().as_deref(), Some("reconnecting"));
+    client.close();
+}
+
+/// However the client closes, every subscription ends with `closed` and the close's reason;
+/// its iterator finishes.
+#[wasm_bindgen_test]
+async fn closing_ends_every_subscription_with_a_reason() {
+    let client = connect().await;
+    let sub = subscribe(&client, "room:closing").await;
+    let (on_end, _, ended) = recorder();
+    sub.on_end(on_end);
+    client.close();
+    let error = within(ended, "onEnd").await.expect("ended");
+    assert_eq!(code(&error), "closed");
+    assert_eq!(
+        get(&error, "reason").as_string().as_deref(),
+        Some("closed by the client")
+    );
+    let done = within(sub.next(), "next")
+        .await
+        .expect("the iterator finishes");
+    assert_eq!(get(&done, "done"), JsValue::TRUE);
+}
+
+/// A command the core refuses has the core's code, as in the native client.
+#[wasm_bindgen_test]
+async fn refused_commands_have_the_cores_codes() {
+    let client = connect().await;
+    let err = within(
+        client.subscribe("no spaces", JsValue::UNDEFINED, JsValue::UNDEFINED),
+        "subscribe",
+    )
+    .await
+    .expect_err("invalid channel");
+    assert_eq!(code(&err), "invalid_channel");
+    client.close();
+    let err = within(client.ask("add", json("[1,2]")), "ask")
+        .await
+        .expect_err("closed");
+    assert_eq!(code(&err), "closed");
+}

@@ -40,6 +40,21 @@ pub async fn start(builder: ServerBuilder) -> (Server, Listening, String) {
     (server, listening, url)
 }
 
+/// Restarts a server on the same address: shuts it down (its clients see 1001 and reconnect),
+/// then builds `next` and listens where it listened.
+pub async fn restart(
+    server: Server,
+    listening: Listening,
+    next: ServerBuilder,
+) -> (Server, Listening) {
+    let addr = listening.local_addr();
+    server.shutdown(Duration::from_secs(5)).await;
+    listening.stopped().await;
+    let server = next.build().await.expect("server starts");
+    let listening = server.listen(addr).await.expect("listens again");
+    (server, listening)
+}
+
 /// A raw WebSocket peer that speaks the protocol by hand, to send what a real client never
 /// would.
 pub struct RawPeer {

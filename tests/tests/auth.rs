@@ -2,15 +2,14 @@
 //! session parser; a refused `hello` is the server's code, and the client does not retry it; a
 //! token source is asked again before every reconnect.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use sss_client::{close, codes, Client, ClientStatus, ConnectError, Options, Reconnect};
-use sss_server::{Listening, MemoryScaler, Refusal, Rejection, Server, ServerBuilder, Session};
-use sss_tests::{start, within};
+use sss_server::{MemoryScaler, Refusal, Rejection, Server, ServerBuilder, Session};
+use sss_tests::{restart, start, within};
 
 /// What the session parser saw, in order: the `auth` of each `hello` (raw JSON).
 type Seen = Arc<Mutex<Vec<Option<String>>>>;
@@ -125,24 +124,6 @@ async fn a_refused_hello_is_the_servers_code_and_is_not_retried() {
     assert_eq!(auths(&seen).len(), 1, "one attempt, no reconnect loop");
 }
 
-/// Restarts the server on the same address (the client sees 1001 and reconnects).
-async fn restart(
-    server: Server,
-    listening: Listening,
-    hub: &MemoryScaler,
-    seen: &Seen,
-) -> (Server, Listening) {
-    let addr: SocketAddr = listening.local_addr();
-    server.shutdown(Duration::from_secs(5)).await;
-    listening.stopped().await;
-    let server = app(hub.instance(), seen.clone())
-        .build()
-        .await
-        .expect("server starts");
-    let listening = server.listen(addr).await.expect("listens again");
-    (server, listening)
-}
-
 #[tokio::test]
 async fn the_token_source_is_asked_again_before_every_reconnect() {
     let seen = seen();
@@ -173,7 +154,7 @@ async fn the_token_source_is_asked_again_before_every_reconnect() {
         Some("ann1".to_owned())
     );
 
-    let (server, listening) = restart(server, listening, &hub, &seen).await;
+    let (server, listening) = restart(server, listening, app(hub.instance(), seen.clone())).await;
     within(
         "reconnected as ann2",
         client.wait_status(|_| client.identity().and_then(|i| i.user).as_deref() == Some("ann2")),
@@ -181,7 +162,7 @@ async fn the_token_source_is_asked_again_before_every_reconnect() {
     .await;
     assert_eq!(client.status(), ClientStatus::Ready);
 
-    let (_server, _listening) = restart(server, listening, &hub, &seen).await;
+    let (_server, _listening) = restart(server, listening, app(hub.instance(), seen.clone())).await;
     within("closed", client.wait_status(|s| s == ClientStatus::Closed)).await;
     let error = client.closed().and_then(|c| c.error).expect("refused");
     assert_eq!(error.code, codes::UNAUTHORIZED);

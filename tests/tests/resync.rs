@@ -1,7 +1,6 @@
 //! Reconnect and resync: a server restarted under subscribed clients while publications keep
 //! coming, and a history trimmed past a client's position.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -60,10 +59,7 @@ async fn subscribed(hub: &MemoryScaler, channel: &str) -> Subscribed {
 }
 
 async fn restart(server: Server, listening: Listening, hub: &MemoryScaler) -> (Server, Listening) {
-    let addr: SocketAddr = listening.local_addr();
-    server.shutdown(Duration::from_secs(5)).await;
-    listening.stopped().await;
-    serve(hub, &addr.to_string()).await
+    sss_tests::restart(server, listening, Server::builder(hub.instance())).await
 }
 
 #[tokio::test]

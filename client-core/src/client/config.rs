@@ -28,6 +28,11 @@ pub struct Config {
     /// Seed of the jitter generator. Drivers pass a random value; tests a fixed one, which makes
     /// every delay reproducible. Default: 0.
     pub seed: u64,
+    /// When set, a first connection that fails (no `welcome` ever arrived) closes the client,
+    /// with that failure's code and reason in [`Event::Closed`](super::Event::Closed), instead
+    /// of reconnecting: what a driver's "connect and tell me whether it worked" wants. Later
+    /// connections are retried as [`Config::reconnect`] says. Default: `false` (retry).
+    pub fail_first_connect: bool,
 }
 
 impl Default for Config {
@@ -39,6 +44,7 @@ impl Default for Config {
             reconnect: Reconnect::default(),
             offline_queue: 1024,
             seed: 0,
+            fail_first_connect: false,
         }
     }
 }

@@ -89,3 +89,15 @@ pub enum ClientError {
     #[error("invalid topic: empty or longer than {MAX_TOPIC_LEN} bytes")]
     InvalidTopic,
 }
+
+impl ClientError {
+    /// The stable code both clients report this error with (see [`codes`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Closed => codes::CLOSED,
+            Self::QueueFull => codes::QUEUE_FULL,
+            Self::InvalidChannel(_) => codes::INVALID_CHANNEL,
+            Self::AlreadySubscribed | Self::InvalidTopic => codes::INVALID,
+        }
+    }
+}

@@ -83,8 +83,10 @@ pub enum Recovery {
 }
 
 /// Something that happened, for the application.
+///
+/// Not `#[non_exhaustive]`, on purpose: drivers match it exhaustively, so an event added here
+/// fails to compile in every driver until each handles it.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub enum Event {
     /// The status changed.
     Status(Status),
@@ -102,23 +104,36 @@ pub enum Event {
         /// Payload.
         msg: Box<RawValue>,
     },
-    /// A subscription started or resynced (after a reconnect or a gap).
-    ///
-    /// Presence is not replayed by a resync: [`Event::Join`] / [`Event::Leave`] that happened
-    /// while the client was away are not delivered, and an application that shows the
-    /// channel's members asks for them again ([`Client::presence`](super::Client::presence)).
+    /// A subscription started: the server's first `subok` for it ([`Recovery::New`]).
     Subscribed {
         /// Channel.
         channel: String,
         /// The server's position for the channel when the subscription started (its `subok`).
         position: Position,
-        /// Whether missed publications follow, or were lost.
-        recovery: Recovery,
         /// Whether the subscription has presence (the server's `subok` said so): presence
         /// requests are answered, and join / leave events follow if they were asked for.
         presence: bool,
     },
-    /// The server refused a subscription; it is removed.
+    /// A subscription that had started resynced (after a reconnect or a gap).
+    ///
+    /// `recovered` is the one policy both drivers follow: every missed publication follows
+    /// ([`Recovery::Recovered`]), or some were lost and the application must reload its state
+    /// ([`Recovery::Unrecoverable`]). Presence is not replayed by a resync: [`Event::Join`] /
+    /// [`Event::Leave`] that happened while the client was away are not delivered, and an
+    /// application that shows the channel's members asks for them again
+    /// ([`Client::presence`](super::Client::presence)).
+    Resynced {
+        /// Channel.
+        channel: String,
+        /// The server's position for the channel at the resync (its `subok`).
+        position: Position,
+        /// Whether the missed publications follow (`true`), or were lost.
+        recovered: bool,
+        /// Whether the subscription has presence.
+        presence: bool,
+    },
+    /// The server refused a subscription, or the client closed before its first answer
+    /// ([`codes::CLOSED`](crate::protocol::codes::CLOSED)); it is removed.
     SubscribeFailed {
         /// Channel.
         channel: String,
@@ -155,7 +170,9 @@ pub enum Event {
         /// The member, as raw JSON.
         member: Box<RawValue>,
     },
-    /// The server ended a subscription (the channel was booted); it is removed.
+    /// A subscription ended: the server ended it (the channel was booted), or the client closed
+    /// for good ([`codes::CLOSED`](crate::protocol::codes::CLOSED), with the close's reason,
+    /// just before [`Event::Closed`]). It is removed.
     Unsubscribed {
         /// Channel.
         channel: String,
