@@ -12,8 +12,8 @@
 #   .tools/wasm/bin       cargo rustc rustdoc -> /usr/bin (Debian 1.96), wasm-opt (npm binaryen),
 #                         wasm-bindgen, wasm-bindgen-test-runner (cargo install --root .tools/wasm)
 #   .tools/wasm/node      npm prefix: binaryen@132 (wasm-opt; NOT Debian's binaryen 108, whose wasm-opt
-#                         breaks wasm-bindgen's externref table) and playwright-core (uses /usr/bin/chromium;
-#                         never downloads a browser)
+#                         breaks wasm-bindgen's externref table), playwright-core (uses /usr/bin/chromium;
+#                         never downloads a browser) and typescript (tsc, for the typings test)
 #
 # Use: scripts/install-wasm-toolchain.sh, then `source scripts/wasm-env.sh` before wasm builds.
 # Overrides: WASM_BINDGEN_VERSION (default: the wasm-bindgen version in Cargo.lock, else 0.2.130),
@@ -27,6 +27,8 @@ NODE_PREFIX=$TOOLS/node
 TARGET=wasm32-unknown-unknown
 BINARYEN_NPM_VERSION=${BINARYEN_NPM_VERSION:-132}
 PLAYWRIGHT_CORE_VERSION=${PLAYWRIGHT_CORE_VERSION:-1.64.1}
+# tsc: the package's typings are checked with `tsc --strict` (tests/browser/types).
+TYPESCRIPT_VERSION=${TYPESCRIPT_VERSION:-5.9.3}
 DEFAULT_WASM_BINDGEN_VERSION=0.2.130
 T0=$SECONDS
 
@@ -160,11 +162,13 @@ if [ "$(have_wb wasm-bindgen)" != "$WASM_BINDGEN_VERSION" ] ||
 fi
 
 # --------------------------------------------------------------------------------------------------
-# 5. npm: binaryen (wasm-opt) and playwright-core into .tools/wasm/node
-npm_version() { sed -n 's/^  "version": "\(.*\)",\{0,1\}$/\1/p' "$NODE_PREFIX/node_modules/$1/package.json" 2>/dev/null | head -n1; }
+# 5. npm: binaryen (wasm-opt), playwright-core and typescript into .tools/wasm/node
+# The top-level "version" of an installed package (indentation differs between packages).
+npm_version() { node -p "require('$NODE_PREFIX/node_modules/$1/package.json').version" 2>/dev/null; }
 NPM_WANT=()
 case "$(npm_version binaryen)" in "$BINARYEN_NPM_VERSION" | "$BINARYEN_NPM_VERSION".*) ;; *) NPM_WANT+=("binaryen@$BINARYEN_NPM_VERSION") ;; esac
 [ "$(npm_version playwright-core)" = "$PLAYWRIGHT_CORE_VERSION" ] || NPM_WANT+=("playwright-core@$PLAYWRIGHT_CORE_VERSION")
+[ "$(npm_version typescript)" = "$TYPESCRIPT_VERSION" ] || NPM_WANT+=("typescript@$TYPESCRIPT_VERSION")
 if [ ${#NPM_WANT[@]} -gt 0 ]; then
   command -v npm >/dev/null || die "npm not found (Node.js is needed for wasm-opt and playwright-core)"
   log "npm install ${NPM_WANT[*]} into $NODE_PREFIX"
@@ -187,6 +191,7 @@ printf '  %-26s %s\n' \
   "wasm-bindgen" "$("$BIN/wasm-bindgen" --version)" \
   "wasm-opt" "$("$BIN/wasm-opt" --version) (npm binaryen $(npm_version binaryen))" \
   "playwright-core" "$(npm_version playwright-core) (executablePath: /usr/bin/chromium)" \
+  "typescript" "$(npm_version typescript)" \
   "chromium" "$(dpkg-query -W -f='${Version}' chromium)" \
   "chromedriver" "$(dpkg-query -W -f='${Version}' chromium-driver)"
 cat <<EOF

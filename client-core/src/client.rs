@@ -162,9 +162,13 @@ pub struct Client {
     next_ask: u64,
     next_sub: u64,
     /// Every ask not completed yet, in id order. Ids and deadlines grow together, so the first
-    /// entry has the earliest deadline. (Sorted sequences, not maps: each map type would be
-    /// monomorphized into the browser build at several kilobytes apiece.)
+    /// entry has the earliest deadline, unless `unordered_deadlines`. (Sorted sequences, not
+    /// maps: each map type would be monomorphized into the browser build at several kilobytes
+    /// apiece.)
     asks: VecDeque<(u64, PendingAsk)>,
+    /// Some ask has a timeout of its own ([`Client::ask_with_timeout`]): deadlines may be out of
+    /// id order, and finding the earliest means scanning. Cleared once no ask is pending.
+    unordered_deadlines: bool,
     queue: VecDeque<Queued>,
     /// Presence requests waiting for their subscription's `subok`, in id order.
     held: Vec<Held>,
@@ -197,6 +201,7 @@ impl Client {
             next_ask: 1,
             next_sub: 1,
             asks: VecDeque::new(),
+            unordered_deadlines: false,
             queue: VecDeque::new(),
             held: Vec::new(),
             subs: Vec::new(),
@@ -357,6 +362,28 @@ impl Client {
         topic: &str,
         msg: Box<RawValue>,
     ) -> Result<AskId, ClientError> {
+        self.ask_until(now, topic, msg, None)
+    }
+
+    /// [`Client::ask`] with its own timeout instead of [`Config::ask_timeout`] (shorter or
+    /// longer), counted from now.
+    pub fn ask_with_timeout(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        msg: Box<RawValue>,
+        timeout: Duration,
+    ) -> Result<AskId, ClientError> {
+        self.ask_until(now, topic, msg, Some(timeout))
+    }
+
+    fn ask_until(
+        &mut self,
+        now: Instant,
+        topic: &str,
+        msg: Box<RawValue>,
+        timeout: Option<Duration>,
+    ) -> Result<AskId, ClientError> {
         self.check_open()?;
         check_topic(topic)?;
         let id = self.next_ask;
@@ -374,7 +401,7 @@ impl Client {
                 frame,
             })?;
         }
-        Ok(self.track(now, sent))
+        Ok(self.track(now, sent, timeout))
     }
 
     /// Asks the server for the members of `channel`'s presence; the answer arrives as
@@ -509,7 +536,11 @@ impl Client {
             } => Some(last_rx + liveness),
             Conn::Open { liveness: None, .. } | Conn::Closed => None,
         };
-        let ask = self.asks.front().map(|(_, ask)| ask.deadline);
+        let ask = if self.unordered_deadlines {
+            self.asks.iter().map(|(_, ask)| ask.deadline).min()
+        } else {
+            self.asks.front().map(|(_, ask)| ask.deadline)
+        };
         conn.into_iter().chain(ask).min()
     }
 
@@ -728,6 +759,21 @@ impl Client {
     /// Fails every ask whose deadline passed, queued, held or sent.
     fn expire_asks(&mut self, now: Instant) {
         let mut dropped_unsent = false;
+        if self.unordered_deadlines {
+            let mut expired = Vec::new();
+            self.asks.retain(|&(id, ref ask)| {
+                let due = ask.deadline <= now;
+                if due {
+                    expired.push((id, ask.sent));
+                }
+                !due
+            });
+            for (id, sent) in expired {
+                dropped_unsent |= !sent;
+                self.ask_done(id, Err(AskError::timeout()));
+            }
+            self.unordered_deadlines = !self.asks.is_empty();
+        }
         while self
             .asks
             .front()
@@ -760,10 +806,13 @@ impl Client {
         });
     }
 
-    /// Starts tracking the ask (or presence request) with the next id; returns that id.
-    fn track(&mut self, now: Instant, sent: bool) -> AskId {
+    /// Starts tracking the ask (or presence request) with the next id, due after `timeout`
+    /// (default [`Config::ask_timeout`]); returns that id.
+    fn track(&mut self, now: Instant, sent: bool, timeout: Option<Duration>) -> AskId {
         let id = bump(&mut self.next_ask);
-        let deadline = now + self.config.ask_timeout;
+        // Only asks of their own timeout can be due before an older one.
+        self.unordered_deadlines |= timeout.is_some();
+        let deadline = now + timeout.unwrap_or(self.config.ask_timeout);
         // Ids only grow: pushing keeps `asks` sorted.
         self.asks.push_back((id, PendingAsk { deadline, sent }));
         AskId(id)
@@ -811,7 +860,7 @@ impl Client {
         } else {
             self.held.push(held);
         }
-        Ok(self.track(now, live))
+        Ok(self.track(now, live, None))
     }
 
     /// `channel`'s subscription is live: its held presence requests go out, in order.

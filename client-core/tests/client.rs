@@ -175,6 +175,37 @@ fn ask_success_with_increasing_ids() {
     assert_eq!(pair.client.poll_timeout(), Some(pair.now + ms(2 * HB)));
 }
 
+/// Asks with their own timeouts, shorter and longer than the default, each time out on time.
+#[test]
+fn asks_with_their_own_timeouts() {
+    let mut pair = Pair::connected();
+    pair.server.ask_mode = AskMode::Ignore;
+    let start = pair.now;
+    let default = pair.client.ask(start, "a", json("1")).expect("ask");
+    let short = (pair.client)
+        .ask_with_timeout(start, "b", json("2"), ms(1_000))
+        .expect("ask");
+    let long = (pair.client)
+        .ask_with_timeout(start, "c", json("3"), ms(20_000))
+        .expect("ask");
+    pair.drive();
+    let timed_out = |pair: &mut Pair| {
+        asks_done(&pair.take_events())
+            .into_iter()
+            .map(|(id, r)| (id, r.err()))
+            .collect::<Vec<_>>()
+    };
+    let timeout = || Some(codes::TIMEOUT.to_owned());
+    pair.advance(ms(1_000));
+    assert_eq!(timed_out(&mut pair), [(short.as_u64(), timeout())]);
+    pair.advance(ms(9_000));
+    assert_eq!(timed_out(&mut pair), [(default.as_u64(), timeout())]);
+    pair.advance(ms(9_999));
+    assert!(timed_out(&mut pair).is_empty());
+    pair.advance(ms(1));
+    assert_eq!(timed_out(&mut pair), [(long.as_u64(), timeout())]);
+}
+
 #[test]
 fn ask_rejected() {
     let mut pair = Pair::connected();

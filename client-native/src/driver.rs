@@ -41,6 +41,8 @@ pub(crate) enum Command {
     Ask {
         topic: String,
         msg: Box<RawValue>,
+        /// Its own timeout (`None`: the client's).
+        timeout: Option<std::time::Duration>,
         reply: oneshot::Sender<Result<Box<RawValue>, RequestError>>,
     },
     Tell {
@@ -362,14 +364,25 @@ impl Driver {
     fn command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Ask { topic, msg, reply } => match self.core.ask(now, &topic, msg) {
-                Ok(id) => {
-                    self.asks.insert(id, reply);
+            Command::Ask {
+                topic,
+                msg,
+                timeout,
+                reply,
+            } => {
+                let id = match timeout {
+                    Some(t) => self.core.ask_with_timeout(now, &topic, msg, t),
+                    None => self.core.ask(now, &topic, msg),
+                };
+                match id {
+                    Ok(id) => {
+                        self.asks.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
+            }
             Command::Tell { topic, msg } => {
                 if let Err(e) = self.core.tell(now, &topic, msg) {
                     warn!(topic, error = %e, "tell dropped");

@@ -325,7 +325,23 @@ impl Client {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        from_raw(&self.ask_raw(topic, to_raw(req)?).await?)
+        from_raw(&self.ask_inner(topic, to_raw(req)?, None).await?)
+    }
+
+    /// [`Client::ask`] with its own timeout instead of [`Options::ask_timeout`] (shorter or
+    /// longer). To give up earlier on some other condition, drop the future: the answer, if
+    /// any, is then ignored (the server may still run the handler).
+    pub async fn ask_with_timeout<Req, Resp>(
+        &self,
+        topic: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RequestError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        from_raw(&self.ask_inner(topic, to_raw(req)?, Some(timeout)).await?)
     }
 
     /// [`Client::ask`] with raw JSON in and out.
@@ -334,10 +350,20 @@ impl Client {
         topic: &str,
         msg: Box<RawValue>,
     ) -> Result<Box<RawValue>, RequestError> {
+        self.ask_inner(topic, msg, None).await
+    }
+
+    async fn ask_inner(
+        &self,
+        topic: &str,
+        msg: Box<RawValue>,
+        timeout: Option<Duration>,
+    ) -> Result<Box<RawValue>, RequestError> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Ask {
             topic: topic.to_owned(),
             msg,
+            timeout,
             reply: tx,
         })?;
         answer(rx).await

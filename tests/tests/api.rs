@@ -171,6 +171,19 @@ async fn ask_times_out() {
         .await
         .unwrap_err();
     assert_eq!(code(e), codes::TIMEOUT);
+    // Its own timeout, longer than the client's: the answer that comes in time is taken.
+    let slow = std::time::Duration::from_secs(10);
+    let sum: i64 = within("ask", c.ask_with_timeout("add", &(2, 3), slow))
+        .await
+        .expect("answered");
+    assert_eq!(sum, 5);
+    let e = within(
+        "ask",
+        c.ask_with_timeout::<_, ()>("never", &(), std::time::Duration::from_millis(50)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(e), codes::TIMEOUT);
 }
 
 #[tokio::test]
