@@ -50,7 +50,8 @@ WASM=$CARGO_TARGET_DIR/$TARGET/wasm-release/sss_wasm.wasm
 
 DIST=$REPO/pkg/dist
 # Nothing to do when pkg/dist was generated from this very .wasm by this very script.
-STAMP="$(sha256sum "$WASM" "${BASH_SOURCE[0]}" | awk '{print $1}' | paste -sd-) $(wasm-bindgen --version)"
+TYPINGS=("$REPO/pkg/sss.d.ts" "$REPO/pkg/init.d.ts" "$REPO/client-wasm/js/errors.js")
+STAMP="$(sha256sum "$WASM" "${BASH_SOURCE[0]}" "${TYPINGS[@]}" | awk '{print $1}' | paste -sd-) $(wasm-bindgen --version)"
 STAMP_FILE=$CARGO_TARGET_DIR/pkg-dist.stamp
 if [ ! -f "$DIST/web/sss_bg.wasm" ] || [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$STAMP" ]; then
   rm -rf "$DIST.tmp"
@@ -65,6 +66,25 @@ if [ ! -f "$DIST/web/sss_bg.wasm" ] || [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "
       --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
       --enable-multivalue --enable-sign-ext \
       "$dir/sss_bg.wasm" -o "$dir/sss_bg.wasm"
+    # The hand-written typings replace wasm-bindgen's (which type nothing and expose the
+    # module's mangled exports); only the web entry has `init`.
+    rm -f "$dir/sss_bg.wasm.d.ts"
+    if [ "$target" = web ]; then
+      cat "$REPO/pkg/sss.d.ts" "$REPO/pkg/init.d.ts" > "$dir/sss.d.ts"
+    else
+      cp "$REPO/pkg/sss.d.ts" "$dir/sss.d.ts"
+    fi
+    # The error class lives in a snippet the module imports; every entry exports it too.
+    errors=$(cd "$dir" && ls snippets/*/js/errors.js)
+    if [ "$target" = nodejs ]; then
+      printf 'const { SssError, isSssError } = require("./%s");
+module.exports.SssError = SssError;
+module.exports.isSssError = isSssError;
+' "$errors" >> "$dir/sss.js"
+    else
+      printf 'export { SssError, isSssError } from "./%s";
+' "$errors" >> "$dir/sss.js"
+    fi
   done
   # The package is "type": "module"; the nodejs target is CommonJS, and requires its snippets,
   # which are ES modules (require(esm): Node >= 22.12, which has the global WebSocket too).

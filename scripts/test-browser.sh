@@ -10,8 +10,9 @@
 #      under target/. And a Node program (the package's ./node entry) logs in with a token;
 #   d. the same against the demo as a cluster (2 instances behind its round-robin proxy, one
 #      Redis) whose chat handlers run in 2 worker processes (worker mode).
-# Runs both, prints the runners' summaries, exits non-zero if either failed. Idempotent; kills
-# every process it starts.
+# And first the package's typings under `tsc --strict` (tests/browser/types). Runs them all,
+# prints the runners' summaries, exits non-zero if any failed. Idempotent; kills every process it
+# starts.
 # Usage: scripts/test-browser.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -82,6 +83,20 @@ start_server() {
 TEST_SERVER=('s/^LISTENING //p' "$SERVER_BIN")
 
 FAILED=()
+
+# ---- the typings: the README's example, typed, under tsc --strict (skipLibCheck false) --------
+log "typings: tsc --strict (tests/browser/types, lib es2022 and esnext)"
+if (
+  # shellcheck source=scripts/wasm-env.sh
+  source scripts/wasm-env.sh
+  tsc=$SSS_WASM_TOOLS/node/node_modules/.bin/tsc
+  "$tsc" -p tests/browser/types/tsconfig.json && "$tsc" -p tests/browser/types/tsconfig.esnext.json
+); then
+  log "typings passed"
+else
+  log "typings FAILED"
+  FAILED+=("typings (tsc)")
+fi
 
 # ---- a. wasm-bindgen-test in headless Chromium -------------------------------------------------
 start_server "${TEST_SERVER[@]}"

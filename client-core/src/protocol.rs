@@ -158,6 +158,9 @@ pub mod codes {
     pub const CLOSED: &str = "closed";
     /// Client side: the frame could not be encoded (message or topic invalid).
     pub const INVALID: &str = "invalid";
+    /// Client side: the application gave up on the ask (its `AbortSignal` fired); the server
+    /// may still have run the handler.
+    pub const ABORTED: &str = "aborted";
     /// The session parser refused the `hello`: no or bad credentials (close
     /// [`close::HANDSHAKE_REFUSED`](super::close::HANDSHAKE_REFUSED) follows).
     pub const UNAUTHORIZED: &str = "unauthorized";

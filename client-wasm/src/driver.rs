@@ -55,6 +55,26 @@ impl Pending {
     }
 }
 
+/// An ask (or presence request) waiting for its answer: its promise, and the hook on its
+/// `AbortSignal`, if it has one.
+struct AskEntry {
+    id: AskId,
+    pending: Pending,
+    _abort: Option<AbortHook>,
+}
+
+/// An `abort` listener on an ask's signal, removed from the signal when the ask is done.
+struct AbortHook {
+    signal: JsValue,
+    listener: Closure<dyn FnMut()>,
+}
+
+impl Drop for AbortHook {
+    fn drop(&mut self) {
+        js::listen(&self.signal, false, "abort", self.listener.as_ref());
+    }
+}
+
 /// A subscription the application asked for: its shared state, and the `subscribe` promise
 /// until the server's first answer.
 struct SubEntry {
@@ -68,13 +88,16 @@ struct SubEntry {
 /// type instantiated here would add kilobytes to the wasm.
 #[derive(Default)]
 struct State {
-    asks: Vec<(AskId, Pending)>,
+    asks: Vec<AskEntry>,
     subs: Vec<SubEntry>,
     tells: Vec<(String, Function)>,
     status: Vec<Function>,
     /// The `Client.connect` promise, and the client it resolves with (which keeps the driver
     /// alive meanwhile), until the first connection is ready or fails.
     first: Option<(Pending, Rc<Shared>)>,
+    /// The `closed` status's info (code, reason, error), once closed: what a late `onStatus`
+    /// callback gets.
+    closed_info: Option<JsValue>,
 }
 
 /// Everything a client is, shared by its JS handles (`Client`, `Subscription`) and the socket
@@ -149,14 +172,53 @@ impl Shared {
 
     // ---- Commands ---------------------------------------------------------------------------
 
-    pub(crate) fn ask(self: &Rc<Self>, topic: &str, msg: &JsValue) -> Promise {
-        let msg = match js::to_raw(msg) {
-            Ok(msg) => msg,
+    /// An ask; `options`: `{ timeoutMs, signal }` (see `AskOptions` in the typings).
+    pub(crate) fn ask(self: &Rc<Self>, topic: &str, msg: &JsValue, options: &JsValue) -> Promise {
+        let prepared = js::to_raw(msg).and_then(|msg| Ok((msg, js::ask_options(options)?)));
+        let (msg, (timeout, signal)) = match prepared {
+            Ok(p) => p,
             Err(e) => return Promise::reject(&e),
         };
+        if signal.as_ref().is_some_and(js::aborted) {
+            return Promise::reject(&js::error(codes::ABORTED, "the ask was aborted"));
+        }
         let now = js::now();
-        let id = self.core.borrow_mut().ask(now, topic, msg);
-        self.answer(id)
+        let id = match timeout {
+            Some(t) => self.core.borrow_mut().ask_with_timeout(now, topic, msg, t),
+            None => self.core.borrow_mut().ask(now, topic, msg),
+        };
+        let abort = match (&id, signal) {
+            (Ok(id), Some(signal)) => {
+                let (id, weak) = (*id, Rc::downgrade(self));
+                let listener = Closure::<dyn FnMut()>::new(move || {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.abort_ask(id);
+                    }
+                });
+                js::listen(&signal, true, "abort", listener.as_ref());
+                Some(AbortHook { signal, listener })
+            }
+            _ => None,
+        };
+        self.answer(id, abort)
+    }
+
+    /// The ask `id`'s signal fired: its promise rejects with `aborted`; a late answer is
+    /// dropped.
+    fn abort_ask(&self, id: AskId) {
+        if let Some(entry) = self.take_ask(id) {
+            entry
+                .pending
+                .reject(&js::error(codes::ABORTED, "the ask was aborted"));
+        }
+    }
+
+    /// Removes the ask `id`'s entry (its abort hook goes when the caller drops it, outside the
+    /// borrow: that calls into JS).
+    fn take_ask(&self, id: AskId) -> Option<AskEntry> {
+        let mut state = self.state.borrow_mut();
+        let found = state.asks.iter().position(|e| e.id == id);
+        found.map(|i| state.asks.swap_remove(i))
     }
 
     /// A presence request (`stats`: the counts) for the subscription `sub`: rejected with
@@ -172,14 +234,22 @@ impl Shared {
         } else {
             self.core.borrow_mut().presence(now, &sub.channel)
         };
-        self.answer(id)
+        self.answer(id, None)
     }
 
     /// The promise of the answer to the ask (or presence request) `id`.
-    fn answer(self: &Rc<Self>, id: Result<AskId, ClientError>) -> Promise {
+    fn answer(
+        self: &Rc<Self>,
+        id: Result<AskId, ClientError>,
+        abort: Option<AbortHook>,
+    ) -> Promise {
         let (promise, pending) = Pending::new();
         match id {
-            Ok(id) => self.state.borrow_mut().asks.push((id, pending)),
+            Ok(id) => self.state.borrow_mut().asks.push(AskEntry {
+                id,
+                pending,
+                _abort: abort,
+            }),
             Err(e) => pending.reject(&js::client_error(&e)),
         }
         self.pump();
@@ -244,16 +314,41 @@ impl Shared {
         self.pump();
     }
 
-    pub(crate) fn on_tell(&self, topic: String, f: Function) {
-        self.state.borrow_mut().tells.push((topic, f));
+    /// Adds a tell callback; returns its disposer.
+    pub(crate) fn on_tell(self: &Rc<Self>, topic: String, f: Function) -> JsValue {
+        self.state
+            .borrow_mut()
+            .tells
+            .push((topic.clone(), f.clone()));
+        let weak = Rc::downgrade(self);
+        js::disposer(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.off_tell(&topic, &f);
+            }
+        })
     }
 
     pub(crate) fn off_tell(&self, topic: &str, f: &Function) {
         (self.state.borrow_mut().tells).retain(|(t, g)| !(t == topic && g == f));
     }
 
-    pub(crate) fn on_status(&self, f: Function) {
-        self.state.borrow_mut().status.push(f);
+    /// Adds a status callback and calls it with the current status at once (an application
+    /// that subscribes late still learns where the client is); returns its disposer.
+    pub(crate) fn on_status(self: &Rc<Self>, f: Function) -> JsValue {
+        self.state.borrow_mut().status.push(f.clone());
+        let status = self.status();
+        let info = match status {
+            Status::Closed => self.state.borrow().closed_info.clone(),
+            _ => None,
+        };
+        let info = info.unwrap_or_else(|| status_info(status));
+        js::call(&f, &JsValue::from_str(js::status_name(status)), Some(&info));
+        let weak = Rc::downgrade(self);
+        js::disposer(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.off_status(&f);
+            }
+        })
     }
 
     pub(crate) fn off_status(&self, f: &Function) {
@@ -485,15 +580,10 @@ impl Shared {
         match event {
             Event::Status(status) => self.status_changed(status),
             Event::AskDone { id, result } => {
-                let pending = {
-                    let mut state = self.state.borrow_mut();
-                    let found = state.asks.iter().position(|(a, _)| *a == id);
-                    found.map(|i| state.asks.swap_remove(i).1)
-                };
-                if let Some(pending) = pending {
+                if let Some(entry) = self.take_ask(id) {
                     match result {
-                        Ok(msg) => pending.resolve(&js::from_raw(&msg)),
-                        Err(e) => pending.reject(&js::ask_error(&e)),
+                        Ok(msg) => entry.pending.resolve(&js::from_raw(&msg)),
+                        Err(e) => entry.pending.reject(&js::ask_error(&e)),
                     }
                 }
             }
@@ -571,10 +661,7 @@ impl Shared {
             return;
         }
         let name = JsValue::from_str(js::status_name(status));
-        let info: JsValue = Object::new().into();
-        if let Status::Reconnecting { attempt } = status {
-            set(&info, "attempt", &JsValue::from(attempt));
-        }
+        let info = status_info(status);
         for f in &listeners {
             js::call(f, &name, Some(&info));
         }
@@ -642,6 +729,7 @@ impl Shared {
         if let Some(e) = error {
             set(&info, "error", &js::ask_error(e));
         }
+        self.state.borrow_mut().closed_info = Some(info.clone());
         let name = JsValue::from_str("closed");
         for f in &listeners {
             js::call(f, &name, Some(&info));
@@ -650,6 +738,15 @@ impl Shared {
             first.reject(&connect_error(code, reason, error));
         }
     }
+}
+
+/// The info of a status other than `closed`: the attempt of `reconnecting`.
+fn status_info(status: Status) -> JsValue {
+    let info: JsValue = Object::new().into();
+    if let Status::Reconnecting { attempt } = status {
+        set(&info, "attempt", &JsValue::from(attempt));
+    }
+    info
 }
 
 /// `Client.connect` failed, with the WebSocket close code: the server's error when it refused

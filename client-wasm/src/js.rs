@@ -48,14 +48,44 @@ fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
     (!v.is_undefined() && !v.is_null()).then_some(v)
 }
 
-/// A JS `Error` with `name = "SssError"` and the stable `code` and `reason` properties.
-pub(crate) fn error(code: &str, reason: &str) -> JsValue {
-    let err = js_sys::Error::new(&[code, ": ", reason].concat());
-    err.set_name("SssError");
-    let err = JsValue::from(err);
-    set(&err, "code", &JsValue::from_str(code));
-    set(&err, "reason", &JsValue::from_str(reason));
-    err
+#[wasm_bindgen(module = "/js/errors.js")]
+extern "C" {
+    /// `new SssError(code, reason)`: the package's exported `Error` subclass, with the stable
+    /// `code` and `reason` properties.
+    #[wasm_bindgen(js_name = sssError)]
+    pub(crate) fn error(code: &str, reason: &str) -> JsValue;
+}
+
+/// A JS function that runs `f`: what every `on*` returns to remove its callback. Owned by the
+/// JS function it becomes (freed when that is garbage-collected).
+pub(crate) fn disposer(f: impl FnMut() + 'static) -> JsValue {
+    Closure::<dyn FnMut()>::new(f).into_js_value()
+}
+
+/// The options of one ask (`{ timeoutMs, signal }`): its own timeout, and its `AbortSignal`.
+pub(crate) fn ask_options(
+    options: &JsValue,
+) -> Result<(Option<Duration>, Option<JsValue>), JsValue> {
+    let timeout = number(options, "timeoutMs")?.map(millis);
+    Ok((timeout, get(options, "signal")))
+}
+
+/// `target.addEventListener(type, f)` or `removeEventListener` (`add`: which), on any event
+/// target (an `AbortSignal` here, without a web-sys binding for it).
+pub(crate) fn listen(target: &JsValue, add: bool, kind: &str, f: &JsValue) {
+    let method = if add {
+        "addEventListener"
+    } else {
+        "removeEventListener"
+    };
+    if let Some(m) = get(target, method).and_then(|m| m.dyn_into::<Function>().ok()) {
+        let _ = m.call2(target, &JsValue::from_str(kind), f);
+    }
+}
+
+/// Whether `signal.aborted` is true.
+pub(crate) fn aborted(signal: &JsValue) -> bool {
+    get(signal, "aborted").is_some_and(|a| a.is_truthy())
 }
 
 /// The `code` of an error made by [`error`].

@@ -119,13 +119,16 @@ impl SubState {
             id
         };
         let state = Rc::downgrade(self);
-        // Owned by the JS function it becomes: freed when that is garbage-collected.
-        Closure::<dyn FnMut()>::new(move || {
+        js::disposer(move || {
             if let Some(state) = state.upgrade() {
                 (state.inner.borrow_mut().member_listeners).retain(|(i, ..)| *i != id);
             }
         })
-        .into_js_value()
+    }
+
+    /// Removes the `on()` callback `f` of `topic` (`None`: of every topic).
+    fn remove_listener(&self, topic: &Option<String>, f: &Function) {
+        (self.inner.borrow_mut().listeners).retain(|(t, g)| !(t == topic && g == f));
     }
 
     /// One publication: to the matching `on()` callbacks, then to the async iterator.
@@ -314,34 +317,54 @@ impl Subscription {
     }
 
     /// `on(fn)` or `on(topic, fn)`: calls `fn(msg, { topic, channel, position })` for every
-    /// publication (of `topic`). Registering a callback before iterating turns the async
+    /// publication (of `topic`); returns a function that removes it. Registering a callback before iterating turns the async
     /// iterator's buffer off (an app that only uses callbacks keeps nothing in memory).
     #[wasm_bindgen(skip_typescript)]
-    pub fn on(&self, topic_or_fn: JsValue, f: JsValue) -> Result<(), JsValue> {
+    pub fn on(&self, topic_or_fn: JsValue, f: JsValue) -> Result<JsValue, JsValue> {
         let (topic, f) = listener(topic_or_fn, f)?;
         let mut inner = self.state.inner.borrow_mut();
         if !inner.iterating {
             inner.buffering = false;
             inner.queue.clear();
         }
-        inner.listeners.push((topic, f));
-        Ok(())
+        inner.listeners.push((topic.clone(), f.clone()));
+        let state = Rc::downgrade(&self.state);
+        Ok(js::disposer(move || {
+            if let Some(state) = state.upgrade() {
+                state.remove_listener(&topic, &f);
+            }
+        }))
     }
 
     /// Removes a callback added with `on()` (the same arguments).
     #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, topic_or_fn: JsValue, f: JsValue) -> Result<(), JsValue> {
         let (topic, f) = listener(topic_or_fn, f)?;
-        (self.state.inner.borrow_mut().listeners).retain(|(t, g)| !(t == &topic && g == &f));
+        self.state.remove_listener(&topic, &f);
         Ok(())
     }
 
     /// Calls `fn(recovery, position)` after every resync: `"recovered"` (nothing was lost; the
     /// missed publications are delivered, in order) or `"unrecoverable"` (the history no longer
-    /// reaches back: publications were lost, reload the state this channel feeds).
+    /// reaches back: publications were lost, reload the state this channel feeds). Returns a
+    /// function that removes `fn`.
     #[wasm_bindgen(js_name = onRecovery, skip_typescript)]
-    pub fn on_recovery(&self, f: Function) {
-        self.state.inner.borrow_mut().recovery_listeners.push(f);
+    pub fn on_recovery(&self, f: Function) -> JsValue {
+        self.state
+            .inner
+            .borrow_mut()
+            .recovery_listeners
+            .push(f.clone());
+        let state = Rc::downgrade(&self.state);
+        js::disposer(move || {
+            if let Some(state) = state.upgrade() {
+                state
+                    .inner
+                    .borrow_mut()
+                    .recovery_listeners
+                    .retain(|g| g != &f);
+            }
+        })
     }
 
     /// Whether the subscription has presence (the server's last `subok` said so).
@@ -381,14 +404,20 @@ impl Subscription {
     /// Calls `fn(error)` when the subscription ends: `error` is an `SssError` when the server
     /// ended it (code `booted`, `refused` on resubscription) or the client closed (code
     /// `closed`, by the application or for good), and `undefined` when the application
-    /// unsubscribed.
+    /// unsubscribed. Returns a function that removes `fn`.
     #[wasm_bindgen(js_name = onEnd, skip_typescript)]
-    pub fn on_end(&self, f: Function) {
+    pub fn on_end(&self, f: Function) -> JsValue {
         let ended = self.state.inner.borrow().ended.clone();
         match ended {
             Some(error) => js::call(&f, &error.unwrap_or(JsValue::UNDEFINED), None),
-            None => self.state.inner.borrow_mut().end_listeners.push(f),
+            None => self.state.inner.borrow_mut().end_listeners.push(f.clone()),
         }
+        let state = Rc::downgrade(&self.state);
+        js::disposer(move || {
+            if let Some(state) = state.upgrade() {
+                state.inner.borrow_mut().end_listeners.retain(|g| g != &f);
+            }
+        })
     }
 
     /// The async iterator protocol: the next publication `{ value, done }`.

@@ -128,11 +128,14 @@ async fn connects_and_asks() {
     let client = connect().await;
     assert_eq!(client.status(), "ready");
     assert!(client.socket_id().is_some());
-    let answer = within(client.ask("echo", json(r#"{"a":[1,"two",null]}"#)), "echo")
-        .await
-        .expect("echo answers");
+    let answer = within(
+        client.ask("echo", json(r#"{"a":[1,"two",null]}"#), JsValue::UNDEFINED),
+        "echo",
+    )
+    .await
+    .expect("echo answers");
     assert_eq!(to_json(&answer), r#"{"a":[1,"two",null]}"#);
-    let sum = within(client.ask("add", json("[2, 3]")), "add")
+    let sum = within(client.ask("add", json("[2, 3]"), JsValue::UNDEFINED), "add")
         .await
         .expect("add answers");
     assert_eq!(sum.as_f64(), Some(5.0));
@@ -141,30 +144,39 @@ async fn connects_and_asks() {
 #[wasm_bindgen_test]
 async fn ask_errors_have_codes() {
     let client = connect().await;
-    let err = within(client.ask("fail", JsValue::NULL), "fail")
-        .await
-        .expect_err("fail is refused");
+    let err = within(
+        client.ask("fail", JsValue::NULL, JsValue::UNDEFINED),
+        "fail",
+    )
+    .await
+    .expect_err("fail is refused");
     assert!(err.is_instance_of::<js_sys::Error>());
     assert_eq!(code(&err), "app_error");
     assert_eq!(
         get(&err, "reason").as_string().as_deref(),
         Some("this ask always fails")
     );
-    let err = within(client.ask("no-such-topic", JsValue::NULL), "unknown")
-        .await
-        .expect_err("unknown topic");
+    let err = within(
+        client.ask("no-such-topic", JsValue::NULL, JsValue::UNDEFINED),
+        "unknown",
+    )
+    .await
+    .expect_err("unknown topic");
     assert_eq!(code(&err), "unknown_topic");
 }
 
 #[wasm_bindgen_test]
 async fn ask_times_out() {
     let client = connect_with(r#"{"askTimeoutMs": 300}"#).await;
-    let err = within(client.ask("never", JsValue::NULL), "never")
-        .await
-        .expect_err("times out");
+    let err = within(
+        client.ask("never", JsValue::NULL, JsValue::UNDEFINED),
+        "never",
+    )
+    .await
+    .expect_err("times out");
     assert_eq!(code(&err), "timeout");
     // The connection is still usable.
-    let v = within(client.ask("echo", json("1")), "echo")
+    let v = within(client.ask("echo", json("1"), JsValue::UNDEFINED), "echo")
         .await
         .expect("echo");
     assert_eq!(v.as_f64(), Some(1.0));
@@ -187,7 +199,11 @@ async fn subscribes_and_receives_publications_in_order() {
     assert_eq!(sub.channel(), "room:pubs");
     assert_eq!(sub.recovery(), "new");
     let last = within(
-        client.ask("publish", json(r#"{"channel":"room:pubs","count":5}"#)),
+        client.ask(
+            "publish",
+            json(r#"{"channel":"room:pubs","count":5}"#),
+            JsValue::UNDEFINED,
+        ),
         "publish",
     )
     .await
@@ -233,7 +249,11 @@ async fn restart_reconnects_and_recovers_in_order() {
     let (on_recovery, _, recovered) = recorder();
     sub.on_recovery(on_recovery);
     within(
-        client.ask("publish", json(r#"{"channel":"room:restart","count":3}"#)),
+        client.ask(
+            "publish",
+            json(r#"{"channel":"room:restart","count":3}"#),
+            JsValue::UNDEFINED,
+        ),
         "publish",
     )
     .await
@@ -246,6 +266,7 @@ async fn restart_reconnects_and_recovers_in_order() {
         client.ask(
             "restart",
             json(r#"{"channel":"room:restart","count":5,"downMs":200}"#),
+            JsValue::UNDEFINED,
         ),
         "restart",
     )
@@ -259,7 +280,11 @@ async fn restart_reconnects_and_recovers_in_order() {
     assert_eq!(sub.recovery(), "recovered");
     // Live again, with no gap and no duplicate.
     within(
-        client.ask("publish", json(r#"{"channel":"room:restart","count":2}"#)),
+        client.ask(
+            "publish",
+            json(r#"{"channel":"room:restart","count":2}"#),
+            JsValue::UNDEFINED,
+        ),
         "publish after",
     )
     .await
@@ -313,7 +338,7 @@ async fn auth_option_logs_in() {
 #[wasm_bindgen_test]
 async fn close_fails_pending_asks() {
     let client = connect().await;
-    let pending = client.ask("never", JsValue::NULL);
+    let pending = client.ask("never", JsValue::NULL, JsValue::UNDEFINED);
     client.close();
     let err = within(pending, "closed ask").await.expect_err("closed");
     assert_eq!(code(&err), "closed");
@@ -402,9 +427,12 @@ fn counter(n: usize) -> (Function, Rc<RefCell<Vec<JsValue>>>, Promise) {
 /// it has been handled by then.
 async fn barrier(client: &Client, sub: &Subscription, channel: &str) {
     let req = format!(r#"{{"channel":"{channel}","count":1,"topic":"barrier"}}"#);
-    within(client.ask("publish", json(&req)), "publish")
-        .await
-        .expect("published");
+    within(
+        client.ask("publish", json(&req), JsValue::UNDEFINED),
+        "publish",
+    )
+    .await
+    .expect("published");
     let (_, topic, _) = next(sub).await;
     assert_eq!(topic, "barrier");
 }
@@ -527,9 +555,12 @@ async fn a_reconnect_replays_no_presence_and_the_app_asks_again() {
     sub.on_recovery(on_recovery);
     let before = client.socket_id().expect("socket");
     assert_eq!(members(&sub).await, [(before.clone(), "ann".to_owned())]);
-    within(client.ask("restart", json(r#"{"downMs":100}"#)), "restart")
-        .await
-        .expect("restart answered");
+    within(
+        client.ask("restart", json(r#"{"downMs":100}"#), JsValue::UNDEFINED),
+        "restart",
+    )
+    .await
+    .expect("restart answered");
     within(recovered, "recovery").await.expect("recovered");
     let after = client.socket_id().expect("socket");
     assert_ne!(after, before);
@@ -554,10 +585,27 @@ async fn a_failed_first_connect_rejects_and_a_background_client_retries() {
     assert_eq!(code(&err), "closed");
     assert_eq!(get(&err, "closeCode").as_f64(), Some(1006.0));
     let client = Client::new(dead, json(options)).expect("a client");
-    let (on_status, _, first) = recorder();
-    client.on_status(on_status);
-    let status = within(first, "a status").await.expect("status");
-    assert_eq!(status.as_string().as_deref(), Some("reconnecting"));
+    // onStatus reports the current status at once ("connecting"), then the retry.
+    let (on_status, seen, _) = recorder();
+    let mut resolve = None;
+    let retried = Promise::new(&mut |r, _| resolve = Some(r));
+    let resolve = resolve.expect("the executor ran");
+    let watch = Closure::<dyn FnMut(JsValue)>::new(move |s: JsValue| {
+        let _ = on_status.call1(&JsValue::UNDEFINED, &s);
+        if s.as_string().as_deref() == Some("reconnecting") {
+            let _ = resolve.call0(&JsValue::UNDEFINED);
+        }
+    });
+    let current = client.status();
+    client.on_status(watch.as_ref().clone().unchecked_into());
+    within(retried, "reconnecting").await.expect("retried");
+    let seen: Vec<Option<String>> = seen.borrow().iter().map(|s| s.as_string()).collect();
+    assert_eq!(
+        seen.first(),
+        Some(&Some(current)),
+        "the current status first"
+    );
+    assert_eq!(seen.last(), Some(&Some("reconnecting".to_owned())));
     client.close();
 }
 
@@ -594,7 +642,7 @@ async fn refused_commands_have_the_cores_codes() {
     .expect_err("invalid channel");
     assert_eq!(code(&err), "invalid_channel");
     client.close();
-    let err = within(client.ask("add", json("[1,2]")), "ask")
+    let err = within(client.ask("add", json("[1,2]"), JsValue::UNDEFINED), "ask")
         .await
         .expect_err("closed");
     assert_eq!(code(&err), "closed");

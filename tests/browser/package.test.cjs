@@ -255,8 +255,13 @@ test("auth: a token logs in; getAuth is asked again before a reconnect; a refusa
         ),
     });
     const first = client.user;
+    // onStatus reports the current status ("ready") at once: wait for a drop, then ready.
+    let dropped = false;
     const readyAgain = new Promise((resolve) =>
-      client.onStatus((status) => status === "ready" && resolve()),
+      client.onStatus((status) => {
+        if (status === "reconnecting") dropped = true;
+        if (status === "ready" && dropped) resolve();
+      }),
     );
     await client.ask("restart", { downMs: 100 });
     await readyAgain;
@@ -279,6 +284,94 @@ test("auth: a token logs in; getAuth is asked again before a reconnect; a refusa
   assert.equal(r.second.user, `bob${r.second.calls}`, "the reconnect used the newest token");
   assert.deepEqual(r.end, { code: 4010, error: "unauthorized", reason: "bad token" });
   assert.equal(r.status, "closed");
+});
+
+test("typed API at runtime: SssError, per-ask timeout and abort, disposers, onStatus now", async () => {
+  const r = await page.evaluate(async () => {
+    const { Client, SssError, isSssError, wsUrl } = window.sss;
+    const client = await Client.connect(wsUrl, { askTimeoutMs: 10000 });
+    const failed = await client.ask("fail", null).catch((e) => e);
+    const timedOut = await client.ask("never", null, { timeoutMs: 50 }).catch((e) => e.code);
+    const controller = new AbortController();
+    const pending = client.ask("never", null, { signal: controller.signal }).catch((e) => e.code);
+    controller.abort();
+    const aborted = await pending;
+    const early = await client
+      .ask("echo", 1, { signal: AbortSignal.abort() })
+      .catch((e) => e.code);
+    const echoed = await client.ask("echo", 2, { signal: new AbortController().signal });
+
+    const statuses = [];
+    const offStatus = client.onStatus((s) => statuses.push(s));
+    const told = [];
+    const offTell = client.onTell("pong", (msg) => told.push(msg));
+    const ponged = new Promise((resolve) => {
+      const off = client.onTell("pong", () => {
+        off();
+        resolve();
+      });
+    });
+    client.tell("ping", 1);
+    await ponged;
+    offTell();
+    client.tell("ping", 2);
+    await client.ask("echo", null); // the second pong, if any, has arrived before this answer
+
+    const sub = await client.subscribe("room:disposers");
+    const seen = [];
+    const offOn = sub.on("n", (msg) => seen.push(msg));
+    // The next publication, whoever else listens (registered before it is published).
+    const nextPublication = () =>
+      new Promise((resolve) => {
+        const off = sub.on(() => {
+          off();
+          resolve();
+        });
+      });
+    let published = nextPublication();
+    await client.ask("publish", { channel: "room:disposers", count: 1 });
+    await published;
+    offOn();
+    published = nextPublication();
+    await client.ask("publish", { channel: "room:disposers", count: 1 });
+    await published;
+    const ends = [];
+    const offEnd = sub.onEnd((e) => ends.push(e));
+    offEnd();
+    const kinds = [typeof offStatus, typeof sub.onRecovery(() => {}), typeof offEnd];
+    offStatus();
+    client.close();
+    return {
+      isClass: failed instanceof SssError && failed instanceof Error,
+      guarded: isSssError(failed) && !isSssError(new Error("x")),
+      name: failed.name,
+      code: failed.code,
+      timedOut,
+      aborted,
+      early,
+      echoed,
+      statuses,
+      told,
+      seen,
+      ends: ends.length,
+      kinds,
+    };
+  });
+  assert.deepEqual(r, {
+    isClass: true,
+    guarded: true,
+    name: "SssError",
+    code: "app_error",
+    timedOut: "timeout",
+    aborted: "aborted",
+    early: "aborted",
+    echoed: 2,
+    statuses: ["ready"],
+    told: [1],
+    seen: [1],
+    ends: 0,
+    kinds: ["function", "function", "function"],
+  });
 });
 
 test("no uncaught page errors", () => {

@@ -1,6 +1,6 @@
 // The npm package used the way an application does: import, init, connect.
 // The Playwright tests (package.test.cjs) drive it through window.sss.
-import init, { Client } from "super-scaled-sockets";
+import init, { Client, SssError, isSssError } from "super-scaled-sockets";
 
 await init();
 
@@ -21,5 +21,5 @@ async function startApp() {
   return client;
 }
 
-window.sss = { Client, wsUrl, log, startApp };
+window.sss = { Client, SssError, isSssError, wsUrl, log, startApp };
 document.documentElement.dataset.ready = "1";
