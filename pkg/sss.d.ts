@@ -106,6 +106,12 @@ export interface ClientOptions {
    * attempt. Takes precedence over `auth`.
    */
   getAuth?: () => unknown;
+  /**
+   * The `WebSocket` constructor to connect with, where the JS host has none (the `ws` package
+   * in Node < 22): `{ WebSocket: require("ws") }`. Default: the global `WebSocket`; without
+   * either, `Client.connect` rejects (and `new Client` throws) with code `invalid`.
+   */
+  WebSocket?: new (url: string) => unknown;
 }
 
 /** What `AbortSignal` offers that `ask` uses (any `AbortSignal` fits). */

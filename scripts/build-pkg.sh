@@ -57,15 +57,30 @@ if [ ! -f "$DIST/web/sss_bg.wasm" ] || [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "
   rm -rf "$DIST.tmp"
   mkdir -p "$DIST.tmp"
   log "wasm-bindgen (web, bundler, nodejs) and wasm-opt -Oz --converge"
-  for pair in web:web bundler:bundler nodejs:node; do
+  # The three targets' glue differ, their .wasm does not (checked): one copy ships, in bundler/
+  # (where its import "./sss_bg.js" resolves, as bundlers and Node's wasm modules read it);
+  # the web and Node entries load it from there.
+  for pair in bundler:bundler web:web nodejs:node; do
     target=${pair%%:*}
     dir=$DIST.tmp/${pair##*:}
     wasm-bindgen --target "$target" --out-dir "$dir" --out-name sss "$WASM"
-    # --converge repeats -Oz until the module stops shrinking (~0.3 KB gzipped).
-    wasm-opt -Oz --converge --strip-debug --strip-producers \
-      --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
-      --enable-multivalue --enable-sign-ext \
-      "$dir/sss_bg.wasm" -o "$dir/sss_bg.wasm"
+    if [ "$target" = bundler ]; then
+      cp "$dir/sss_bg.wasm" "$DIST.tmp/bindgen.wasm"
+      # --converge repeats -Oz until the module stops shrinking (~0.3 KB gzipped).
+      wasm-opt -Oz --converge --strip-debug --strip-producers \
+        --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
+        --enable-multivalue --enable-sign-ext \
+        "$dir/sss_bg.wasm" -o "$dir/sss_bg.wasm"
+    else
+      cmp -s "$dir/sss_bg.wasm" "$DIST.tmp/bindgen.wasm" ||
+        { log "ERROR: the $target target's .wasm differs from the bundler one's"; exit 1; }
+      rm "$dir/sss_bg.wasm"
+    fi
+    case "$target" in
+      web) sed -i "s|new URL('sss_bg.wasm', import.meta.url)|new URL('../bundler/sss_bg.wasm', import.meta.url)|" "$dir/sss.js" ;;
+      nodejs) sed -i 's|`${__dirname}/sss_bg.wasm`|`${__dirname}/../bundler/sss_bg.wasm`|' "$dir/sss.js" ;;
+    esac
+    grep -q "sss_bg.wasm" "$dir/sss.js" || { log "ERROR: $target glue does not load the .wasm"; exit 1; }
     # The hand-written typings replace wasm-bindgen's (which type nothing and expose the
     # module's mangled exports); only the web entry has `init`.
     rm -f "$dir/sss_bg.wasm.d.ts"
@@ -77,15 +92,29 @@ if [ ! -f "$DIST/web/sss_bg.wasm" ] || [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "
     # The error class lives in a snippet the module imports; every entry exports it too.
     errors=$(cd "$dir" && ls snippets/*/js/errors.js)
     if [ "$target" = nodejs ]; then
-      printf 'const { SssError, isSssError } = require("./%s");
-module.exports.SssError = SssError;
-module.exports.isSssError = isSssError;
-' "$errors" >> "$dir/sss.js"
+      printf 'const { SssError, isSssError } = require("./%s");\nmodule.exports.SssError = SssError;\nmodule.exports.isSssError = isSssError;\n' "$errors" >> "$dir/sss.js"
     else
-      printf 'export { SssError, isSssError } from "./%s";
-' "$errors" >> "$dir/sss.js"
+      printf 'export { SssError, isSssError } from "./%s";\n' "$errors" >> "$dir/sss.js"
     fi
+    # The web entry is usable only after `await init()`: before, its glue would fail with
+    # "Cannot read properties of undefined (reading 'client_connect')". Say what is missing.
+    if [ "$target" = web ]; then
+      sed -i 's/wasm\.client_connect(/initialized().client_connect(/; s/wasm\.client_new(/initialized().client_new(/' "$dir/sss.js"
+      [ "$(grep -c 'initialized()\.client_' "$dir/sss.js")" = 2 ] ||
+        { log "ERROR: the web glue changed: Client.connect / new Client not found"; exit 1; }
+      cat >> "$dir/sss.js" <<EOF
+import { SssError as NotLoaded } from "./$errors";
+function initialized() {
+  if (wasm === undefined) {
+    throw new NotLoaded("invalid", "the module is not loaded: call (and await) init() before using the client");
+  }
+  return wasm;
+}
+EOF
+    fi
+    node --check "$dir/sss.js" || { log "ERROR: $dir/sss.js does not parse"; exit 1; }
   done
+  rm "$DIST.tmp/bindgen.wasm"
   # The package is "type": "module"; the nodejs target is CommonJS, and requires its snippets,
   # which are ES modules (require(esm): Node >= 22.12, which has the global WebSocket too).
   printf '{ "type": "commonjs" }\n' > "$DIST.tmp/node/package.json"
@@ -98,14 +127,23 @@ module.exports.isSssError = isSssError;
 fi
 
 gz() { gzip -9 -c "$1" | wc -c; }
-W=$(gz "$DIST/web/sss_bg.wasm")
-J=$(gz "$DIST/web/sss.js")
-for f in "$DIST"/web/snippets/*/*.js; do [ -e "$f" ] && J=$((J + $(gz "$f"))); done
+WASM_OUT=$DIST/bundler/sss_bg.wasm
+W=$(gz "$WASM_OUT")
+GLUE=("$DIST/web/sss.js")
+while IFS= read -r f; do GLUE+=("$f"); done < <(find "$DIST/web/snippets" -name '*.js')
+J=0
+for f in "${GLUE[@]}"; do J=$((J + $(gz "$f"))); done
 TOTAL=$((W + J))
 log "pkg/dist built in $((SECONDS - T0))s"
-printf '  web/sss_bg.wasm  %7d bytes, %6d gzipped\n' "$(stat -c %s "$DIST/web/sss_bg.wasm")" "$W"
-printf '  web JS glue      %7d bytes, %6d gzipped\n' "$(cat "$DIST/web/sss.js" "$DIST"/web/snippets/*/*.js | wc -c)" "$J"
+printf '  sss_bg.wasm      %7d bytes, %6d gzipped\n' "$(stat -c %s "$WASM_OUT")" "$W"
+printf '  web JS glue      %7d bytes, %6d gzipped\n' "$(cat "${GLUE[@]}" | wc -c)" "$J"
 printf '  total gzipped    %7d bytes (%d.%d KB; budget 80 KB)\n' "$TOTAL" $((TOTAL / 1024)) $(((TOTAL % 1024) * 10 / 1024))
 if [ "$TOTAL" -gt $((80 * 1024)) ]; then
   log "WARNING: over the 80 KB gzipped budget"
 fi
+# What `npm pack` would publish (no network: a dry run).
+PACK=$(cd "$REPO/pkg" && npm pack --dry-run --json 2>/dev/null)
+printf '  npm pack         %7s bytes unpacked, %s bytes packed, %s files\n' \
+  "$(node -e 'const p = JSON.parse(process.argv[1])[0]; console.log(p.unpackedSize)' "$PACK")" \
+  "$(node -e 'const p = JSON.parse(process.argv[1])[0]; console.log(p.size)' "$PACK")" \
+  "$(node -e 'const p = JSON.parse(process.argv[1])[0]; console.log(p.entryCount)' "$PACK")"

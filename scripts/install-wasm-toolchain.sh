@@ -13,7 +13,7 @@
 #                         wasm-bindgen, wasm-bindgen-test-runner (cargo install --root .tools/wasm)
 #   .tools/wasm/node      npm prefix: binaryen@132 (wasm-opt; NOT Debian's binaryen 108, whose wasm-opt
 #                         breaks wasm-bindgen's externref table), playwright-core (uses /usr/bin/chromium;
-#                         never downloads a browser) and typescript (tsc, for the typings test)
+#                         never downloads a browser), typescript (tsc, for the typings test) and ws
 #
 # Use: scripts/install-wasm-toolchain.sh, then `source scripts/wasm-env.sh` before wasm builds.
 # Overrides: WASM_BINDGEN_VERSION (default: the wasm-bindgen version in Cargo.lock, else 0.2.130),
@@ -29,6 +29,8 @@ BINARYEN_NPM_VERSION=${BINARYEN_NPM_VERSION:-132}
 PLAYWRIGHT_CORE_VERSION=${PLAYWRIGHT_CORE_VERSION:-1.64.1}
 # tsc: the package's typings are checked with `tsc --strict` (tests/browser/types).
 TYPESCRIPT_VERSION=${TYPESCRIPT_VERSION:-5.9.3}
+# ws: the WebSocket a Node program without a global one passes to the client (tests/browser).
+WS_VERSION=${WS_VERSION:-8.18.3}
 DEFAULT_WASM_BINDGEN_VERSION=0.2.130
 T0=$SECONDS
 
@@ -169,6 +171,7 @@ NPM_WANT=()
 case "$(npm_version binaryen)" in "$BINARYEN_NPM_VERSION" | "$BINARYEN_NPM_VERSION".*) ;; *) NPM_WANT+=("binaryen@$BINARYEN_NPM_VERSION") ;; esac
 [ "$(npm_version playwright-core)" = "$PLAYWRIGHT_CORE_VERSION" ] || NPM_WANT+=("playwright-core@$PLAYWRIGHT_CORE_VERSION")
 [ "$(npm_version typescript)" = "$TYPESCRIPT_VERSION" ] || NPM_WANT+=("typescript@$TYPESCRIPT_VERSION")
+[ "$(npm_version ws)" = "$WS_VERSION" ] || NPM_WANT+=("ws@$WS_VERSION")
 if [ ${#NPM_WANT[@]} -gt 0 ]; then
   command -v npm >/dev/null || die "npm not found (Node.js is needed for wasm-opt and playwright-core)"
   log "npm install ${NPM_WANT[*]} into $NODE_PREFIX"
@@ -192,6 +195,7 @@ printf '  %-26s %s\n' \
   "wasm-opt" "$("$BIN/wasm-opt" --version) (npm binaryen $(npm_version binaryen))" \
   "playwright-core" "$(npm_version playwright-core) (executablePath: /usr/bin/chromium)" \
   "typescript" "$(npm_version typescript)" \
+  "ws" "$(npm_version ws)" \
   "chromium" "$(dpkg-query -W -f='${Version}' chromium)" \
   "chromedriver" "$(dpkg-query -W -f='${Version}' chromium-driver)"
 cat <<EOF

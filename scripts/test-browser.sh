@@ -7,7 +7,8 @@
 #      (tests/browser/), driven by playwright-core under `node --test`;
 #   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
 #      each sees the other in the room's member list, and a leave when one closes; screenshots
-#      under target/. And a Node program (the package's ./node entry) logs in with a token;
+#      under target/. And Node programs log in with a token: the package's ./node and
+#      ./bundler entries with Node's global WebSocket, and the ./node entry with the ws package;
 #   d. the same against the demo as a cluster (2 instances behind its round-robin proxy, one
 #      Redis) whose chat handlers run in 2 worker processes (worker mode).
 # And first the package's typings under `tsc --strict` (tests/browser/types). Runs them all,
@@ -146,7 +147,9 @@ if (
   # `&&`: errexit does not apply inside an `if` condition. Node 20 keeps its global WebSocket
   # behind a flag.
   SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs &&
-    SSS_DEMO_URL="$URL" node --experimental-websocket --no-warnings --test tests/browser/node.test.cjs
+    SSS_DEMO_URL="$URL" node --experimental-websocket --experimental-wasm-modules --no-warnings \
+      --test tests/browser/node.test.cjs &&
+    SSS_DEMO_URL="$URL" node --test tests/browser/node-ws.test.cjs
 ); then
   log "c. passed in $((SECONDS - T))s (screenshots: target/demo-ann.png, target/demo-bob.png, target/demo-presence.png)"
 else

@@ -104,6 +104,8 @@ struct State {
 /// and timer callbacks (those hold it weakly).
 pub(crate) struct Shared {
     core: RefCell<core::Client>,
+    /// The `WebSocket` constructor of the options (`None`: the global one).
+    ws_ctor: Option<Function>,
     /// `getAuth`, called before every connection attempt.
     get_auth: Option<Function>,
     /// The connection attempt waiting for `getAuth` (its socket id and URL), and the promise
@@ -125,7 +127,7 @@ struct AuthWait {
 }
 
 impl Shared {
-    fn create(config: Config, auth: AuthSource) -> Rc<Shared> {
+    fn create(config: Config, auth: AuthSource, ws_ctor: Option<Function>) -> Rc<Shared> {
         let now = js::now();
         let mut core = core::Client::new(config, now);
         let get_auth = match auth {
@@ -138,6 +140,7 @@ impl Shared {
         };
         Rc::new(Shared {
             core: RefCell::new(core),
+            ws_ctor,
             get_auth,
             auth_wait: RefCell::new(None),
             socket: RefCell::new(None),
@@ -149,8 +152,8 @@ impl Shared {
     }
 
     /// Starts a client: it connects at once, and reconnects by itself.
-    pub(crate) fn start(config: Config, auth: AuthSource) -> Rc<Shared> {
-        let shared = Self::create(config, auth);
+    pub(crate) fn start(config: Config, auth: AuthSource, ws_ctor: Option<Function>) -> Rc<Shared> {
+        let shared = Self::create(config, auth, ws_ctor);
         shared.pump();
         shared
     }
@@ -158,13 +161,13 @@ impl Shared {
     /// Starts a client and returns a promise of its [`Client`] handle once the first
     /// connection is ready; if that connection fails, the promise rejects and the client
     /// closes instead of retrying.
-    pub(crate) fn connect(config: Config, auth: AuthSource) -> Promise {
+    pub(crate) fn connect(config: Config, auth: AuthSource, ws_ctor: Option<Function>) -> Promise {
         let (promise, first) = Pending::new();
         let config = Config {
             fail_first_connect: true,
             ..config
         };
-        let shared = Self::create(config, auth);
+        let shared = Self::create(config, auth, ws_ctor);
         shared.state.borrow_mut().first = Some((first, shared.clone()));
         shared.pump();
         promise
@@ -486,7 +489,7 @@ impl Shared {
 
     /// Opens socket `id` to `url`, or reports why the browser refused at once.
     fn open(self: &Rc<Self>, id: u64, url: &str) {
-        match Socket::open(url, Rc::downgrade(self), id) {
+        match Socket::open(url, self.ws_ctor.as_ref(), Rc::downgrade(self), id) {
             Ok(socket) => *self.socket.borrow_mut() = Some(socket),
             Err(e) => self.attempt_failed(format!("cannot open {url}: {}", js::describe(&e))),
         }

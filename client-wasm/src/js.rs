@@ -236,6 +236,26 @@ pub(crate) enum AuthSource {
     Callback(Function),
 }
 
+/// The `WebSocket` option of `ClientOptions`: the constructor to open sockets with (`None`:
+/// the global one). Without either there is nothing to connect with: an error now, with what
+/// to do, rather than a client that retries forever.
+pub(crate) fn websocket_option(options: &JsValue) -> Result<Option<Function>, JsValue> {
+    if let Some(ctor) = get(options, "WebSocket") {
+        return ctor
+            .dyn_into::<Function>()
+            .map(Some)
+            .map_err(|_| error(codes::INVALID, "option WebSocket must be a constructor"));
+    }
+    match get(&js_sys::global(), "WebSocket") {
+        Some(_) => Ok(None),
+        None => Err(error(
+            codes::INVALID,
+            "this JS host has no global WebSocket: pass one in the options ({ WebSocket } from \
+             the ws package), or use Node >= 22 (Node 20: node --experimental-websocket)",
+        )),
+    }
+}
+
 /// The credentials option of `ClientOptions`: `getAuth` (a function) wins over `auth`.
 pub(crate) fn auth_source(options: &JsValue) -> Result<AuthSource, JsValue> {
     if let Some(f) = get(options, "getAuth") {

@@ -61,8 +61,9 @@ impl Client {
     pub fn new(urls: JsValue, options: JsValue) -> Result<Client, JsValue> {
         let config = js::config(js::urls(&urls)?, &options)?;
         let auth = js::auth_source(&options)?;
+        let ws_ctor = js::websocket_option(&options)?;
         Ok(Client {
-            shared: Shared::start(config, auth),
+            shared: Shared::start(config, auth, ws_ctor),
         })
     }
 
@@ -74,9 +75,16 @@ impl Client {
     /// From Rust (tests): `Client::try_from_js_value(JsFuture::from(promise).await?)`.
     #[wasm_bindgen(skip_typescript)]
     pub fn connect(urls: JsValue, options: JsValue) -> Promise {
-        let config = js::urls(&urls).and_then(|urls| js::config(urls, &options));
-        match config.and_then(|c| Ok((c, js::auth_source(&options)?))) {
-            Ok((config, auth)) => Shared::connect(config, auth),
+        let parsed = js::urls(&urls).and_then(|urls| {
+            let config = js::config(urls, &options)?;
+            Ok((
+                config,
+                js::auth_source(&options)?,
+                js::websocket_option(&options)?,
+            ))
+        });
+        match parsed {
+            Ok((config, auth, ws_ctor)) => Shared::connect(config, auth, ws_ctor),
             Err(e) => Promise::reject(&e),
         }
     }

@@ -2,12 +2,13 @@
 
 use std::rc::Weak;
 
+use js_sys::{Array, Function, Reflect};
 use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
 
 use crate::driver::Shared;
 
-/// A `WebSocket` together with its four event callbacks.
+/// A `WebSocket` together with its three event callbacks.
 ///
 /// The callbacks hold only a weak reference to the driver and the socket's id, so events of a
 /// socket the driver has replaced are ignored. Dropping a `Socket` unsets every callback (no
@@ -23,10 +24,22 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// Opens a socket to `url`. Fails when the browser refuses the URL at once (a malformed
-    /// URL, `ws://` from an `https://` page, a blocked port).
-    pub(crate) fn open(url: &str, driver: Weak<Shared>, id: u64) -> Result<Socket, JsValue> {
-        let ws = WebSocket::new(url)?;
+    /// Opens a socket to `url`, with the global `WebSocket` or the application's `ctor` (the
+    /// `ws` package in Node: the same interface, used through the same bindings, which access
+    /// its properties by name). Fails when the URL is refused at once (a malformed URL,
+    /// `ws://` from an `https://` page, a blocked port).
+    pub(crate) fn open(
+        url: &str,
+        ctor: Option<&Function>,
+        driver: Weak<Shared>,
+        id: u64,
+    ) -> Result<Socket, JsValue> {
+        let ws: WebSocket = match ctor {
+            Some(ctor) => {
+                Reflect::construct(ctor, &Array::of1(&JsValue::from_str(url)))?.unchecked_into()
+            }
+            None => WebSocket::new(url)?,
+        };
         ws.set_binary_type(BinaryType::Arraybuffer);
 
         let d = driver.clone();

@@ -1,7 +1,7 @@
 // A Node program logs in to the chat demo (server/examples/chat) with a token: Node sends no
 // cookies, so the protocol's `hello` carries its credentials (the `auth` option). The npm
-// package's `./node` entry, Node's global WebSocket (`node --experimental-websocket` on Node 20,
-// built in from Node 22).
+// package's `./node` and `./bundler` entries, Node's global WebSocket (`node
+// --experimental-websocket` on Node 20, built in from Node 22).
 // Run by scripts/test-browser.sh: SSS_DEMO_URL is the running demo server.
 "use strict";
 const { test } = require("node:test");
@@ -29,6 +29,18 @@ test("a Node program logs in with a token, and a bad one is refused with its rea
     { name: refused.name, code: refused.code, reason: refused.reason, closeCode: refused.closeCode },
     { name: "SssError", code: "unauthorized", reason: "log in first", closeCode: 4010 },
   );
+});
+
+test("the ./bundler entry (what bundlers import; Node: --experimental-wasm-modules)", async () => {
+  const bundler = await import(path.join(__dirname, "..", "..", "pkg", "dist", "bundler", "sss.js"));
+  const eve = await bundler.Client.connect(WS, { auth: "node-eve" });
+  try {
+    assert.equal(eve.user, "node-eve");
+  } finally {
+    eve.close();
+  }
+  const refused = await bundler.Client.connect(WS, { auth: "not a name!" }).catch((e) => e);
+  assert.ok(bundler.isSssError(refused) && refused instanceof bundler.SssError);
 });
 
 test("getAuth is called before the connection, its promise's value is the token", async () => {

@@ -374,6 +374,31 @@ test("typed API at runtime: SssError, per-ask timeout and abort, disposers, onSt
   });
 });
 
+test("used before init(): a clear SssError, not a TypeError from the glue", async () => {
+  const r = await page.evaluate(async () => {
+    // A second instance of the module (another URL), never initialized.
+    const fresh = await import("/pkg/dist/web/sss.js?uninitialized");
+    const caught = (f) => {
+      try {
+        f();
+        return "no error";
+      } catch (e) {
+        return { isSss: fresh.isSssError(e), code: e.code, reason: e.reason };
+      }
+    };
+    return [
+      caught(() => fresh.Client.connect("ws://127.0.0.1:1/ws")),
+      caught(() => new fresh.Client("ws://127.0.0.1:1/ws")),
+    ];
+  });
+  const expected = {
+    isSss: true,
+    code: "invalid",
+    reason: "the module is not loaded: call (and await) init() before using the client",
+  };
+  assert.deepEqual(r, [expected, expected]);
+});
+
 test("no uncaught page errors", () => {
   // Reconnect attempts while the restarted server is down log network errors to the console;
   // only script errors count. (A refused hello logs nothing: it is a frame and a close code.)

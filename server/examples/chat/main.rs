@@ -470,9 +470,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let web = root.join("examples/chat/web");
-    let pkg = root.join("../pkg/dist/web");
-    if !pkg.join("sss.js").exists() {
-        tracing::warn!("pkg/dist/web is missing: build the package with scripts/build-pkg.sh");
+    // All of dist/: the web entry loads the package's one `.wasm` from dist/bundler/.
+    let pkg = root.join("../pkg/dist");
+    if !pkg.join("web/sss.js").exists() {
+        tracing::warn!("pkg/dist is missing: build the package with scripts/build-pkg.sh");
     }
     let front = bind_front(args.addr.as_deref()).await?;
     let local: SocketAddr = front.local_addr()?;
