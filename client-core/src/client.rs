@@ -354,7 +354,7 @@ impl Client {
     /// [`Event::AskDone`] with the returned id, within [`Config::ask_timeout`].
     ///
     /// While not connected the ask waits in the offline queue. An ask sent on a connection that
-    /// then drops fails with [`codes::DISCONNECTED`](crate::protocol::codes::DISCONNECTED): it
+    /// then drops fails with [`codes::DISCONNECTED`]: it
     /// is never sent twice.
     pub fn ask(
         &mut self,
@@ -407,7 +407,7 @@ impl Client {
     /// Asks the server for the members of `channel`'s presence; the answer arrives as
     /// [`Event::AskDone`] with the returned id: `Ok` with a JSON array of
     /// [`Member`](crate::protocol::Member)s, or an error such as
-    /// [`codes::NO_PRESENCE`](crate::protocol::codes::NO_PRESENCE) (the subscription has no
+    /// [`codes::NO_PRESENCE`] (the subscription has no
     /// presence).
     ///
     /// A presence request is an ask in all but its frame: it has an id from the same space,
@@ -417,7 +417,7 @@ impl Client {
     /// or the one of a resync after a reconnect or a gap), so it never overtakes the `sub` it
     /// depends on. Without a subscription to `channel` (never made, ended by the server or
     /// [`Client::unsubscribe`], before or while the request waits) it fails with
-    /// [`codes::NOT_SUBSCRIBED`](crate::protocol::codes::NOT_SUBSCRIBED).
+    /// [`codes::NOT_SUBSCRIBED`].
     ///
     /// Members are not tracked by the client: [`Event::Join`] and [`Event::Leave`] are passed
     /// on, and after a resync an application that shows the members asks again.
@@ -501,7 +501,7 @@ impl Client {
     }
 
     /// Closes the client for good: the socket is closed with [`close::NORMAL`], every
-    /// pending or queued ask fails with [`codes::CLOSED`](crate::protocol::codes::CLOSED), and
+    /// pending or queued ask fails with [`codes::CLOSED`], and
     /// [`Event::Closed`] follows. Later commands fail with [`ClientError::Closed`].
     pub fn close(&mut self, _now: Instant) {
         if matches!(self.conn, Conn::Closed) {
