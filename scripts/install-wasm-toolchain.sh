@@ -13,7 +13,8 @@
 #                         wasm-bindgen, wasm-bindgen-test-runner (cargo install --root .tools/wasm)
 #   .tools/wasm/node      npm prefix: binaryen@132 (wasm-opt; NOT Debian's binaryen 108, whose wasm-opt
 #                         breaks wasm-bindgen's externref table), playwright-core (uses /usr/bin/chromium;
-#                         never downloads a browser), typescript (tsc, for the typings test) and ws
+#                         never downloads a browser), typescript (tsc, for the typings test), ws
+#                         and vite and webpack (the bundler tests)
 #
 # Use: scripts/install-wasm-toolchain.sh, then `source scripts/wasm-env.sh` before wasm builds.
 # Overrides: WASM_BINDGEN_VERSION (default: the wasm-bindgen version in Cargo.lock, else 0.2.130),
@@ -31,6 +32,10 @@ PLAYWRIGHT_CORE_VERSION=${PLAYWRIGHT_CORE_VERSION:-1.64.1}
 TYPESCRIPT_VERSION=${TYPESCRIPT_VERSION:-5.9.3}
 # ws: the WebSocket a Node program without a global one passes to the client (tests/browser).
 WS_VERSION=${WS_VERSION:-8.18.3}
+# vite: a tiny app is built with it, as a user would, and run in Chromium (tests/browser).
+VITE_VERSION=${VITE_VERSION:-7.1.12}
+WEBPACK_VERSION=${WEBPACK_VERSION:-5.102.1}
+WEBPACK_CLI_VERSION=${WEBPACK_CLI_VERSION:-6.0.1}
 DEFAULT_WASM_BINDGEN_VERSION=0.2.130
 T0=$SECONDS
 
@@ -172,6 +177,9 @@ case "$(npm_version binaryen)" in "$BINARYEN_NPM_VERSION" | "$BINARYEN_NPM_VERSI
 [ "$(npm_version playwright-core)" = "$PLAYWRIGHT_CORE_VERSION" ] || NPM_WANT+=("playwright-core@$PLAYWRIGHT_CORE_VERSION")
 [ "$(npm_version typescript)" = "$TYPESCRIPT_VERSION" ] || NPM_WANT+=("typescript@$TYPESCRIPT_VERSION")
 [ "$(npm_version ws)" = "$WS_VERSION" ] || NPM_WANT+=("ws@$WS_VERSION")
+[ "$(npm_version vite)" = "$VITE_VERSION" ] || NPM_WANT+=("vite@$VITE_VERSION")
+[ "$(npm_version webpack)" = "$WEBPACK_VERSION" ] || NPM_WANT+=("webpack@$WEBPACK_VERSION")
+[ "$(npm_version webpack-cli)" = "$WEBPACK_CLI_VERSION" ] || NPM_WANT+=("webpack-cli@$WEBPACK_CLI_VERSION")
 if [ ${#NPM_WANT[@]} -gt 0 ]; then
   command -v npm >/dev/null || die "npm not found (Node.js is needed for wasm-opt and playwright-core)"
   log "npm install ${NPM_WANT[*]} into $NODE_PREFIX"
@@ -196,6 +204,8 @@ printf '  %-26s %s\n' \
   "playwright-core" "$(npm_version playwright-core) (executablePath: /usr/bin/chromium)" \
   "typescript" "$(npm_version typescript)" \
   "ws" "$(npm_version ws)" \
+  "vite" "$(npm_version vite)" \
+  "webpack" "$(npm_version webpack) (webpack-cli $(npm_version webpack-cli))" \
   "chromium" "$(dpkg-query -W -f='${Version}' chromium)" \
   "chromedriver" "$(dpkg-query -W -f='${Version}' chromium-driver)"
 cat <<EOF

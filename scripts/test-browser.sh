@@ -4,7 +4,8 @@
 #   a. wasm-bindgen-test: client-wasm/tests/browser.rs (the server URL is passed at compile time
 #      in SSS_TEST_URL);
 #   b. the npm package (pkg/dist, rebuilt by scripts/build-pkg.sh) imported from a plain page
-#      (tests/browser/), driven by playwright-core under `node --test`;
+#      (tests/browser/), driven by playwright-core under `node --test`; and a tiny app
+#      (tests/browser/bundlers/app) built with Vite and with webpack, no configuration, run there;
 #   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
 #      each sees the other in the room's member list, and a leave when one closes; screenshots
 #      under target/. And Node programs log in with a token: the package's ./node and
@@ -125,7 +126,8 @@ log "b. npm package in a page (tests/browser/package.test.cjs)"
 if (
   # shellcheck source=scripts/wasm-env.sh
   source scripts/wasm-env.sh
-  SSS_TEST_URL="$URL" node --test tests/browser/package.test.cjs
+  SSS_TEST_URL="$URL" node --test tests/browser/package.test.cjs &&
+    SSS_TEST_URL="$URL" node --test tests/browser/bundlers.test.cjs
 ); then
   log "b. passed in $((SECONDS - T))s"
 else
