@@ -99,9 +99,11 @@ if [ ! -f "$DIST/web/sss_bg.wasm" ] || [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "
     # The web entry is usable only after `await init()`: before, its glue would fail with
     # "Cannot read properties of undefined (reading 'client_connect')". Say what is missing.
     if [ "$target" = web ]; then
-      sed -i 's/wasm\.client_connect(/initialized().client_connect(/; s/wasm\.client_new(/initialized().client_new(/' "$dir/sss.js"
-      [ "$(grep -c 'initialized()\.client_' "$dir/sss.js")" = 2 ] ||
-        { log "ERROR: the web glue changed: Client.connect / new Client not found"; exit 1; }
+      # And a `.wasm` the bundler did not emit (esbuild, Rollup leave `new URL(...)` as is) is
+      # named as such, with what to do, instead of "expected magic word 00 61 73 6d".
+      sed -i 's/wasm\.client_connect(/initialized().client_connect(/; s/wasm\.client_new(/initialized().client_new(/; s/^export { initSync, __wbg_init as default };$/export { initSync, init as default };/' "$dir/sss.js"
+      [ "$(grep -c 'initialized()\.client_\|init as default' "$dir/sss.js")" = 3 ] ||
+        { log "ERROR: the web glue changed: Client.connect, new Client or the init export not found"; exit 1; }
       cat >> "$dir/sss.js" <<EOF
 import { SssError as NotLoaded } from "./$errors";
 function initialized() {
@@ -109,6 +111,13 @@ function initialized() {
     throw new NotLoaded("invalid", "the module is not loaded: call (and await) init() before using the client");
   }
   return wasm;
+}
+async function init(module_or_path) {
+  try {
+    return await __wbg_init(module_or_path);
+  } catch (e) {
+    throw new NotLoaded("invalid", "could not load the client's .wasm (" + (e && e.message) + "). A bundler that does not emit it (esbuild, Rollup) needs it served (node_modules/super-scaled-sockets/dist/bundler/sss_bg.wasm) and its URL passed: init({ module_or_path: url })");
+  }
 }
 EOF
     fi

@@ -5,7 +5,8 @@
 #      in SSS_TEST_URL);
 #   b. the npm package (pkg/dist, rebuilt by scripts/build-pkg.sh) imported from a plain page
 #      (tests/browser/), driven by playwright-core under `node --test`; and a tiny app
-#      (tests/browser/bundlers/app) built with Vite and with webpack, no configuration, run there;
+#      (tests/browser/bundlers/app) built with Vite, webpack and esbuild, no configuration, run
+#      there;
 #   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
 #      each sees the other in the room's member list, and a leave when one closes; screenshots
 #      under target/. And Node programs log in with a token: the package's ./node and

@@ -1,5 +1,6 @@
-// The package in a bundled app, built with no configuration as a new user would (Vite, webpack),
-// served from its output directory and run in headless Chromium against the test server.
+// The package in a bundled app, built with no configuration as a new user would (Vite, webpack,
+// esbuild), served from its output directory and run in headless Chromium against the test
+// server.
 // Run by scripts/test-browser.sh: SSS_TEST_URL is the test server
 // (tests/src/bin/browser-test-server.rs), SSS_WASM_TOOLS the npm tools (.tools/wasm).
 "use strict";
@@ -101,4 +102,20 @@ test("webpack: a production build of the app connects, logs in, asks and subscri
   const { result, errors } = await run(out, "index.html");
   assert.deepEqual(result, { user: "bundled", sum: 5, msg: 1 });
   assert.deepEqual(errors, []);
+});
+
+// esbuild bundles `new URL("…wasm", import.meta.url)` as it is and emits no .wasm: the app's
+// `init()` then fails, and says why and what to do, instead of a bare "expected magic word".
+test("esbuild: the build runs, and init() names the missing .wasm and the fix", async () => {
+  const dir = project("esbuild");
+  execFileSync(
+    path.join(BIN, "esbuild"),
+    ["main.js", "--bundle", "--format=esm", "--outdir=dist", "--log-level=error"],
+    { cwd: dir, stdio: "inherit" },
+  );
+  const out = path.join(dir, "dist");
+  fs.copyFileSync(path.join(dir, "index.html"), path.join(out, "index.html"));
+  const { result } = await run(out, "index.html");
+  assert.match(result.error, /^SssError: invalid: could not load the client's \.wasm/);
+  assert.match(result.error, /init\(\{ module_or_path: url \}\)/);
 });
