@@ -306,7 +306,10 @@ impl Server {
                         Some(inner.ws_config()),
                     )
                     .await;
-                    crate::socket::run(inner, ws, hs, socket).await;
+                    let task = crate::socket::run(inner, ws, hs, socket);
+                    // A task of its own: it lives as long as the connection, and holds only the
+                    // socket (this one, with the upgrade's state, ends here).
+                    tokio::spawn(task);
                 }
                 Err(e) => debug!(error = %e, "upgrade failed"),
             }

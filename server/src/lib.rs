@@ -31,6 +31,7 @@ mod endpoints;
 mod handshake;
 pub mod machine;
 mod metrics;
+mod outbox;
 mod registry;
 pub mod scaler;
 mod server;

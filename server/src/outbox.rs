@@ -1,0 +1,198 @@
+//! A socket's outbound queue: what other tasks hand its task (frames, publications, presence
+//! events, the verdicts of its own async work).
+//!
+//! It replaces a tokio `mpsc` channel, which allocates its first block of 32 slots and its
+//! shared state up front: about 1.8 KiB per connection, idle or not (19 % of an idle
+//! connection's memory, measured with massif at 2000 connections). This one allocates nothing
+//! while empty, and gives back what a burst made it grow.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::socket::Out;
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue holds `capacity` items: the socket reads too slowly.
+    Full,
+    /// The socket's task is gone.
+    Closed,
+}
+
+/// Capacity kept when the queue empties; a burst that grew it beyond is given back.
+const KEEP: usize = 8;
+
+struct State {
+    items: VecDeque<Out>,
+    closed: bool,
+}
+
+/// A multi-producer, single-consumer queue, bounded for [`try_push`](Self::try_push).
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    capacity: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the queue consistent; a panic elsewhere does not
+        // poison it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `out` unless the queue is full or closed.
+    pub(crate) fn try_push(&self, out: Out) -> Result<(), PushError> {
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(PushError::Closed);
+            }
+            if st.items.len() >= self.capacity {
+                return Err(PushError::Full);
+            }
+            st.items.push_back(out);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues `out` whatever the queue holds (the verdicts of the socket's own work, which its
+    /// state machine bounds); `false` once closed.
+    pub(crate) fn push_unbounded(&self, out: Out) -> bool {
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return false;
+            }
+            st.items.push_back(out);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next item, if one is queued.
+    pub(crate) fn try_recv(&self) -> Option<Out> {
+        let mut st = self.lock();
+        let out = st.items.pop_front();
+        if st.items.is_empty() && st.items.capacity() > KEEP {
+            st.items = VecDeque::new();
+        }
+        out
+    }
+
+    /// The next item, waiting for one; `None` once closed. Only the socket's task receives.
+    pub(crate) async fn recv(&self) -> Option<Out> {
+        loop {
+            // Registered before looking, so a push between the look and the wait still wakes.
+            let notified = self.ready.notified();
+            if let Some(out) = self.try_recv() {
+                return Some(out);
+            }
+            if self.lock().closed {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// Refuses every push from now on and drops what is queued (the socket's task is ending).
+    pub(crate) fn close(&self) {
+        let dropped = {
+            let mut st = self.lock();
+            st.closed = true;
+            std::mem::take(&mut st.items)
+        };
+        // Dropped outside the lock: an item's drop may run arbitrary code.
+        drop(dropped);
+        self.ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    fn frame(s: &'static str) -> Out {
+        Out::Frame(Utf8Bytes::from_static(s))
+    }
+
+    fn text(out: Option<Out>) -> String {
+        match out {
+            Some(Out::Frame(f)) => f.to_string(),
+            _ => "none".to_owned(),
+        }
+    }
+
+    #[test]
+    fn bounded_in_order_and_empty_without_memory() {
+        let q = Outbox::new(2);
+        assert_eq!(
+            q.lock().items.capacity(),
+            0,
+            "nothing allocated while empty"
+        );
+        assert!(q.try_push(frame("a")).is_ok());
+        assert!(q.try_push(frame("b")).is_ok());
+        assert_eq!(q.try_push(frame("c")), Err(PushError::Full));
+        // Verdicts go in beyond the bound.
+        assert!(q.push_unbounded(frame("v")));
+        assert_eq!(text(q.try_recv()), "a");
+        assert_eq!(text(q.try_recv()), "b");
+        assert_eq!(text(q.try_recv()), "v");
+        assert_eq!(text(q.try_recv()), "none");
+    }
+
+    #[test]
+    fn a_burst_is_given_back_once_drained() {
+        let q = Outbox::new(1000);
+        for _ in 0..100 {
+            assert!(q.try_push(frame("x")).is_ok());
+        }
+        assert!(q.lock().items.capacity() >= 100);
+        while q.try_recv().is_some() {}
+        assert_eq!(q.lock().items.capacity(), 0);
+    }
+
+    #[test]
+    fn closed_refuses_and_drops_what_was_queued() {
+        let q = Outbox::new(4);
+        assert!(q.try_push(frame("a")).is_ok());
+        q.close();
+        assert_eq!(q.try_push(frame("b")), Err(PushError::Closed));
+        assert!(!q.push_unbounded(frame("v")));
+        assert_eq!(text(q.try_recv()), "none");
+    }
+
+    #[tokio::test]
+    async fn recv_waits_for_a_push_and_ends_at_close() {
+        let q = std::sync::Arc::new(Outbox::new(4));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { (text(q.recv().await), q.recv().await.is_none()) }
+        });
+        tokio::task::yield_now().await;
+        assert!(q.try_push(frame("late")).is_ok());
+        // The second recv waits until the close.
+        tokio::task::yield_now().await;
+        q.close();
+        let (first, ended) = waiting.await.expect("receiver");
+        assert_eq!(first, "late");
+        assert!(ended);
+    }
+}
