@@ -31,6 +31,27 @@ pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     }
 }
 
+/// Starts a test binary (`env!("CARGO_BIN_EXE_...")`) with `args`, killed when the returned
+/// child is dropped, and waits for the first line it prints (its "ready" line).
+pub async fn spawn_ready(exe: &str, args: &[&str]) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(exe)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the process starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = within(
+        "the ready line",
+        tokio::io::BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .expect("read stdout")
+    .expect("a line");
+    (child, line)
+}
+
 /// Builds the server and listens on a free loopback port; returns it with its ws:// URL.
 pub async fn start(builder: ServerBuilder) -> (Server, Listening, String) {
     init_tracing();

@@ -3,7 +3,6 @@
 //! mid-stream loses nothing silently.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,9 +12,8 @@ use sss_core::client::Reconnect;
 use sss_server::scaler::{RedisOptions, RedisScaler};
 use sss_server::Server;
 use sss_tests::services::{Persistence, RedisServer};
-use sss_tests::{init_tracing, within, RawPeer};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use sss_tests::{init_tracing, spawn_ready, within, RawPeer};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 
 /// One `sss-node` process.
@@ -30,19 +28,9 @@ impl Node {
     }
 
     async fn spawn_with(redis: &str, args: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sss-node"))
-            .args(["--redis", redis])
-            .args(args)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sss-node starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = within("node ready", lines.next_line())
-            .await
-            .expect("read stdout")
-            .expect("a line");
+        let mut all = vec!["--redis", redis];
+        all.extend_from_slice(args);
+        let (child, line) = spawn_ready(env!("CARGO_BIN_EXE_sss-node"), &all).await;
         let addr = line.strip_prefix("listening on ").expect("listening line");
         Node {
             url: format!("ws://{addr}/ws"),

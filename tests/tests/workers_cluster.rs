@@ -4,16 +4,14 @@
 //! `unavailable`/`timeout`), and every routed tell runs at least once.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sss_tests::services::{unique_prefix, RedisServer};
-use sss_tests::{init_tracing, within, RawPeer};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use sss_tests::{init_tracing, spawn_ready, within, RawPeer};
+use tokio::process::Child;
 use tokio::sync::watch;
 
 const CLIENTS: usize = 20;
@@ -31,18 +29,9 @@ struct Node {
 }
 
 async fn spawn(redis: &str, prefix: &str, args: &[&str]) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sss-node"))
-        .args(["--redis", redis, "--prefix", prefix])
-        .args(args)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("sss-node starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = within("node ready", BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("read stdout")
-        .expect("a line");
+    let mut all = vec!["--redis", redis, "--prefix", prefix];
+    all.extend_from_slice(args);
+    let (child, line) = spawn_ready(env!("CARGO_BIN_EXE_sss-node"), &all).await;
     Node { child, line }
 }
 
@@ -108,6 +97,10 @@ async fn run_client(
             i + 1
         )
     };
+    let tell = |i: usize| {
+        let n = client * TELLS_PER_CLIENT + i;
+        format!(r#"{{"t":"tell","topic":"note","msg":{n}}}"#)
+    };
     let first: Vec<String> = (0..WINDOW).map(ask).collect();
     sent_at.extend((1..=WINDOW as u64).map(|id| (id, start)));
     peer.send_pipelined(&first).await;
@@ -140,9 +133,7 @@ async fn run_client(
                 }
                 // One tell every ten answers, until all are sent.
                 if tells < TELLS_PER_CLIENT && next.is_multiple_of(10) {
-                    let n = client * TELLS_PER_CLIENT + tells;
-                    peer.send(&format!(r#"{{"t":"tell","topic":"note","msg":{n}}}"#))
-                        .await;
+                    peer.send(&tell(tells)).await;
                     tells += 1;
                 }
             }
@@ -154,9 +145,7 @@ async fn run_client(
         }
         // Tells not sent yet because the asks ran out.
         while next >= ASKS_PER_CLIENT && tells < TELLS_PER_CLIENT {
-            let n = client * TELLS_PER_CLIENT + tells;
-            peer.send(&format!(r#"{{"t":"tell","topic":"note","msg":{n}}}"#))
-                .await;
+            peer.send(&tell(tells)).await;
             tells += 1;
         }
     }

@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{Client, Value};
 use futures::FutureExt;
 use serde_json::value::RawValue;
@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::{
-    millis, now_ms, redis_error, Job, Kind, ToGateway, WireRejection, WorkerError, WorkerOptions,
+    bounded, connect, millis, now_ms, redis_error, Job, Kind, ToGateway, WireRejection,
+    WorkerError, WorkerOptions,
 };
 use crate::metrics::WorkerEvent;
 use crate::server::Inner;
@@ -155,17 +156,8 @@ impl Worker {
         opts: WorkerOptions,
     ) -> Result<Self, WorkerError> {
         let client = Client::open(redis_url).map_err(redis_error)?;
-        let connect = |response: Duration| {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(opts.command_timeout))
-                .set_response_timeout(Some(response))
-                .set_max_delay(Duration::from_secs(2));
-            ConnectionManager::new_with_config(client.clone(), config)
-        };
-        let conn = connect(opts.command_timeout).await.map_err(redis_error)?;
-        let reader = connect(READ_BLOCK + opts.command_timeout)
-            .await
-            .map_err(redis_error)?;
+        let conn = connect(&client, &opts, opts.command_timeout).await?;
+        let reader = connect(&client, &opts, READ_BLOCK + opts.command_timeout).await?;
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let consumer = Arc::new(Consumer {
             server: server.clone(),
@@ -304,10 +296,7 @@ impl Consumer {
         &self,
         f: impl std::future::Future<Output = ::redis::RedisResult<T>>,
     ) -> Result<T, WorkerError> {
-        match tokio::time::timeout(self.opts.command_timeout, f).await {
-            Ok(r) => r.map_err(redis_error),
-            Err(_) => Err(WorkerError::Redis("timed out".to_owned())),
-        }
+        bounded(self.opts.command_timeout, f).await
     }
 
     /// Creates the consumer group (and the stream) unless there.
@@ -319,13 +308,14 @@ impl Consumer {
             .arg(CONSUMER_GROUP)
             .arg("0")
             .arg("MKSTREAM");
-        let create = cmd.query_async::<Value>(&mut conn);
-        match tokio::time::timeout(self.opts.command_timeout, create).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.code() == Some("BUSYGROUP") => {}
-            Ok(Err(e)) => return Err(redis_error(e)),
-            Err(_) => return Err(WorkerError::Redis("timed out".to_owned())),
-        }
+        let create = async {
+            match cmd.query_async::<Value>(&mut conn).await {
+                // There already: what this wants.
+                Err(e) if e.code() == Some("BUSYGROUP") => Ok(Value::Nil),
+                r => r,
+            }
+        };
+        self.bounded(create).await?;
         // Listed from the start (a blocked read that got nothing yet does not create it).
         let mut cmd = ::redis::cmd("XGROUP");
         cmd.arg("CREATECONSUMER")

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use ::redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use ::redis::{Client, Script};
 use futures::StreamExt;
 use serde_json::value::RawValue;
@@ -15,7 +15,9 @@ use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::consumer::stopped;
-use super::{millis, now_ms, redis_error, Job, Kind, ToGateway, WorkerError, WorkerOptions};
+use super::{
+    bounded, connect, millis, now_ms, redis_error, Job, Kind, ToGateway, WorkerError, WorkerOptions,
+};
 use crate::metrics::WorkerEvent;
 use crate::scaler::Control;
 use crate::server::{AskHandler, Inner, TellHandler};
@@ -84,13 +86,7 @@ impl Gateway {
         instance: &str,
     ) -> Result<(Arc<GatewayLink>, Routes), WorkerError> {
         let client = Client::open(self.url.as_str()).map_err(redis_error)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.opts.command_timeout))
-            .set_response_timeout(Some(self.opts.command_timeout))
-            .set_max_delay(BACKOFF.1);
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(redis_error)?;
+        let conn = connect(&client, &self.opts, self.opts.command_timeout).await?;
         let (stop, _) = watch::channel(false);
         let link = Arc::new(GatewayLink {
             channel: self.opts.gateway_channel(instance),
@@ -218,15 +214,9 @@ impl GatewayLink {
             .arg(self.opts.max_backlog)
             .arg(json);
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.opts.command_timeout, invoke.invoke_async(&mut conn)).await
-        {
-            Ok(Ok(added)) => Ok(added),
-            Ok(Err(e)) => Err(Rejection::new(codes::UNAVAILABLE, format!("workers: {e}"))),
-            Err(_) => Err(Rejection::new(
-                codes::UNAVAILABLE,
-                "workers: redis timed out",
-            )),
-        }
+        bounded(self.opts.command_timeout, invoke.invoke_async(&mut conn))
+            .await
+            .map_err(|e| Rejection::new(codes::UNAVAILABLE, e.to_string()))
     }
 
     /// Routes an ask and waits for its answer, at most `ask_timeout`.
@@ -272,10 +262,7 @@ impl GatewayLink {
             pubsub.subscribe(&self.channel).await?;
             Ok::<_, ::redis::RedisError>(pubsub.split())
         };
-        let stream = tokio::time::timeout(self.opts.command_timeout, connect)
-            .await
-            .map_err(|_| WorkerError::Redis("timed out".to_owned()))?
-            .map_err(redis_error)?;
+        let stream = bounded(self.opts.command_timeout, connect).await?;
         self.up.store(true, Ordering::Relaxed);
         Ok(stream)
     }

@@ -128,6 +128,32 @@ fn redis_error(e: impl std::fmt::Display) -> WorkerError {
     WorkerError::Redis(e.to_string())
 }
 
+/// One Redis operation within `limit`: a timeout fails like an error does.
+async fn bounded<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, WorkerError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(redis_error),
+        Err(_) => Err(WorkerError::Redis("timed out".to_owned())),
+    }
+}
+
+/// A command connection that reconnects by itself, each reply awaited at most `response`.
+async fn connect(
+    client: &::redis::Client,
+    opts: &WorkerOptions,
+    response: Duration,
+) -> Result<::redis::aio::ConnectionManager, WorkerError> {
+    let config = ::redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(opts.command_timeout))
+        .set_response_timeout(Some(response))
+        .set_max_delay(Duration::from_secs(2));
+    ::redis::aio::ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .map_err(redis_error)
+}
+
 /// What a job is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Kind {
