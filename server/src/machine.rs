@@ -254,6 +254,26 @@ pub enum AskOutcome {
     Panicked,
 }
 
+impl AskOutcome {
+    /// `Ok(())`, or the code the client is answered with (for metrics and logs).
+    pub fn code(&self) -> Result<(), &str> {
+        match self {
+            AskOutcome::Ok(_) => Ok(()),
+            AskOutcome::Err(r) => Err(r.code.as_str()),
+            AskOutcome::Panicked => Err(codes::INTERNAL),
+        }
+    }
+
+    /// The answer the client gets: a panic is `internal`.
+    pub fn into_answer(self) -> Result<Box<RawValue>, Rejection> {
+        match self {
+            AskOutcome::Ok(msg) => Ok(msg),
+            AskOutcome::Err(r) => Err(r),
+            AskOutcome::Panicked => Err(Rejection::new(codes::INTERNAL, "the handler failed")),
+        }
+    }
+}
+
 /// What a channel's sync read.
 #[derive(Debug)]
 pub enum Synced {
@@ -990,17 +1010,12 @@ impl Machine {
                 if self.phase == Phase::Closed {
                     return;
                 }
-                let f = match outcome {
-                    AskOutcome::Ok(msg) => ServerFrame::Res { id, msg },
-                    AskOutcome::Err(r) => ServerFrame::Rej {
+                let f = match outcome.into_answer() {
+                    Ok(msg) => ServerFrame::Res { id, msg },
+                    Err(r) => ServerFrame::Rej {
                         id,
                         code: r.code,
                         reason: r.reason,
-                    },
-                    AskOutcome::Panicked => ServerFrame::Rej {
-                        id,
-                        code: codes::INTERNAL.into(),
-                        reason: "the handler failed".into(),
                     },
                 };
                 self.send(&f);

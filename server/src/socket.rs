@@ -287,6 +287,18 @@ fn unavailable(e: ScalerError) -> Rejection {
     Rejection::new(codes::UNAVAILABLE, e.to_string())
 }
 
+/// Runs an ask's work (middleware and handler, in a socket's task or a worker), a panic
+/// caught as [`AskOutcome::Panicked`].
+pub(crate) async fn guarded(
+    work: impl std::future::Future<Output = Result<Box<RawValue>, Rejection>>,
+) -> AskOutcome {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(Ok(msg)) => AskOutcome::Ok(msg),
+        Ok(Err(r)) => AskOutcome::Err(r),
+        Err(_) => AskOutcome::Panicked,
+    }
+}
+
 /// Runs one connection until it closes. `key` and `id` are from [`new_socket_id`]; `request`
 /// is what the session parser sees of the upgrade.
 ///
@@ -708,11 +720,7 @@ where
                 }
                 Err(e) => AskOutcome::Err(unavailable(e)),
             };
-            let result = match &outcome {
-                AskOutcome::Err(r) => Err(r.code.as_str()),
-                _ => Ok(()),
-            };
-            inner.metrics.presence_answered(result);
+            inner.metrics.presence_answered(outcome.code());
             shared.report(Verdict::AskDone { id, outcome });
         });
     }
@@ -747,20 +755,12 @@ where
                 };
                 (route.handler)(socket.clone(), msg).await
             };
-            let outcome = match AssertUnwindSafe(work).catch_unwind().await {
-                Ok(Ok(msg)) => AskOutcome::Ok(msg),
-                Ok(Err(r)) => AskOutcome::Err(r),
-                Err(_) => {
-                    warn!(socket = socket.id(), "ask handler panicked");
-                    AskOutcome::Panicked
-                }
-            };
+            let outcome = guarded(work).await;
+            if matches!(outcome, AskOutcome::Panicked) {
+                warn!(socket = socket.id(), "ask handler panicked");
+            }
             let elapsed = start.elapsed();
-            let result = match &outcome {
-                AskOutcome::Ok(_) => Ok(()),
-                AskOutcome::Err(r) => Err(r.code.as_str()),
-                AskOutcome::Panicked => Err(codes::INTERNAL),
-            };
+            let result = outcome.code();
             inner.metrics.ask_answered(&route.series, result, elapsed);
             if let Some(span) = traced {
                 let outcome = result.err().unwrap_or("ok");

@@ -18,9 +18,10 @@ use super::{
     bounded, connect, millis, now_ms, redis_error, Job, Kind, ToGateway, WireRejection,
     WorkerError, WorkerOptions,
 };
+use crate::machine::AskOutcome;
 use crate::metrics::WorkerEvent;
 use crate::server::Inner;
-use crate::socket::Peer;
+use crate::socket::{guarded, Peer};
 use crate::{Rejection, Server, Session, Socket};
 
 /// The consumer group every worker of a group's stream reads in.
@@ -635,19 +636,14 @@ async fn ask(
         ));
     };
     let start = Instant::now();
-    let work = (route.handler)(socket, msg);
-    let answer = match AssertUnwindSafe(work).catch_unwind().await {
-        Ok(answer) => answer,
-        Err(_) => {
-            tracing::warn!(topic, "ask handler panicked in a worker");
-            Err(Rejection::new(codes::INTERNAL, "handler failed"))
-        }
-    };
-    let result = answer.as_ref().map(|_| ()).map_err(|r| r.code.as_str());
+    let outcome = guarded((route.handler)(socket, msg)).await;
+    if matches!(outcome, AskOutcome::Panicked) {
+        tracing::warn!(topic, "ask handler panicked in a worker");
+    }
     inner
         .metrics
-        .ask_answered(&route.series, result, start.elapsed());
-    answer
+        .ask_answered(&route.series, outcome.code(), start.elapsed());
+    outcome.into_answer()
 }
 
 /// Runs a tell's handler as the gateway would have.
