@@ -90,10 +90,27 @@ pub(crate) fn stamped(size: usize) -> String {
 
 /// Opens a WebSocket to `addr` (no protocol handshake yet).
 pub(crate) async fn connect(addr: SocketAddr) -> Result<Ws> {
-    let tcp = TcpStream::connect(addr).await?;
+    connect_from(addr, None, 16 * 1024).await
+}
+
+/// Opens a WebSocket to `addr` from the local address `source` (any when `None`), with a read
+/// buffer of `read_buffer` bytes.
+pub(crate) async fn connect_from(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    read_buffer: usize,
+) -> Result<Ws> {
+    let tcp = match source {
+        None => TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     tcp.set_nodelay(true)?;
     let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0);
     let (ws, _) =
         tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))

@@ -14,10 +14,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Publisher;
@@ -26,7 +24,7 @@ use crate::opts::Opts;
 use crate::procfs;
 use crate::report::{histogram, record};
 use crate::serve::Kind;
-use crate::wire::{self, In, Stamped, Ws};
+use crate::wire::{self, In, Stamped};
 use crate::Result;
 
 const CHANNEL: &str = "all";
@@ -252,22 +250,6 @@ async fn wait_subscribed(shared: &Shared, k: usize, limit: Instant) -> usize {
     }
 }
 
-/// Opens a WebSocket from `source` with small buffers (a quarter of a million of them must
-/// fit in the load generator).
-async fn connect_from(addr: SocketAddr, source: IpAddr) -> Result<Ws> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    let tcp = socket.connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(0);
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))
-            .await?;
-    Ok(ws)
-}
-
 /// One connection: connects, says hello, holds (answering heartbeats), subscribes when told,
 /// and records every delivery. Returns whether it lasted without error.
 async fn connection(
@@ -281,7 +263,8 @@ async fn connection(
     let limit = Duration::from_secs(60);
     let setup = async {
         let _permit = gate.acquire().await?;
-        let mut ws = connect_from(addr, source).await?;
+        // Small buffers: a quarter of a million of them must fit in the load generator.
+        let mut ws = wire::connect_from(addr, Some(source), 1024).await?;
         wire::hello(&mut ws, limit).await?;
         Ok::<_, crate::Error>(ws)
     };
