@@ -442,3 +442,229 @@ impl Drop for SpawnedMongo {
         }
     }
 }
+
+/// How long a spawned Redis Cluster may take to form, or to recover from a failover.
+const CLUSTER_READY: Duration = Duration::from_secs(30);
+
+/// A local Redis Cluster for one test: three masters with a replica each, `redis-server
+/// --cluster-enabled yes` on six free loopback ports joined by `redis-cli --cluster create`,
+/// without persistence. A node timeout of one second and `--cluster-replica-validity-factor 0`
+/// let a replica take over a killed master within seconds (see `shared/redis-cluster`). Every
+/// node is killed, and its files removed, on drop.
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<(u16, Option<Child>)>,
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster")
+            .field("ports", &self.nodes.iter().map(|n| n.0).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RedisCluster {
+    /// Starts the six nodes, creates the cluster and waits until every node says it is ok.
+    pub async fn spawn() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sss-redis-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut cluster = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        while cluster.nodes.len() < 6 {
+            // Each node also listens on its port + 10000 (the cluster bus).
+            let port = free_port();
+            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+            let node_dir = cluster.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("create a cluster node's directory");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--cluster-replica-validity-factor", "0"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .current_dir(&node_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (scripts/test.sh installs it)");
+            cluster.nodes.push((port, Some(child)));
+        }
+        for &(port, _) in &cluster.nodes {
+            let deadline = tokio::time::Instant::now() + READY;
+            while !command(port, "PING")
+                .await
+                .is_ok_and(|r| r.starts_with("+PONG"))
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster node {port} did not answer PING"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.0).collect();
+        for port in ports {
+            cluster.wait_ok(port).await;
+        }
+        cluster
+    }
+
+    /// A URL of each node, for `RedisScaler::connect_cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}/"))
+            .collect()
+    }
+
+    /// The port of the master that serves `key`'s hash slot.
+    pub async fn master_of(&self, key: &str) -> u16 {
+        let live = self.live_port();
+        let mut admin = redis_admin(&format!("redis://127.0.0.1:{live}/")).await;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut admin)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        self.owner(live, slot).await.expect("the slot has a master")
+    }
+
+    /// Kills (SIGKILL) the master serving `key`'s slot and waits until its replica took over
+    /// and the cluster is ok again. Returns the killed port.
+    pub async fn kill_master_of(&mut self, key: &str) -> u16 {
+        let port = self.master_of(key).await;
+        for (p, child) in &mut self.nodes {
+            if *p == port {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        let live = self.live_port();
+        let mut admin = redis_admin(&format!("redis://127.0.0.1:{live}/")).await;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut admin)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let deadline = tokio::time::Instant::now() + CLUSTER_READY;
+        loop {
+            if let Some(owner) = self.owner(live, slot).await {
+                if owner != port {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no replica took over the master on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_ok(live).await;
+        port
+    }
+
+    /// A node that runs.
+    fn live_port(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .expect("a live node")
+    }
+
+    /// The port of the healthy master of `slot`, as `via` sees it (from `CLUSTER NODES`).
+    async fn owner(&self, via: u16, slot: u16) -> Option<u16> {
+        let mut admin = redis_admin(&format!("redis://127.0.0.1:{via}/")).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut admin)
+            .await
+            .ok()?;
+        nodes.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let flags = f.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = f.iter().skip(8).any(|range| {
+                let mut ends = range.splitn(2, '-').map(|e| e.parse::<u16>().ok());
+                match (ends.next().flatten(), ends.next()) {
+                    (Some(lo), Some(Some(hi))) => (lo..=hi).contains(&slot),
+                    (Some(one), None) => one == slot,
+                    _ => false,
+                }
+            });
+            let port = f.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+            serves.then_some(port)
+        })
+    }
+
+    /// Waits until the node on `port` says `cluster_state:ok`.
+    async fn wait_ok(&self, port: u16) {
+        let deadline = tokio::time::Instant::now() + CLUSTER_READY;
+        let mut admin = redis_admin(&format!("redis://127.0.0.1:{port}/")).await;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut admin)
+                .await
+                .unwrap_or_default();
+            if info.contains("cluster_state:ok") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster is not ok on {port}: {info}"
+            );
+            // Polling: a node gives no other sign that the cluster formed.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -3,7 +3,7 @@
 -- KEYS: epoch, seq, stream. ARGV: fresh epoch, ttl (ms), since epoch, since seq, mode.
 -- Mode strict: {epoch, seq, 0, {}} when the history does not reach back to the position.
 -- Mode tail: whatever is kept after the position (everything kept if the epoch differs).
--- Otherwise {epoch, seq, 1, {{seq, topic, msg}, ...}}.
+-- Otherwise {epoch, seq, 1, {{seq, topic, msg, id}, ...}} (id: see publish.lua; empty before it).
 local head = tonumber(redis.call('GET', KEYS[2]) or '0')
 local strict = ARGV[5] == 'strict'
 local since = tonumber(ARGV[4])
@@ -26,10 +26,12 @@ local out = {}
 local entries = redis.call('XRANGE', KEYS[3], string.format('%d', since + 1) .. '-0', '+')
 for i, entry in ipairs(entries) do
   local fields = entry[2]
-  local topic, msg = '', 'null'
+  local topic, msg, id = '', 'null', ''
   for j = 1, #fields, 2 do
-    if fields[j] == 't' then topic = fields[j + 1] elseif fields[j] == 'm' then msg = fields[j + 1] end
+    local f = fields[j]
+    if f == 't' then topic = fields[j + 1] elseif f == 'm' then msg = fields[j + 1]
+    elseif f == 'i' then id = fields[j + 1] end
   end
-  out[i] = {seq_of(entry[1]), topic, msg}
+  out[i] = {seq_of(entry[1]), topic, msg, id}
 end
 return {epoch, head, 1, out}

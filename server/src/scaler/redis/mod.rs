@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use ::redis::{Client, RedisResult};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisResult};
 use serde_json::value::RawValue;
 use sss_core::Position;
 use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex};
@@ -58,11 +59,14 @@ impl Default for RedisOptions {
     }
 }
 
+mod conn;
 mod presence;
 mod pubsub;
 mod scripts;
 mod store;
 
+use self::conn::Commands;
+use self::pubsub::Sink;
 use self::scripts::{HISTORY, POSITION, PUBLISH, RESTART, SEED};
 pub(super) use self::store::{Appended, Store};
 
@@ -72,10 +76,37 @@ const SEED_ATTEMPTS: usize = 3;
 
 /// First and largest delay between attempts to reconnect the pub/sub connection.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+/// The end of every channel's pub/sub channel (see [`Shared::pub_channel`]).
+const PUB_SUFFIX: &str = "}:pub";
+
 /// Channels per SUBSCRIBE when resubscribing after a reconnection.
 const SUBSCRIBE_BATCH: usize = 512;
 
-type HistoryReply = (String, u64, i64, Vec<(u64, String, String)>);
+type HistoryReply = (String, u64, i64, Vec<(u64, String, String, String)>);
+
+/// Records read from the history, each with its id (see `publish.lua`) when Redis keeps one.
+type Entries = Vec<(Record, Option<Box<str>>)>;
+
+/// What an instance delivered last on a channel.
+struct Cursor {
+    /// The position delivered last (or the channel's head when it was subscribed).
+    last: Position,
+    /// The id of the record delivered last, when known: the next record must name it as its
+    /// predecessor, and a record at the same seq must carry it, or the history forked.
+    id: Option<Box<str>>,
+    /// The history of `last.epoch` forked (Redis lost writes this instance had delivered): its
+    /// records are not delivered, and the epoch is being ended (see `publish.lua`).
+    forked: bool,
+}
+
+/// Where the instance's Redis is.
+#[derive(Clone)]
+enum Backend {
+    /// One Redis (boxed: a client is 240 bytes, and there is one per instance).
+    Single(Box<Client>),
+    /// A Redis Cluster, known by some of its nodes.
+    Cluster(Vec<ConnectionInfo>),
+}
 
 #[derive(Clone, Copy)]
 enum Read {
@@ -88,7 +119,7 @@ enum Read {
 /// The pub/sub connection's command half, `None` while it is down. Held across (un)subscription
 /// round trips so they are ordered with reconnections.
 struct PubSubState {
-    sink: Option<PubSubSink>,
+    sink: Option<Sink>,
     stopped: bool,
 }
 
@@ -100,19 +131,22 @@ struct Running {
 }
 
 struct Shared {
-    client: Client,
-    conn: ConnectionManager,
+    backend: Backend,
+    conn: Commands,
     opts: RedisOptions,
     /// The durable tier, if any (see [`Store`]).
     store: Option<Arc<dyn Store>>,
     ttl_ms: u64,
     control_channel: String,
     pub_prefix: String,
-    /// The channels this instance delivers, each with the last position it delivered (or the
-    /// channel's head when it was subscribed).
-    channels: Mutex<HashMap<String, Position>>,
+    /// The channels this instance delivers, each with what it delivered last.
+    channels: Mutex<HashMap<String, Cursor>>,
+    /// Channels whose history forked, with the epoch to end (see [`Cursor::forked`]).
+    forks: Mutex<Vec<(String, String)>>,
     /// This instance's presence members, refreshed while it runs.
     members: Mutex<presence::Members>,
+    /// The channels whose presence this instance sweeps.
+    presence_channels: Mutex<presence::PresenceChannels>,
     /// Shared by presence updates, exclusive to a refresh (see `presence.rs`).
     presence_gate: tokio::sync::RwLock<()>,
     pubsub: AsyncMutex<PubSubState>,
@@ -143,6 +177,13 @@ fn new_epoch() -> String {
     format!("{:016x}{:016x}", parts[0], parts[1])
 }
 
+/// A record's id (see `publish.lua`): unique per publication, short.
+fn record_id() -> String {
+    static NONCE: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(new_epoch()));
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("{:x}.{:x}", *NONCE, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 fn record(epoch: &str, seq: u64, topic: String, msg: String) -> Result<Record, ScalerError> {
     let msg = RawValue::from_string(msg).map_err(|e| unavailable(format!("bad record: {e}")))?;
     Ok(Record {
@@ -171,8 +212,14 @@ impl Shared {
         ]
     }
 
+    /// The pub/sub channel of `channel`: in its hash slot, beside its keys, so a Redis Cluster
+    /// publishes it from the script on the slot's master (sharded pub/sub).
     fn pub_channel(&self, channel: &str) -> String {
-        format!("{}{channel}", self.pub_prefix)
+        format!("{}{channel}{PUB_SUFFIX}", self.pub_prefix)
+    }
+
+    fn publish_command(&self) -> &'static str {
+        self.conn.publish_command()
     }
 
     /// The epoch a script may create for a channel without state: none with a store (the
@@ -278,7 +325,9 @@ impl Shared {
                 .arg(self.opts.history_size)
                 .arg(self.pub_channel(channel))
                 .arg(topic)
-                .arg(msg.get());
+                .arg(msg.get())
+                .arg(record_id())
+                .arg(self.publish_command());
             let mut conn = self.conn.clone();
             let (epoch, seq): (String, u64) = self.bounded(inv.invoke_async(&mut conn)).await?;
             if epoch.is_empty() {
@@ -310,7 +359,7 @@ impl Shared {
         channel: &str,
         since: &Position,
         mode: Read,
-    ) -> Result<(Position, Option<Vec<Record>>), ScalerError> {
+    ) -> Result<(Position, Option<Entries>), ScalerError> {
         let Some(store) = &self.store else {
             return self.read_window(channel, since, mode).await;
         };
@@ -331,7 +380,7 @@ impl Shared {
                 _ => (head, Some(Vec::new())),
             });
         }
-        let first = kept.first().map_or(head.seq + 1, |r| r.position.seq);
+        let first = kept.first().map_or(head.seq + 1, |(r, _)| r.position.seq);
         if first <= from + 1 {
             return Ok((head, Some(kept)));
         }
@@ -341,9 +390,10 @@ impl Shared {
             store.range(channel, &head.epoch, from, first - 1).await?
         };
         Ok(match (older, mode) {
-            (Some(mut older), _) => {
-                older.extend(kept);
-                (head, Some(older))
+            (Some(older), _) => {
+                let mut all: Entries = older.into_iter().map(|r| (r, None)).collect();
+                all.extend(kept);
+                (head, Some(all))
             }
             (None, Read::Strict) => (head, None),
             (None, Read::Tail) => (head, Some(kept)),
@@ -356,7 +406,7 @@ impl Shared {
         channel: &str,
         since: &Position,
         mode: Read,
-    ) -> Result<(Position, Option<Vec<Record>>), ScalerError> {
+    ) -> Result<(Position, Option<Entries>), ScalerError> {
         for _ in 0..SEED_ATTEMPTS {
             let reply = self.read_once(channel, since, mode).await?;
             if let Some(reply) = reply {
@@ -373,7 +423,7 @@ impl Shared {
         channel: &str,
         since: &Position,
         mode: Read,
-    ) -> Result<Option<(Position, Option<Vec<Record>>)>, ScalerError> {
+    ) -> Result<Option<(Position, Option<Entries>)>, ScalerError> {
         let [epoch_key, seq_key, hist_key] = self.keys(channel);
         let mut inv = HISTORY.prepare_invoke();
         inv.key(epoch_key)
@@ -399,7 +449,10 @@ impl Shared {
         }
         let records = entries
             .into_iter()
-            .map(|(seq, topic, msg)| record(&head.epoch, seq, topic, msg))
+            .map(|(seq, topic, msg, id)| {
+                let id = (!id.is_empty()).then(|| id.into_boxed_str());
+                Ok((record(&head.epoch, seq, topic, msg)?, id))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some((head, Some(records))))
     }
@@ -447,21 +500,70 @@ impl RedisScaler {
     /// Connects to Redis at `url` (`redis://[user:pass@]host[:port][/db]`, or `rediss://` for
     /// TLS) and checks that it answers.
     pub async fn connect(url: &str, opts: RedisOptions) -> Result<Self, ScalerError> {
-        let client =
-            Client::open(url).map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?;
-        let scaler = Self::with_client(client, opts, None)?;
+        let scaler = Self::single(client(url)?, opts, None)?;
         scaler.ping().await?;
         Ok(scaler)
     }
 
-    /// Another instance on the same Redis with the same options (its own connections), as a
-    /// second server process would have. Connects lazily.
+    /// Connects to a Redis Cluster (Redis ≥ 7) known by `nodes` (URLs of some of its nodes, as
+    /// for [`connect`](Self::connect)) and checks that it answers.
+    ///
+    /// Each channel's keys and pub/sub channel share one hash slot, so publishing stays one
+    /// atomic script on that slot's master, and publications travel by sharded pub/sub
+    /// (`SPUBLISH` / `SSUBSCRIBE`): each crosses only its shard, and an instance subscribes, on
+    /// each shard, to the channels it has subscribers for. Control messages (broadcast,
+    /// `tell_user`, boot) travel on one sharded channel, `<prefix>:control`, that every instance
+    /// subscribes to. The connections follow `MOVED` / `ASK` (resharding) and failovers; after
+    /// a failover an instance reads what it missed from the history. A failover that lost
+    /// writes some instance had delivered ends the channel's epoch (its clients are told
+    /// unrecoverable) instead of leaving a gap; one that lost nothing keeps it.
+    ///
+    /// The prefix must not hold `{` or `}`: it would change the hash tags.
+    pub async fn connect_cluster<S: AsRef<str>>(
+        nodes: &[S],
+        opts: RedisOptions,
+    ) -> Result<Self, ScalerError> {
+        if opts.prefix.contains(['{', '}']) {
+            return Err(unavailable("a Redis Cluster prefix must not hold braces"));
+        }
+        let infos = nodes
+            .iter()
+            .map(|n| n.as_ref().into_connection_info())
+            .collect::<RedisResult<Vec<_>>>()
+            .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?;
+        if infos.is_empty() {
+            return Err(unavailable("no Redis Cluster node given"));
+        }
+        let client = ClusterClientBuilder::new(infos.clone())
+            .connection_timeout(opts.command_timeout)
+            .response_timeout(opts.command_timeout)
+            .build()
+            .map_err(unavailable)?;
+        let conn = tokio::time::timeout(opts.command_timeout, client.get_async_connection())
+            .await
+            .map_err(|_| unavailable("timed out"))?
+            .map_err(unavailable)?;
+        let scaler = Self::with(Backend::Cluster(infos), Commands::Cluster(conn), opts, None);
+        scaler.ping().await?;
+        Ok(scaler)
+    }
+
+    /// Another instance on the same Redis with the same options (its own pub/sub connection,
+    /// as a second server process would have). Connects lazily.
     pub fn instance(&self) -> Result<Self, ScalerError> {
-        Self::with_client(
-            self.shared.client.clone(),
-            self.shared.opts.clone(),
-            self.shared.store.clone(),
-        )
+        let s = &self.shared;
+        Ok(match &s.backend {
+            Backend::Single(client) => {
+                Self::single((**client).clone(), s.opts.clone(), s.store.clone())?
+            }
+            // The cluster connection routes every command by slot: shared.
+            Backend::Cluster(_) => Self::with(
+                s.backend.clone(),
+                s.conn.clone(),
+                s.opts.clone(),
+                s.store.clone(),
+            ),
+        })
     }
 
     /// A scaler in front of a durable `store` (see [`Store`]); connects lazily.
@@ -471,9 +573,7 @@ impl RedisScaler {
         opts: RedisOptions,
         store: Arc<dyn Store>,
     ) -> Result<Self, ScalerError> {
-        let client =
-            Client::open(url).map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?;
-        Self::with_client(client, opts, Some(store))
+        Self::single(client(url)?, opts, Some(store))
     }
 
     /// Checks that Redis answers (within the command timeout) on the command connection.
@@ -484,7 +584,8 @@ impl RedisScaler {
             .await
     }
 
-    fn with_client(
+    /// On one Redis, with a command connection that connects lazily.
+    fn single(
         client: Client,
         opts: RedisOptions,
         store: Option<Arc<dyn Store>>,
@@ -495,20 +596,36 @@ impl RedisScaler {
             .set_max_delay(BACKOFF.1);
         let conn =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        Ok(Self::with(
+            Backend::Single(Box::new(client)),
+            Commands::Single(conn),
+            opts,
+            store,
+        ))
+    }
+
+    fn with(
+        backend: Backend,
+        conn: Commands,
+        opts: RedisOptions,
+        store: Option<Arc<dyn Store>>,
+    ) -> Self {
         let ttl_ms = u64::try_from(opts.history_ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        Ok(Self {
+        Self {
             shared: Arc::new(Shared {
-                client,
+                backend,
                 conn,
                 ttl_ms,
                 store,
                 control_channel: format!("{}:control", opts.prefix),
-                pub_prefix: format!("{}:pub:", opts.prefix),
+                pub_prefix: format!("{}:{{", opts.prefix),
                 opts,
                 channels: Mutex::new(HashMap::new()),
+                forks: Mutex::new(Vec::new()),
                 members: Mutex::new(HashMap::new()),
+                presence_channels: Mutex::new(Default::default()),
                 presence_gate: tokio::sync::RwLock::new(()),
                 pubsub: AsyncMutex::new(PubSubState {
                     sink: None,
@@ -517,8 +634,12 @@ impl RedisScaler {
                 pubsub_up: AtomicBool::new(false),
                 running: Mutex::new(None),
             }),
-        })
+        }
     }
+}
+
+fn client(url: &str) -> Result<Client, ScalerError> {
+    Client::open(url).map_err(|e| unavailable(format!("invalid Redis URL: {e}")))
 }
 
 #[async_trait::async_trait]
@@ -566,8 +687,13 @@ impl Scaler for RedisScaler {
         }
         // Whatever is published from here on is delivered, also across a reconnection.
         let head = s.position(channel).await?;
-        lock(&s.channels).insert(channel.to_owned(), head);
-        if let Err(e) = s.bounded(sink.subscribe(s.pub_channel(channel))).await {
+        let cursor = Cursor {
+            last: head,
+            id: None,
+            forked: false,
+        };
+        lock(&s.channels).insert(channel.to_owned(), cursor);
+        if let Err(e) = s.bounded(sink.subscribe(&[s.pub_channel(channel)])).await {
             lock(&s.channels).remove(channel);
             return Err(e);
         }
@@ -581,7 +707,7 @@ impl Scaler for RedisScaler {
             return Ok(());
         }
         match state.sink.clone() {
-            Some(mut sink) => s.bounded(sink.unsubscribe(s.pub_channel(channel))).await,
+            Some(mut sink) => s.bounded(sink.unsubscribe(&[s.pub_channel(channel)])).await,
             // Down: the reconnection will not subscribe it again.
             None => Ok(()),
         }
@@ -590,8 +716,8 @@ impl Scaler for RedisScaler {
     async fn history(&self, channel: &str, since: &Position) -> Result<History, ScalerError> {
         Ok(
             match self.shared.read(channel, since, Read::Strict).await? {
-                (_, Some(records)) => {
-                    History::Recovered(records.into_iter().map(Arc::new).collect())
+                (_, Some(entries)) => {
+                    History::Recovered(entries.into_iter().map(|(r, _)| Arc::new(r)).collect())
                 }
                 (head, None) => History::Unrecoverable { head },
             },
@@ -607,7 +733,7 @@ impl Scaler for RedisScaler {
         let payload = serde_json::to_string(&msg).map_err(unavailable)?;
         let mut conn = s.conn.clone();
         s.bounded(
-            ::redis::cmd("PUBLISH")
+            ::redis::cmd(s.publish_command())
                 .arg(&s.control_channel)
                 .arg(payload)
                 .query_async::<()>(&mut conn),

@@ -2,15 +2,13 @@
 -- that died stays in the hash until a sweep removes it (and announces its leave); it is left
 -- out here as soon as it expires.
 --
--- KEYS[1]  the channel's presence hash
--- KEYS[2]  the expiry index (see presence_update.lua)
--- ARGV[1]  the channel
+-- KEYS: as presence_update.lua.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local all = redis.call('HGETALL', KEYS[1])
 local members = {}
 for i = 1, #all, 2 do
-    local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1] .. '\n' .. all[i])
+    local expiry = redis.call('ZSCORE', KEYS[2], all[i])
     if expiry and tonumber(expiry) > now then
         members[#members + 1] = all[i + 1]
     end

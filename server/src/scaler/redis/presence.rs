@@ -1,14 +1,16 @@
 //! Presence in Redis: who is subscribed to a channel, on every instance.
 //!
-//! Per channel, a hash `<prefix>:{<channel>}:presence` maps socket ids to member JSON; one
-//! sorted set `<prefix>:presence:expiry` holds every member (`<channel>\n<socket id>`) by the
-//! time it expires. Each instance keeps the members it added, refreshes them every third of
-//! `presence_ttl`, and sweeps expired members (of any instance) at the same pace: the members of
-//! an instance that died without a goodbye are removed, and their leave announced once, at most
-//! `presence_ttl` plus one sweep period after its last refresh. Joins and leaves are published
-//! on the channel's pub/sub channel, in order with its publications.
+//! Per channel, a hash `<prefix>:{<channel>}:presence` maps socket ids to member JSON and a
+//! sorted set `<prefix>:{<channel>}:presence:expiry` holds its socket ids by the time they
+//! expire: both in the channel's hash slot, so every script touches one slot (Redis Cluster).
+//! Each instance keeps the members it added, refreshes them every third of `presence_ttl`, and
+//! at the same pace sweeps the expired members (of any instance) of the channels whose presence
+//! it used and still delivers: the members of an instance that died without a goodbye are
+//! removed, and their leave announced once, at most `presence_ttl` plus one sweep period after
+//! its last refresh, wherever someone listens. Joins and leaves are published on the channel's
+//! pub/sub channel, in order with its publications.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,13 +38,24 @@ pub(super) const PRESENCE_MARK: &[u8] = b"{\"p\":";
 /// This instance's members: (channel, socket id) -> member JSON.
 pub(super) type Members = HashMap<(String, String), String>;
 
+/// The channels whose presence this instance used (updated or read): those it sweeps.
+pub(super) type PresenceChannels = HashSet<String>;
+
 impl Shared {
     fn presence_key(&self, channel: &str) -> String {
         format!("{}:{{{channel}}}:presence", self.opts.prefix)
     }
 
-    fn expiry_key(&self) -> String {
-        format!("{}:presence:expiry", self.opts.prefix)
+    fn expiry_key(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:presence:expiry", self.opts.prefix)
+    }
+
+    /// Remembers that this instance uses `channel`'s presence, so it sweeps it.
+    fn uses_presence(&self, channel: &str) {
+        let mut used = lock(&self.presence_channels);
+        if !used.contains(channel) {
+            used.insert(channel.to_owned());
+        }
     }
 
     fn presence_ttl_ms(&self) -> u64 {
@@ -58,11 +71,12 @@ impl Shared {
         left: &[Arc<Member>],
     ) -> Result<(), ScalerError> {
         let mut inv = PRESENCE_UPDATE.prepare_invoke();
+        self.uses_presence(channel);
         inv.key(self.presence_key(channel))
-            .key(self.expiry_key())
+            .key(self.expiry_key(channel))
             .arg(self.presence_ttl_ms())
             .arg(self.pub_channel(channel))
-            .arg(channel)
+            .arg(self.publish_command())
             .arg(joined.len());
         let mut jsons = Vec::with_capacity(joined.len());
         for m in joined {
@@ -93,10 +107,10 @@ impl Shared {
     }
 
     pub(super) async fn presence(&self, channel: &str) -> Result<Vec<Member>, ScalerError> {
+        self.uses_presence(channel);
         let mut inv = PRESENCE.prepare_invoke();
         inv.key(self.presence_key(channel))
-            .key(self.expiry_key())
-            .arg(channel);
+            .key(self.expiry_key(channel));
         let mut conn = self.conn.clone();
         let jsons: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
         jsons
@@ -108,41 +122,61 @@ impl Shared {
     /// Refreshes this instance's members, then sweeps expired ones.
     async fn maintain_presence(&self) -> Result<(), ScalerError> {
         let gate = self.presence_gate.write().await;
-        let mine: Vec<(String, String, String)> = lock(&self.members)
-            .iter()
-            .map(|((c, s), j)| (c.clone(), s.clone(), j.clone()))
-            .collect();
-        for batch in mine.chunks(BATCH) {
-            let mut inv = PRESENCE_REFRESH.prepare_invoke();
-            inv.key(self.expiry_key())
-                .arg(self.presence_ttl_ms())
-                .arg(&self.opts.prefix)
-                .arg(&self.pub_prefix);
-            for (channel, socket, json) in batch {
-                inv.arg(channel).arg(socket).arg(json);
-            }
-            let mut conn = self.conn.clone();
-            let rejoined: u64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-            if rejoined > 0 {
-                tracing::warn!(rejoined, "presence members had expired (Redis was unreachable for longer than presence_ttl) and joined again");
+        let mut mine: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for ((channel, socket), json) in lock(&self.members).iter() {
+            mine.entry(channel.clone())
+                .or_default()
+                .push((socket.clone(), json.clone()));
+        }
+        for (channel, members) in &mine {
+            for batch in members.chunks(BATCH) {
+                let mut inv = PRESENCE_REFRESH.prepare_invoke();
+                inv.key(self.presence_key(channel))
+                    .key(self.expiry_key(channel))
+                    .arg(self.presence_ttl_ms())
+                    .arg(self.pub_channel(channel))
+                    .arg(self.publish_command());
+                for (socket, json) in batch {
+                    inv.arg(socket).arg(json);
+                }
+                let mut conn = self.conn.clone();
+                let rejoined: u64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+                if rejoined > 0 {
+                    tracing::warn!(channel, rejoined, "presence members had expired (Redis was unreachable for longer than presence_ttl) and joined again");
+                }
             }
         }
         drop(gate);
-        loop {
-            let mut inv = PRESENCE_SWEEP.prepare_invoke();
-            inv.key(self.expiry_key())
-                .arg(&self.opts.prefix)
-                .arg(&self.pub_prefix)
-                .arg(BATCH);
-            let mut conn = self.conn.clone();
-            let removed: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
-            if removed > 0 {
-                tracing::debug!(removed, "expired presence members swept");
-            }
-            if removed < BATCH {
-                return Ok(());
+        // Only the channels still delivered: wherever nobody listens, a leave reaches no one,
+        // and `presence` leaves expired members out anyway.
+        let swept: Vec<String> = {
+            let delivered = lock(&self.channels);
+            let mut used = lock(&self.presence_channels);
+            used.retain(|c| delivered.contains_key(c) || mine.contains_key(c));
+            used.iter()
+                .filter(|c| delivered.contains_key(*c))
+                .cloned()
+                .collect()
+        };
+        for channel in swept {
+            loop {
+                let mut inv = PRESENCE_SWEEP.prepare_invoke();
+                inv.key(self.presence_key(&channel))
+                    .key(self.expiry_key(&channel))
+                    .arg(self.pub_channel(&channel))
+                    .arg(self.publish_command())
+                    .arg(BATCH);
+                let mut conn = self.conn.clone();
+                let removed: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
+                if removed > 0 {
+                    tracing::debug!(channel, removed, "expired presence members swept");
+                }
+                if removed < BATCH {
+                    break;
+                }
             }
         }
+        Ok(())
     }
 
     /// Runs [`maintain_presence`](Self::maintain_presence) every third of `presence_ttl` until

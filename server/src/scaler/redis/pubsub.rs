@@ -1,13 +1,17 @@
 //! The pub/sub side of an instance: one connection subscribed to the channels it has
 //! subscribers for, reconnected with backoff, and what it missed read from the streams before
-//! anything live is delivered.
+//! anything live is delivered. On a Redis Cluster, sharded pub/sub: the cluster connection
+//! subscribes each channel on its shard's master and resubscribes across failovers and
+//! resharding, and each resubscription first reads what the channel missed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{PubSubSink, PubSubStream};
-use ::redis::Msg;
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -15,8 +19,55 @@ use sss_core::Position;
 use tokio::sync::{mpsc, oneshot};
 
 use super::presence::{PresenceWire, PRESENCE_MARK};
-use super::{lock, Read, Shared, BACKOFF, SUBSCRIBE_BATCH};
+use super::{
+    lock, unavailable, Backend, Cursor, Read, Shared, BACKOFF, PUB_SUFFIX, SUBSCRIBE_BATCH,
+};
 use crate::scaler::{Control, Record, ScalerError, ScalerEvent};
+
+/// The command half of the pub/sub connection.
+#[derive(Clone)]
+pub(in crate::scaler) enum Sink {
+    /// On one Redis.
+    Single(PubSubSink),
+    /// On a Redis Cluster: sharded subscriptions (RESP3), each sent to its channel's shard.
+    Sharded(ClusterConnection),
+}
+
+impl Sink {
+    pub(super) async fn subscribe(&mut self, names: &[String]) -> RedisResult<()> {
+        match self {
+            Self::Single(s) => s.subscribe(names).await,
+            // One at a time: channels of several slots in one SSUBSCRIBE are refused.
+            Self::Sharded(c) => {
+                for name in names {
+                    c.ssubscribe(name).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn unsubscribe(&mut self, names: &[String]) -> RedisResult<()> {
+        match self {
+            Self::Single(s) => s.unsubscribe(names).await,
+            Self::Sharded(c) => {
+                for name in names {
+                    c.sunsubscribe(name).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The message half of the pub/sub connection.
+pub(super) enum Source {
+    /// On one Redis: ends when the connection drops.
+    Single(PubSubStream),
+    /// On a Redis Cluster: the pushes of every shard's connection, which the cluster connection
+    /// re-establishes by itself.
+    Sharded(mpsc::UnboundedReceiver<PushInfo>),
+}
 
 /// How often an idle pub/sub connection is checked with a PING.
 const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -26,27 +77,58 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 struct Wire {
     e: String,
     s: u64,
+    /// The record's id and its predecessor's (see `publish.lua`); empty from older versions.
+    #[serde(default)]
+    i: String,
+    #[serde(default)]
+    p: String,
     t: String,
     m: Box<RawValue>,
 }
 
 impl Shared {
     /// Hands a publication to the instance unless it is not wanted or already delivered.
-    /// Returns `false` once the instance no longer listens.
+    /// `id` is the record's id and `prev` its predecessor's, when known: a record that does not
+    /// follow what was delivered marks the channel forked (see [`Cursor::forked`]) and is not
+    /// delivered. Returns `false` once the instance no longer listens.
     fn deliver(
         &self,
         channel: &str,
         record: Record,
+        (id, prev): (Option<&str>, Option<&str>),
         events: &mpsc::UnboundedSender<ScalerEvent>,
     ) -> bool {
         let mut channels = lock(&self.channels);
-        let Some(last) = channels.get_mut(channel) else {
+        let Some(cursor) = channels.get_mut(channel) else {
             return true;
         };
-        if last.epoch == record.position.epoch && record.position.seq <= last.seq {
-            return true;
+        let position = &record.position;
+        if cursor.last.epoch == position.epoch {
+            let known = |other: Option<&str>| match (other, cursor.id.as_deref()) {
+                (Some(other), Some(mine)) if !other.is_empty() => Some(other != mine),
+                _ => None,
+            };
+            let forked = cursor.forked
+                || (position.seq == cursor.last.seq && known(id) == Some(true))
+                || (position.seq == cursor.last.seq + 1 && known(prev) == Some(true));
+            if forked {
+                if !cursor.forked {
+                    tracing::warn!(channel, at = %position, "history forked (Redis lost writes this instance delivered): ending the epoch");
+                }
+                cursor.forked = true;
+                // Again on every record of the forked epoch, until ending it succeeded.
+                lock(&self.forks).push((channel.to_owned(), position.epoch.clone()));
+                return true;
+            }
+            if position.seq <= cursor.last.seq {
+                return true;
+            }
         }
-        last.clone_from(&record.position);
+        *cursor = Cursor {
+            last: position.clone(),
+            id: id.filter(|i| !i.is_empty()).map(Box::from),
+            forked: false,
+        };
         events
             .send(ScalerEvent::Publication {
                 channel: Arc::from(channel),
@@ -55,11 +137,70 @@ impl Shared {
             .is_ok()
     }
 
+    /// Delivers what `channel` published since this instance last delivered it, checking that
+    /// the history still holds what it delivered. Returns `false` once the instance no longer
+    /// listens.
+    async fn catch_up(
+        &self,
+        channel: &str,
+        events: &mpsc::UnboundedSender<ScalerEvent>,
+    ) -> Result<bool, ScalerError> {
+        let Some(last) = lock(&self.channels).get(channel).map(|c| c.last.clone()) else {
+            return Ok(true);
+        };
+        // From the record delivered last, so that its id is checked too.
+        let since = Position::new(last.epoch.clone(), last.seq.saturating_sub(1));
+        let (head, missed) = self.read(channel, &since, Read::Tail).await?;
+        if head.epoch == last.epoch && head.seq < last.seq {
+            // The history went back past what was delivered: Redis lost those writes.
+            let mut channels = lock(&self.channels);
+            if let Some(cursor) = channels.get_mut(channel) {
+                if cursor.last.epoch == last.epoch && !cursor.forked {
+                    tracing::warn!(channel, delivered = %last, %head, "history lost records this instance delivered: ending the epoch");
+                    cursor.forked = true;
+                    lock(&self.forks).push((channel.to_owned(), last.epoch.clone()));
+                }
+            }
+            return Ok(true);
+        }
+        let missed = missed.unwrap_or_default();
+        if missed.len() > 1 {
+            tracing::debug!(channel, since = %last, missed = missed.len() - 1, "catching up");
+        }
+        let mut prev: Option<Box<str>> = None;
+        for (record, id) in missed {
+            if !self.deliver(channel, record, (id.as_deref(), prev.as_deref()), events) {
+                return Ok(false);
+            }
+            prev = id;
+        }
+        Ok(true)
+    }
+
+    /// Ends the epochs that forked (see [`Cursor::forked`]); a failure is retried at the
+    /// channel's next record.
+    async fn settle_forks(&self) {
+        let forks = std::mem::take(&mut *lock(&self.forks));
+        let mut done: Vec<&(String, String)> = Vec::new();
+        for fork in &forks {
+            if done.contains(&fork) {
+                continue;
+            }
+            done.push(fork);
+            if let Err(e) = self.restart_epoch(&fork.0, &fork.1).await {
+                tracing::warn!(channel = fork.0, error = %e, "ending a forked epoch failed");
+            }
+        }
+    }
+
     /// Decodes one pub/sub message. Returns `false` once the instance no longer listens.
-    fn on_message(&self, msg: &Msg, events: &mpsc::UnboundedSender<ScalerEvent>) -> bool {
-        let name = msg.get_channel_name();
-        let payload = msg.get_payload_bytes();
-        if name == self.control_channel {
+    fn on_message(
+        &self,
+        name: &[u8],
+        payload: &[u8],
+        events: &mpsc::UnboundedSender<ScalerEvent>,
+    ) -> bool {
+        if name == self.control_channel.as_bytes() {
             return match serde_json::from_slice::<Control>(payload) {
                 Ok(c) => events.send(ScalerEvent::Control(c)).is_ok(),
                 Err(e) => {
@@ -68,7 +209,7 @@ impl Shared {
                 }
             };
         }
-        let Some(channel) = name.strip_prefix(&self.pub_prefix) else {
+        let Some(channel) = self.channel_of(name) else {
             return true;
         };
         if payload.starts_with(PRESENCE_MARK) {
@@ -81,13 +222,20 @@ impl Shared {
                     topic: w.t,
                     msg: w.m,
                 };
-                self.deliver(channel, record, events)
+                self.deliver(channel, record, (Some(&w.i), Some(&w.p)), events)
             }
             Err(e) => {
                 tracing::warn!(channel, error = %e, "ignoring an undecodable publication");
                 true
             }
         }
+    }
+
+    /// The channel a pub/sub channel carries (see [`Shared::pub_channel`]).
+    fn channel_of<'a>(&self, name: &'a [u8]) -> Option<&'a str> {
+        let name = std::str::from_utf8(name).ok()?;
+        name.strip_prefix(&self.pub_prefix)?
+            .strip_suffix(PUB_SUFFIX)
     }
 
     /// Hands a presence change to the instance if it still delivers the channel. Returns
@@ -119,16 +267,33 @@ impl Shared {
 
     /// Opens the pub/sub connection, subscribes the control channel and every channel of
     /// interest, then delivers what each channel published since this instance last delivered
-    /// it. Returns the connection's halves; live messages wait in the stream meanwhile.
+    /// it. Returns the connection's halves; live messages wait in the source meanwhile.
     pub(super) async fn connect_pubsub(
         &self,
         events: &mpsc::UnboundedSender<ScalerEvent>,
-    ) -> Result<(PubSubSink, PubSubStream), ScalerError> {
+    ) -> Result<(Sink, Source), ScalerError> {
         let mut state = self.pubsub.lock().await;
         if state.stopped {
             return Err(ScalerError::Stopped);
         }
-        let (mut sink, stream) = self.bounded(self.client.get_async_pubsub()).await?.split();
+        let (mut sink, source) = match &self.backend {
+            Backend::Single(client) => {
+                let (sink, stream) = self.bounded(client.get_async_pubsub()).await?.split();
+                (Sink::Single(sink), Source::Single(stream))
+            }
+            Backend::Cluster(nodes) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let client = ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .connection_timeout(self.opts.command_timeout)
+                    .response_timeout(self.opts.command_timeout)
+                    .build()
+                    .map_err(unavailable)?;
+                let conn = self.bounded(client.get_async_connection()).await?;
+                (Sink::Sharded(conn), Source::Sharded(rx))
+            }
+        };
         let channels: Vec<String> = lock(&self.channels).keys().cloned().collect();
         let mut names = vec![self.control_channel.clone()];
         names.extend(channels.iter().map(|c| self.pub_channel(c)));
@@ -136,30 +301,85 @@ impl Shared {
             self.bounded(sink.subscribe(batch)).await?;
         }
         for channel in channels {
-            let Some(last) = lock(&self.channels).get(&channel).cloned() else {
-                continue;
-            };
-            let (_, missed) = self.read(&channel, &last, Read::Tail).await?;
-            let missed = missed.unwrap_or_default();
-            if !missed.is_empty() {
-                tracing::debug!(channel, since = %last, missed = missed.len(), "catching up");
-            }
-            for record in missed {
-                if !self.deliver(&channel, record, events) {
-                    return Err(ScalerError::Stopped);
-                }
+            if !self.catch_up(&channel, events).await? {
+                return Err(ScalerError::Stopped);
             }
         }
+        self.settle_forks().await;
         state.sink = Some(sink.clone());
         self.pubsub_up.store(true, Ordering::Relaxed);
-        Ok((sink, stream))
+        Ok((sink, source))
     }
 
-    /// Delivers the pub/sub stream until stopped, reconnecting whenever the connection drops.
+    /// Delivers the pub/sub messages until stopped, reconnecting whenever the connection drops.
     pub(super) async fn run(
         self: Arc<Self>,
         events: mpsc::UnboundedSender<ScalerEvent>,
-        (mut sink, mut stream): (PubSubSink, PubSubStream),
+        (sink, source): (Sink, Source),
+        stop: oneshot::Receiver<()>,
+    ) {
+        match source {
+            Source::Single(stream) => self.run_single(events, sink, stream, stop).await,
+            Source::Sharded(pushes) => self.run_sharded(events, pushes, stop).await,
+        }
+    }
+
+    /// [`run`](Self::run) on a Redis Cluster. The cluster connection reconnects and
+    /// resubscribes by itself (to a channel's new master after a failover or a slot
+    /// migration); each resubscription's confirmation first catches its channel up.
+    async fn run_sharded(
+        &self,
+        events: mpsc::UnboundedSender<ScalerEvent>,
+        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        loop {
+            let push = tokio::select! {
+                _ = &mut stop => return,
+                push = pushes.recv() => match push {
+                    Some(push) => push,
+                    None => return,
+                },
+            };
+            let name = match push.data.first() {
+                Some(Value::BulkString(name)) => name.as_slice(),
+                _ => &[],
+            };
+            match push.kind {
+                PushKind::SMessage => {
+                    let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                        continue;
+                    };
+                    if !self.on_message(name, payload, &events) {
+                        return;
+                    }
+                }
+                PushKind::SSubscribe => {
+                    self.pubsub_up.store(true, Ordering::Relaxed);
+                    if let Some(channel) = self.channel_of(name) {
+                        match self.catch_up(channel, &events).await {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            // Its next publication finds the gap, or the next resubscription.
+                            Err(e) => tracing::warn!(channel, error = %e, "catching up failed"),
+                        }
+                    }
+                }
+                PushKind::Disconnection => {
+                    tracing::warn!("a redis cluster pub/sub connection dropped; the cluster connection resubscribes");
+                }
+                _ => {}
+            }
+            self.settle_forks().await;
+        }
+    }
+
+    /// [`run`](Self::run) on one Redis.
+    async fn run_single(
+        &self,
+        events: mpsc::UnboundedSender<ScalerEvent>,
+        mut sink: Sink,
+        mut stream: PubSubStream,
         mut stop: oneshot::Receiver<()>,
     ) {
         loop {
@@ -170,14 +390,16 @@ impl Shared {
                     _ = &mut stop => return,
                     msg = stream.next() => match msg {
                         Some(msg) => {
-                            if !self.on_message(&msg, &events) {
+                            if !self.on_message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes(), &events) {
                                 return;
                             }
+                            self.settle_forks().await;
                         }
                         None => break,
                     },
                     _ = keepalive.tick() => {
-                        if let Err(e) = self.bounded(sink.ping::<::redis::Value>()).await {
+                        let Sink::Single(single) = &mut sink else { break };
+                        if let Err(e) = self.bounded(single.ping::<::redis::Value>()).await {
                             tracing::warn!(error = %e, "redis pub/sub connection unresponsive");
                             break;
                         }
@@ -200,7 +422,8 @@ impl Shared {
                 tokio::select! {
                     _ = &mut stop => return,
                     r = self.connect_pubsub(&events) => match r {
-                        Ok(halves) => break halves,
+                        Ok((sink, Source::Single(stream))) => break (sink, stream),
+                        Ok(_) => return,
                         Err(ScalerError::Stopped) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, ?delay, "redis pub/sub reconnection failed");
