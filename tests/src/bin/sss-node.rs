@@ -8,6 +8,9 @@
 //! `work` (`{"n":N,"ms":MS}`: waits MS, answers `{"n":N,"worker":INSTANCE}`), an ask `boom`
 //! that panics, and a tell `note` that tells the socket `noted` with the same message.
 //!
+//! `--redis-cluster URL,URL,..` runs on a Redis Cluster instead of `--redis URL` (not with
+//! worker mode).
+//!
 //! Usage: `sss-node --redis URL [--addr HOST:PORT] [--history N] [--prefix P]
 //! [--presence-ttl-ms MS] [--gateway-asks T,..] [--gateway-tells T,..] [--ask-timeout-ms MS]
 //! [--worker] [--claim-idle-ms MS]`. Prints
@@ -32,6 +35,7 @@ struct Publish {
 struct Args {
     addr: String,
     redis: String,
+    redis_cluster: Vec<String>,
     history: usize,
     prefix: String,
     presence_ttl: Duration,
@@ -64,6 +68,7 @@ fn args() -> Result<Args, String> {
     let mut a = Args {
         addr: "127.0.0.1:0".into(),
         redis: String::new(),
+        redis_cluster: Vec::new(),
         history: 1000,
         prefix: "sss".into(),
         presence_ttl: RedisOptions::default().presence_ttl,
@@ -82,6 +87,7 @@ fn args() -> Result<Args, String> {
         match flag.as_str() {
             "--addr" => a.addr = value,
             "--redis" => a.redis = value,
+            "--redis-cluster" => a.redis_cluster = list(&value),
             "--history" => a.history = value.parse().map_err(|e| format!("--history: {e}"))?,
             "--prefix" => a.prefix = value,
             "--presence-ttl-ms" => {
@@ -97,8 +103,13 @@ fn args() -> Result<Args, String> {
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if a.redis.is_empty() {
-        return Err("--redis URL is required".into());
+    if a.redis.is_empty() == a.redis_cluster.is_empty() {
+        return Err("one of --redis URL and --redis-cluster URL,.. is required".into());
+    }
+    if !a.redis_cluster.is_empty()
+        && (a.worker || !a.gateway_asks.is_empty() || !a.gateway_tells.is_empty())
+    {
+        return Err("worker mode needs --redis".into());
     }
     Ok(a)
 }
@@ -110,16 +121,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let args = args()?;
-    let scaler = RedisScaler::connect(
-        &args.redis,
-        RedisOptions {
-            history_size: args.history,
-            presence_ttl: args.presence_ttl,
-            prefix: args.prefix.clone(),
-            ..RedisOptions::default()
-        },
-    )
-    .await?;
+    let opts = RedisOptions {
+        history_size: args.history,
+        presence_ttl: args.presence_ttl,
+        prefix: args.prefix.clone(),
+        ..RedisOptions::default()
+    };
+    let scaler = if args.redis_cluster.is_empty() {
+        RedisScaler::connect(&args.redis, opts).await?
+    } else {
+        RedisScaler::connect_cluster(&args.redis_cluster, opts).await?
+    };
     let workers = WorkerOptions {
         prefix: args.prefix.clone(),
         ..args.workers.clone()

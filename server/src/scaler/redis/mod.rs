@@ -76,6 +76,13 @@ const SEED_ATTEMPTS: usize = 3;
 
 /// First and largest delay between attempts to reconnect the pub/sub connection.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+/// How long a cluster connection waits to connect to one node. Short, and few retries: a
+/// connection that keeps retrying a killed master for long (the crate's default is 16 retries
+/// with the full timeout each) holds up the requests to every other shard.
+const CLUSTER_CONNECT: Duration = Duration::from_millis(500);
+/// How often a cluster connection retries a request (after `MOVED`, `ASK` or a failure).
+const CLUSTER_RETRIES: u32 = 3;
+
 /// The end of every channel's pub/sub channel (see [`Shared::pub_channel`]).
 const PUB_SUFFIX: &str = "}:pub";
 
@@ -535,15 +542,20 @@ impl RedisScaler {
             return Err(unavailable("no Redis Cluster node given"));
         }
         let client = ClusterClientBuilder::new(infos.clone())
-            .connection_timeout(opts.command_timeout)
+            .connection_timeout(CLUSTER_CONNECT.min(opts.command_timeout))
             .response_timeout(opts.command_timeout)
+            .retries(CLUSTER_RETRIES)
             .build()
             .map_err(unavailable)?;
-        let conn = tokio::time::timeout(opts.command_timeout, client.get_async_connection())
+        let conn = conn::Rebuilt::connect(client, opts.command_timeout)
             .await
-            .map_err(|_| unavailable("timed out"))?
             .map_err(unavailable)?;
-        let scaler = Self::with(Backend::Cluster(infos), Commands::Cluster(conn), opts, None);
+        let scaler = Self::with(
+            Backend::Cluster(infos),
+            Commands::Cluster(Arc::new(conn)),
+            opts,
+            None,
+        );
         scaler.ping().await?;
         Ok(scaler)
     }

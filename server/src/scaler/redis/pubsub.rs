@@ -11,7 +11,7 @@ use std::time::Duration;
 use ::redis::aio::{PubSubSink, PubSubStream};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
+use ::redis::{Msg, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::presence::{PresenceWire, PRESENCE_MARK};
 use super::{
-    lock, unavailable, Backend, Cursor, Read, Shared, BACKOFF, PUB_SUFFIX, SUBSCRIBE_BATCH,
+    lock, unavailable, Backend, Cursor, Read, Shared, BACKOFF, CLUSTER_CONNECT, CLUSTER_RETRIES,
+    PUB_SUFFIX, SUBSCRIBE_BATCH,
 };
 use crate::scaler::{Control, Record, ScalerError, ScalerEvent};
 
@@ -67,6 +68,49 @@ pub(super) enum Source {
     /// On a Redis Cluster: the pushes of every shard's connection, which the cluster connection
     /// re-establishes by itself.
     Sharded(mpsc::UnboundedReceiver<PushInfo>),
+}
+
+/// A message from a [`Source`], as it came (no copy).
+enum Incoming {
+    Single(Msg),
+    /// Pub/sub channel, payload.
+    Sharded(Vec<u8>, Vec<u8>),
+}
+
+impl Incoming {
+    fn parts(&self) -> (&[u8], &[u8]) {
+        match self {
+            Self::Single(msg) => (msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
+            Self::Sharded(name, payload) => (name, payload),
+        }
+    }
+}
+
+impl Source {
+    /// The next message; `None` once the connection dropped (on a cluster: any shard's).
+    async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Self::Single(stream) => stream.next().await.map(Incoming::Single),
+            Self::Sharded(pushes) => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    PushKind::SMessage => {
+                        let mut data = push.data.into_iter();
+                        if let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+                            (data.next(), data.next())
+                        {
+                            return Some(Incoming::Sharded(name, payload));
+                        }
+                    }
+                    PushKind::Disconnection => {
+                        tracing::warn!("a redis cluster pub/sub connection dropped");
+                        return None;
+                    }
+                    _ => {}
+                }
+            },
+        }
+    }
 }
 
 /// How often an idle pub/sub connection is checked with a PING.
@@ -286,8 +330,9 @@ impl Shared {
                 let client = ClusterClientBuilder::new(nodes.clone())
                     .use_protocol(ProtocolVersion::RESP3)
                     .push_sender(tx)
-                    .connection_timeout(self.opts.command_timeout)
+                    .connection_timeout(CLUSTER_CONNECT.min(self.opts.command_timeout))
                     .response_timeout(self.opts.command_timeout)
+                    .retries(CLUSTER_RETRIES)
                     .build()
                     .map_err(unavailable)?;
                 let conn = self.bounded(client.get_async_connection()).await?;
@@ -312,74 +357,16 @@ impl Shared {
     }
 
     /// Delivers the pub/sub messages until stopped, reconnecting whenever the connection drops.
+    ///
+    /// On a Redis Cluster, any shard's connection dropping (its master failed) rebuilds the
+    /// whole pub/sub connection the same way: a new cluster connection learns the slot map
+    /// afresh (the failed master's replica once it took over), subscribes every channel on its
+    /// shard and catches each up from the history. The cluster connection's own resubscription
+    /// is not relied on: it follows a failover only once a command refreshes its slot map.
     pub(super) async fn run(
         self: Arc<Self>,
         events: mpsc::UnboundedSender<ScalerEvent>,
-        (sink, source): (Sink, Source),
-        stop: oneshot::Receiver<()>,
-    ) {
-        match source {
-            Source::Single(stream) => self.run_single(events, sink, stream, stop).await,
-            Source::Sharded(pushes) => self.run_sharded(events, pushes, stop).await,
-        }
-    }
-
-    /// [`run`](Self::run) on a Redis Cluster. The cluster connection reconnects and
-    /// resubscribes by itself (to a channel's new master after a failover or a slot
-    /// migration); each resubscription's confirmation first catches its channel up.
-    async fn run_sharded(
-        &self,
-        events: mpsc::UnboundedSender<ScalerEvent>,
-        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
-        mut stop: oneshot::Receiver<()>,
-    ) {
-        loop {
-            let push = tokio::select! {
-                _ = &mut stop => return,
-                push = pushes.recv() => match push {
-                    Some(push) => push,
-                    None => return,
-                },
-            };
-            let name = match push.data.first() {
-                Some(Value::BulkString(name)) => name.as_slice(),
-                _ => &[],
-            };
-            match push.kind {
-                PushKind::SMessage => {
-                    let Some(Value::BulkString(payload)) = push.data.get(1) else {
-                        continue;
-                    };
-                    if !self.on_message(name, payload, &events) {
-                        return;
-                    }
-                }
-                PushKind::SSubscribe => {
-                    self.pubsub_up.store(true, Ordering::Relaxed);
-                    if let Some(channel) = self.channel_of(name) {
-                        match self.catch_up(channel, &events).await {
-                            Ok(true) => {}
-                            Ok(false) => return,
-                            // Its next publication finds the gap, or the next resubscription.
-                            Err(e) => tracing::warn!(channel, error = %e, "catching up failed"),
-                        }
-                    }
-                }
-                PushKind::Disconnection => {
-                    tracing::warn!("a redis cluster pub/sub connection dropped; the cluster connection resubscribes");
-                }
-                _ => {}
-            }
-            self.settle_forks().await;
-        }
-    }
-
-    /// [`run`](Self::run) on one Redis.
-    async fn run_single(
-        &self,
-        events: mpsc::UnboundedSender<ScalerEvent>,
-        mut sink: Sink,
-        mut stream: PubSubStream,
+        (mut sink, mut source): (Sink, Source),
         mut stop: oneshot::Receiver<()>,
     ) {
         loop {
@@ -388,9 +375,10 @@ impl Shared {
             loop {
                 tokio::select! {
                     _ = &mut stop => return,
-                    msg = stream.next() => match msg {
+                    msg = source.next() => match msg {
                         Some(msg) => {
-                            if !self.on_message(msg.get_channel_name().as_bytes(), msg.get_payload_bytes(), &events) {
+                            let (name, payload) = msg.parts();
+                            if !self.on_message(name, payload, &events) {
                                 return;
                             }
                             self.settle_forks().await;
@@ -398,7 +386,8 @@ impl Shared {
                         None => break,
                     },
                     _ = keepalive.tick() => {
-                        let Sink::Single(single) = &mut sink else { break };
+                        // A cluster connection checks its nodes itself.
+                        let Sink::Single(single) = &mut sink else { continue };
                         if let Err(e) = self.bounded(single.ping::<::redis::Value>()).await {
                             tracing::warn!(error = %e, "redis pub/sub connection unresponsive");
                             break;
@@ -406,7 +395,7 @@ impl Shared {
                     }
                 }
             }
-            drop(stream);
+            drop((sink, source));
             self.pubsub_up.store(false, Ordering::Relaxed);
             tracing::warn!("redis pub/sub connection lost; reconnecting");
             tokio::select! {
@@ -414,7 +403,7 @@ impl Shared {
                 mut state = self.pubsub.lock() => state.sink = None,
             }
             let mut delay = BACKOFF.0;
-            (sink, stream) = loop {
+            (sink, source) = loop {
                 tokio::select! {
                     _ = &mut stop => return,
                     () = tokio::time::sleep(delay) => {}
@@ -422,8 +411,7 @@ impl Shared {
                 tokio::select! {
                     _ = &mut stop => return,
                     r = self.connect_pubsub(&events) => match r {
-                        Ok((sink, Source::Single(stream))) => break (sink, stream),
-                        Ok(_) => return,
+                        Ok(halves) => break halves,
                         Err(ScalerError::Stopped) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, ?delay, "redis pub/sub reconnection failed");
