@@ -534,10 +534,36 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.0).collect();
-        for port in ports {
+        for &port in &ports {
             cluster.wait_ok(port).await;
         }
+        // The state is ok before the replicas finished their first sync (seen: 2-4 s later); a
+        // master killed meanwhile would leave an empty replica to take over.
+        for port in ports {
+            cluster.wait_synced(port).await;
+        }
         cluster
+    }
+
+    /// Waits until the node on `port`, if it is a replica, is in sync with its master.
+    async fn wait_synced(&self, port: u16) {
+        let deadline = tokio::time::Instant::now() + CLUSTER_READY;
+        let mut admin = redis_admin(&format!("redis://127.0.0.1:{port}/")).await;
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut admin)
+                .await
+                .unwrap_or_default();
+            if info.contains("role:master") || info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replica on {port} did not sync: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A URL of each node, for `RedisScaler::connect_cluster`.

@@ -65,11 +65,11 @@ async fn backend() -> Redis {
 
 sss_tests::conformance_tests!(backend());
 
-/// A publisher instance and a subscriber instance on `url`, started.
-async fn pair(url: &str, command_timeout: Duration) -> (Node, Node) {
+/// A publisher instance and a subscriber instance on `url` with key prefix `prefix`, started.
+async fn pair(url: &str, command_timeout: Duration, prefix: &str) -> (Node, Node) {
     sss_tests::init_tracing();
     let opts = RedisOptions {
-        prefix: unique_prefix(),
+        prefix: prefix.to_owned(),
         command_timeout,
         ..RedisOptions::default()
     };
@@ -97,7 +97,7 @@ async fn restart_mid_stream(keep_data: bool) {
         Persistence::Ephemeral
     };
     let mut server = RedisServer::spawn(persistence).await;
-    let (a, mut b) = pair(server.url(), Duration::from_secs(2)).await;
+    let (a, mut b) = pair(server.url(), Duration::from_secs(2), &unique_prefix()).await;
     b.scaler.subscribe("s").await.expect("subscribe");
     let mut before = Position::new("", 0);
     for n in 1..=5 {
@@ -152,7 +152,7 @@ async fn restart_without_data_starts_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_pubsub_connection_closes_the_gap() {
     let server = RedisServer::start().await;
-    let (a, mut b) = pair(server.url(), Duration::from_secs(2)).await;
+    let (a, mut b) = pair(server.url(), Duration::from_secs(2), &unique_prefix()).await;
     b.scaler.subscribe("g").await.expect("subscribe");
     a.scaler.publish("g", "t", &msg(1)).await.expect("publish");
     assert_eq!(b.next_pub().await.1.position.seq, 1);
@@ -190,7 +190,7 @@ async fn dropped_pubsub_connection_closes_the_gap() {
 async fn unavailable_while_redis_is_down() {
     let mut server = RedisServer::spawn(Persistence::Ephemeral).await;
     let timeout = Duration::from_millis(500);
-    let (a, mut b) = pair(server.url(), timeout).await;
+    let (a, mut b) = pair(server.url(), timeout, &unique_prefix()).await;
     b.scaler.subscribe("d").await.expect("subscribe");
     server.stop(false).await;
     let bound = timeout * 3;
@@ -238,4 +238,94 @@ async fn connect_errors() {
     )
     .await;
     assert!(matches!(r, Err(ScalerError::Unavailable(_))), "{r:?}");
+}
+
+/// How a subscriber instance learns that Redis lost records it had delivered.
+#[derive(Clone, Copy)]
+enum Learns {
+    /// From the next live record: it reuses a seq the instance delivered with another id.
+    Live,
+    /// From its catch-up after a pub/sub reconnection: the history ends before what it
+    /// delivered.
+    CatchUp,
+}
+
+/// Redis loses the last record after the subscriber instance delivered it (as a failover to a
+/// replica that had not received it does) and the next publication reuses its seq: the
+/// subscriber delivers nothing of the forked history, the channel's epoch ends, and what comes
+/// next is in a new epoch (so clients are told their channel is unrecoverable), never a silent
+/// gap.
+async fn forked_history(learns: Learns) {
+    let server = RedisServer::start().await;
+    let prefix = unique_prefix();
+    let (a, mut b) = pair(server.url(), Duration::from_secs(2), &prefix).await;
+    b.scaler.subscribe("f").await.expect("subscribe");
+    let mut last = Position::new("", 0);
+    for n in 1..=5 {
+        last = a.scaler.publish("f", "t", &msg(n)).await.expect("publish");
+    }
+    for seq in 1..=5 {
+        assert_eq!(b.next_pub().await.1.position.seq, seq);
+    }
+    // The loss: record 5 gone, the stream and the seq back to 4.
+    let mut admin = redis_admin(server.url()).await;
+    let base = format!("{prefix}:{{f}}");
+    let _: () = redis::pipe()
+        .cmd("XDEL")
+        .arg(format!("{base}:hist"))
+        .arg("5-0")
+        .cmd("XSETID")
+        .arg(format!("{base}:hist"))
+        .arg("4-0")
+        .cmd("DECR")
+        .arg(format!("{base}:seq"))
+        .query_async(&mut admin)
+        .await
+        .expect("XDEL, XSETID, DECR");
+    match learns {
+        Learns::Live => {
+            let reused = a.scaler.publish("f", "t", &msg(6)).await.expect("publish");
+            assert_eq!(reused, last, "the lost seq is handed out again");
+        }
+        Learns::CatchUp => {
+            let killed: u64 = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", "pubsub"])
+                .query_async(&mut admin)
+                .await
+                .expect("CLIENT KILL");
+            assert!(killed >= 1, "killed the pub/sub connections");
+        }
+    }
+    // The subscriber ends the epoch; nothing announces it but the channel's state.
+    within("the forked epoch ends", async {
+        while a.scaler.position("f").await.expect("position").epoch == last.epoch {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let next = a.scaler.publish("f", "t", &msg(7)).await.expect("publish");
+    assert_ne!(next.epoch, last.epoch);
+    let (_, record) = b.next_pub().await;
+    assert_eq!(
+        record.position, next,
+        "nothing of the forked history was delivered"
+    );
+    assert_eq!(record.msg.get(), msg(7).get());
+    match a.scaler.history("f", &last).await.expect("history") {
+        History::Unrecoverable { head } => assert_eq!(head, next),
+        History::Recovered(r) => panic!("recovered {} records across a fork", r.len()),
+    }
+    b.expect_quiet(a.scaler.as_ref(), "marker").await;
+    a.scaler.stop().await;
+    b.scaler.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_seq_ends_the_epoch() {
+    within("forked history, live", forked_history(Learns::Live)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_behind_what_was_delivered_ends_the_epoch() {
+    within("forked history, catch-up", forked_history(Learns::CatchUp)).await;
 }
