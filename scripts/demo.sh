@@ -9,6 +9,9 @@
 #                                                   REDIS_URL, or starts a redis-server of its own
 #   scripts/demo.sh --cluster [N] --workers M       the same, with the chat's asks and tells
 #                                                   handled by M worker processes (worker mode)
+#   scripts/demo.sh --cluster [N] --redis-cluster   N instances on a Redis Cluster: REDIS_CLUSTER
+#                                                   (comma-separated node URLs), or a local one of
+#                                                   its own (3 masters with a replica each)
 #
 # Operators' endpoints: /metrics (Prometheus text), /healthz, /readyz, on the demo's own port
 # with one instance, on a port per instance in the cluster (the demo prints them). Logs follow
@@ -18,6 +21,7 @@ cd "$(dirname "$0")/.."
 
 cluster=0
 workers=0
+sharded=0
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,6 +33,7 @@ while [ $# -gt 0 ]; do
       if ! [[ "${2:-}" =~ ^[1-9][0-9]*$ ]]; then echo "--workers needs a count" >&2; exit 2; fi
       workers="$2"; shift
       ;;
+    --redis-cluster) sharded=1 ;;
     *) args+=("$1") ;;
   esac
   shift
@@ -36,6 +41,10 @@ done
 
 if [ "$workers" -gt 0 ] && [ "$cluster" -eq 0 ]; then
   echo "--workers needs --cluster (workers meet the instances through Redis)" >&2
+  exit 2
+fi
+if [ "$sharded" -eq 1 ] && { [ "$cluster" -eq 0 ] || [ "$workers" -gt 0 ]; }; then
+  echo "--redis-cluster needs --cluster, and not --workers (worker mode needs one Redis)" >&2
   exit 2
 fi
 
@@ -47,9 +56,54 @@ if [ "$cluster" -eq 0 ]; then
 fi
 
 scripts/install-services.sh
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+if [ "$sharded" -eq 1 ]; then
+  nodes="${REDIS_CLUSTER:-}"
+  if [ -z "$nodes" ]; then
+    # Six nodes on free loopback ports (each also listens on port + 10000, the cluster bus).
+    dir=$(mktemp -d)
+    pids=()
+    trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+    ports=()
+    while [ "${#ports[@]}" -lt 6 ]; do
+      p=$(free_port)
+      if [ "$p" -lt 55000 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
+        ports+=("$p")
+      fi
+    done
+    for p in "${ports[@]}"; do
+      mkdir -p "$dir/$p"
+      (cd "$dir/$p" && exec redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+        --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+        --cluster-replica-validity-factor 0 --save '' --appendonly no --daemonize no \
+        >"$dir/$p/log" 2>&1) &
+      pids+=($!)
+    done
+    for p in "${ports[@]}"; do
+      for _ in $(seq 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    done
+    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 \
+      --cluster-yes >"$dir/create.log"
+    for _ in $(seq 100); do
+      redis-cli -p "${ports[0]}" cluster info | grep -q cluster_state:ok && break
+      sleep 0.1
+    done
+    nodes=$(printf 'redis://127.0.0.1:%s/,' "${ports[@]}")
+    nodes=${nodes%,}
+    echo "Redis Cluster (3 masters, 3 replicas) on ports ${ports[*]} (stopped when the demo stops)"
+  fi
+  cargo run --release -p sss-server --features redis --example chat -- \
+    --redis-cluster "$nodes" --instances "$cluster" "${args[@]}"
+  exit
+fi
+
 redis_url="${REDIS_URL:-}"
 if [ -z "$redis_url" ]; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   dir=$(mktemp -d)
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
     --daemonize no >"$dir/redis.log" 2>&1 &

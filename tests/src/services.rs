@@ -624,6 +624,95 @@ impl RedisCluster {
         port
     }
 
+    /// Moves `key`'s hash slot, with its keys, to another master while the cluster serves (the
+    /// steps of `redis-cli --cluster reshard` for one slot: IMPORTING / MIGRATING, MIGRATE of
+    /// its keys, then SETSLOT NODE on every master). Returns the ports it moved from and to.
+    pub async fn move_slot_of(&self, key: &str) -> (u16, u16) {
+        let from = self.master_of(key).await;
+        let live = self.live_port();
+        let url = |p: u16| format!("redis://127.0.0.1:{p}/");
+        let mut admin = redis_admin(&url(live)).await;
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut admin)
+            .await
+            .expect("CLUSTER KEYSLOT");
+        let mut masters = Vec::new();
+        for &(port, ref child) in &self.nodes {
+            if child.is_some() && self.owns_slots(port).await {
+                masters.push(port);
+            }
+        }
+        let to = *masters.iter().find(|&&p| p != from).expect("another master");
+        let id = |port: u16| async move {
+            let mut c = redis_admin(&url(port)).await;
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async::<String>(&mut c)
+                .await
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let mut src = redis_admin(&url(from)).await;
+        let mut dst = redis_admin(&url(to)).await;
+        let setslot = |state: &str, node: &str| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+            cmd
+        };
+        let _: () = setslot("IMPORTING", &from_id)
+            .query_async(&mut dst)
+            .await
+            .expect("IMPORTING");
+        let _: () = setslot("MIGRATING", &to_id)
+            .query_async(&mut src)
+            .await
+            .expect("MIGRATING");
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut src)
+                .await
+                .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut src)
+                .await
+                .expect("MIGRATE");
+        }
+        for port in masters {
+            let mut c = redis_admin(&url(port)).await;
+            let _: () = setslot("NODE", &to_id)
+                .query_async(&mut c)
+                .await
+                .expect("SETSLOT NODE");
+        }
+        (from, to)
+    }
+
+    /// Whether the node on `port` is a master that serves slots.
+    async fn owns_slots(&self, port: u16) -> bool {
+        let mut admin = redis_admin(&format!("redis://127.0.0.1:{port}/")).await;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut admin)
+            .await
+            .unwrap_or_default();
+        info.contains("role:master")
+    }
+
     /// A node that runs.
     fn live_port(&self) -> u16 {
         self.nodes

@@ -285,6 +285,8 @@ struct Args {
     addr: Option<String>,
     origins: Vec<String>,
     redis: Option<String>,
+    /// Nodes of a Redis Cluster, instead of `redis`.
+    redis_cluster: Vec<String>,
     instances: usize,
     /// Worker processes to start, and route the chat's asks and tells to.
     workers: usize,
@@ -293,7 +295,8 @@ struct Args {
 }
 
 const USAGE: &str = "usage: chat [--addr HOST:PORT] [--origin URL]... \
-     [--redis URL [--instances N] [--workers M]] | chat --worker --redis URL";
+     [--redis URL [--instances N] [--workers M] | --redis-cluster URL,URL.. [--instances N]] \
+     | chat --worker --redis URL";
 
 /// The topics the chat's instances hand to workers with `--workers`.
 #[cfg(feature = "redis")]
@@ -307,6 +310,7 @@ fn parse_args() -> Result<Args, String> {
         addr: None,
         origins: Vec::new(),
         redis: None,
+        redis_cluster: Vec::new(),
         instances: 1,
         workers: 0,
         worker: false,
@@ -317,6 +321,9 @@ fn parse_args() -> Result<Args, String> {
             "--addr" => parsed.addr = Some(value()?),
             "--origin" => parsed.origins.push(value()?),
             "--redis" => parsed.redis = Some(value()?),
+            "--redis-cluster" => {
+                parsed.redis_cluster = value()?.split(',').map(str::to_owned).collect()
+            }
             "--instances" => {
                 parsed.instances = value()?.parse().map_err(|e| format!("--instances: {e}"))?
             }
@@ -327,8 +334,14 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}; {USAGE}")),
         }
     }
-    if parsed.instances == 0 || (parsed.instances > 1 && parsed.redis.is_none()) {
-        return Err(format!("several instances need --redis; {USAGE}"));
+    let joined = parsed.redis.is_some() || !parsed.redis_cluster.is_empty();
+    if parsed.instances == 0 || (parsed.instances > 1 && !joined) {
+        return Err(format!(
+            "several instances need --redis or --redis-cluster; {USAGE}"
+        ));
+    }
+    if parsed.redis.is_some() && !parsed.redis_cluster.is_empty() {
+        return Err(format!("--redis or --redis-cluster, not both; {USAGE}"));
     }
     if (parsed.worker || parsed.workers > 0) && parsed.redis.is_none() {
         return Err(format!("workers need --redis; {USAGE}"));
@@ -493,6 +506,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut servers = Vec::new();
     match &args.redis {
+        #[cfg(feature = "redis")]
+        None if !args.redis_cluster.is_empty() => {
+            for _ in 0..args.instances {
+                let scaler = sss_server::scaler::RedisScaler::connect_cluster(
+                    &args.redis_cluster,
+                    sss_server::scaler::RedisOptions::default(),
+                )
+                .await?;
+                let builder = build(scaler, web.clone(), pkg.clone(), &origins, false);
+                servers.push(route(builder, &args).build().await?);
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        None if !args.redis_cluster.is_empty() => {
+            return Err("--redis-cluster needs the example built with --features redis".into())
+        }
         None => servers.push(
             route(
                 build(MemoryScaler::default(), web, pkg, &origins, true),

@@ -472,11 +472,15 @@ impl Shared {
 /// - `sss:{ch}:epoch` holds the channel's epoch, `sss:{ch}:seq` its last seq and `sss:{ch}:hist`
 ///   a stream of its publications with ids `<seq>-0`, trimmed to `history_size` entries. The
 ///   three keys share one hash tag and one expiry (`history_ttl` after the channel's last
-///   publication), so they vanish together and the channel starts a new epoch; a seq is never
-///   reused within an epoch.
-/// - `sss:pub:ch` is the pub/sub channel that carries each publication in full, so an instance
-///   never reads Redis per message. An instance subscribes only to the channels it has
+///   publication), so they vanish together and the channel starts a new epoch. Within an epoch
+///   a seq names one record: each record carries a unique id and its predecessor's, and an
+///   instance that sees the history contradict what it delivered (Redis lost acknowledged
+///   writes: a restart from an old snapshot, a failover to a replica that lagged) ends the
+///   epoch, so that clients are told their channel is unrecoverable rather than miss a record.
+/// - `sss:{ch}:pub` is the pub/sub channel that carries each publication in full, so an
+///   instance never reads Redis per message. An instance subscribes only to the channels it has
 ///   subscribers for.
+/// - `sss:{ch}:presence` and `sss:{ch}:presence:expiry` hold the channel's presence.
 ///
 /// `sss:control` carries [`Control`] messages (as externally tagged JSON) to every instance.
 ///
@@ -484,6 +488,9 @@ impl Shared {
 /// pub/sub connection drops (a Redis restart, a network fault), the instance reconnects with
 /// backoff, subscribes again and reads what it missed from the streams before delivering anything
 /// live, deduplicating by seq.
+///
+/// On a Redis Cluster ([`connect_cluster`](Self::connect_cluster)) the same keys and scripts
+/// run on each channel's slot, and pub/sub is sharded.
 ///
 /// Each value is one instance: a reconnecting command connection, and one pub/sub connection
 /// (opened by [`start`](Scaler::start)) that subscribes only to the channels this instance has

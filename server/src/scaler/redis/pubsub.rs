@@ -75,13 +75,18 @@ enum Incoming {
     Single(Msg),
     /// Pub/sub channel, payload.
     Sharded(Vec<u8>, Vec<u8>),
+    /// A shard ended the subscription to this pub/sub channel: this instance's own unsubscribe,
+    /// or (if the instance still delivers the channel) its slot moved to another master.
+    Unsubscribed(Vec<u8>),
 }
 
 impl Incoming {
-    fn parts(&self) -> (&[u8], &[u8]) {
+    /// Pub/sub channel and payload of a message.
+    fn parts(&self) -> Option<(&[u8], &[u8])> {
         match self {
-            Self::Single(msg) => (msg.get_channel_name().as_bytes(), msg.get_payload_bytes()),
-            Self::Sharded(name, payload) => (name, payload),
+            Self::Single(msg) => Some((msg.get_channel_name().as_bytes(), msg.get_payload_bytes())),
+            Self::Sharded(name, payload) => Some((name, payload)),
+            Self::Unsubscribed(_) => None,
         }
     }
 }
@@ -100,6 +105,11 @@ impl Source {
                             (data.next(), data.next())
                         {
                             return Some(Incoming::Sharded(name, payload));
+                        }
+                    }
+                    PushKind::SUnsubscribe => {
+                        if let Some(Value::BulkString(name)) = push.data.into_iter().next() {
+                            return Some(Incoming::Unsubscribed(name));
                         }
                     }
                     PushKind::Disconnection => {
@@ -376,12 +386,22 @@ impl Shared {
                 tokio::select! {
                     _ = &mut stop => return,
                     msg = source.next() => match msg {
-                        Some(msg) => {
-                            let (name, payload) = msg.parts();
-                            if !self.on_message(name, payload, &events) {
-                                return;
+                        Some(Incoming::Unsubscribed(name)) => {
+                            let moved = self.channel_of(&name).is_some_and(|c| lock(&self.channels).contains_key(c));
+                            if moved {
+                                // Redis ends a shard channel's subscriptions when its slot
+                                // migrates: subscribe afresh, where the slot is now.
+                                tracing::warn!(channel = %String::from_utf8_lossy(&name), "a slot moved to another master");
+                                break;
                             }
-                            self.settle_forks().await;
+                        }
+                        Some(msg) => {
+                            if let Some((name, payload)) = msg.parts() {
+                                if !self.on_message(name, payload, &events) {
+                                    return;
+                                }
+                                self.settle_forks().await;
+                            }
                         }
                         None => break,
                     },
