@@ -64,37 +64,10 @@ free_port() {
 if [ "$sharded" -eq 1 ]; then
   nodes="${REDIS_CLUSTER:-}"
   if [ -z "$nodes" ]; then
-    # Six nodes on free loopback ports (each also listens on port + 10000, the cluster bus).
     dir=$(mktemp -d)
-    pids=()
-    trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
-    ports=()
-    while [ "${#ports[@]}" -lt 6 ]; do
-      p=$(free_port)
-      if [ "$p" -lt 55000 ] && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
-        ports+=("$p")
-      fi
-    done
-    for p in "${ports[@]}"; do
-      mkdir -p "$dir/$p"
-      (cd "$dir/$p" && exec redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
-        --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
-        --cluster-replica-validity-factor 0 --save '' --appendonly no --daemonize no \
-        >"$dir/$p/log" 2>&1) &
-      pids+=($!)
-    done
-    for p in "${ports[@]}"; do
-      for _ in $(seq 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    done
-    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 \
-      --cluster-yes >"$dir/create.log"
-    for _ in $(seq 100); do
-      redis-cli -p "${ports[0]}" cluster info | grep -q cluster_state:ok && break
-      sleep 0.1
-    done
-    nodes=$(printf 'redis://127.0.0.1:%s/,' "${ports[@]}")
-    nodes=${nodes%,}
-    echo "Redis Cluster (3 masters, 3 replicas) on ports ${ports[*]} (stopped when the demo stops)"
+    trap 'scripts/redis-cluster.sh stop "$dir"; rm -rf "$dir"' EXIT
+    nodes=$(scripts/redis-cluster.sh start "$dir")
+    echo "Redis Cluster (3 masters, 3 replicas): $nodes (stopped when the demo stops)"
   fi
   cargo run --release -p sss-server --features redis --example chat -- \
     --redis-cluster "$nodes" --instances "$cluster" "${args[@]}"
