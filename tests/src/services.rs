@@ -644,7 +644,10 @@ impl RedisCluster {
                 masters.push(port);
             }
         }
-        let to = *masters.iter().find(|&&p| p != from).expect("another master");
+        let to = *masters
+            .iter()
+            .find(|&&p| p != from)
+            .expect("another master");
         let id = |port: u16| async move {
             let mut c = redis_admin(&url(port)).await;
             redis::cmd("CLUSTER")

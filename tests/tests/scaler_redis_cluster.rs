@@ -112,7 +112,11 @@ async fn a_channel_whose_slot_moves_loses_nothing() {
     assert_ne!(from, to);
     let positions = within("publishing", publishing).await.expect("publisher");
     for (p, seq) in positions.iter().zip(2..) {
-        assert_eq!(*p, sss_server::Position::new(first.epoch.clone(), seq), "one epoch");
+        assert_eq!(
+            *p,
+            sss_server::Position::new(first.epoch.clone(), seq),
+            "one epoch"
+        );
     }
     for p in &positions {
         let (channel, record) = b.next_pub().await;

@@ -98,8 +98,10 @@ type Entries = Vec<(Record, Option<Box<str>>)>;
 struct Cursor {
     /// The position delivered last (or the channel's head when it was subscribed).
     last: Position,
-    /// The id of the record delivered last, when known: the next record must name it as its
-    /// predecessor, and a record at the same seq must carry it, or the history forked.
+    /// The id of the record delivered last, when known: a record at the same seq with another
+    /// id means the history forked. Every loss of Redis's data drops the pub/sub connection
+    /// (a restart, a failover), and the catch-up that follows reads from this very record, so
+    /// a fork is seen there, or live as the same seq arriving again.
     id: Option<Box<str>>,
     /// The history of `last.epoch` forked (Redis lost writes this instance had delivered): its
     /// records are not delivered, and the epoch is being ended (see `publish.lua`).
@@ -473,7 +475,7 @@ impl Shared {
 ///   a stream of its publications with ids `<seq>-0`, trimmed to `history_size` entries. The
 ///   three keys share one hash tag and one expiry (`history_ttl` after the channel's last
 ///   publication), so they vanish together and the channel starts a new epoch. Within an epoch
-///   a seq names one record: each record carries a unique id and its predecessor's, and an
+///   a seq names one record: each record carries a unique id, and an
 ///   instance that sees the history contradict what it delivered (Redis lost acknowledged
 ///   writes: a restart from an old snapshot, a failover to a replica that lagged) ends the
 ///   epoch, so that clients are told their channel is unrecoverable rather than miss a record.

@@ -4,18 +4,9 @@
 -- KEYS: epoch, seq, stream. ARGV: fresh epoch, ttl (ms), max stream length, pub/sub channel,
 -- topic, msg (raw JSON), record id, publish command (PUBLISH, or SPUBLISH on a Redis Cluster).
 --
--- Each record carries a unique id (ARGV[7], kept in the stream) and the id of the record before
--- it ("p"): an instance that delivered seq N with another id than the N (or the N - 1 before
--- N + 1) it now sees knows the history forked (a failover lost writes it had delivered) and
--- ends the epoch instead of leaving a silent gap. See `Cursor` in mod.rs.
-local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-local prev = ''
-if #newest == 1 then
-  local fields = newest[1][2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 'i' then prev = fields[j + 1] end
-  end
-end
+-- Each record carries a unique id (ARGV[7], kept in the stream): an instance that delivered
+-- seq N with another id than the N it sees now knows the history forked (a failover lost writes
+-- it had delivered) and ends the epoch instead of leaving a silent gap. See `Cursor` in mod.rs.
 local seq = redis.call('INCR', KEYS[2])
 local s = string.format('%d', seq)
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], s .. '-0', 't', ARGV[5], 'm', ARGV[6], 'i', ARGV[7])
@@ -23,6 +14,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call(ARGV[8], ARGV[4], '{"e":' .. cjson.encode(epoch) .. ',"s":' .. s ..
-  ',"i":' .. cjson.encode(ARGV[7]) .. ',"p":' .. cjson.encode(prev) ..
+  ',"i":' .. cjson.encode(ARGV[7]) ..
   ',"t":' .. cjson.encode(ARGV[5]) .. ',"m":' .. ARGV[6] .. '}')
 return {epoch, seq}

@@ -131,25 +131,23 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 struct Wire {
     e: String,
     s: u64,
-    /// The record's id and its predecessor's (see `publish.lua`); empty from older versions.
+    /// The record's id (see `publish.lua`); empty from older versions.
     #[serde(default)]
     i: String,
-    #[serde(default)]
-    p: String,
     t: String,
     m: Box<RawValue>,
 }
 
 impl Shared {
     /// Hands a publication to the instance unless it is not wanted or already delivered.
-    /// `id` is the record's id and `prev` its predecessor's, when known: a record that does not
-    /// follow what was delivered marks the channel forked (see [`Cursor::forked`]) and is not
-    /// delivered. Returns `false` once the instance no longer listens.
+    /// `id` is the record's id, when known: a record at the seq delivered last with another id
+    /// marks the channel forked (see [`Cursor::forked`]) and is not delivered. Returns `false`
+    /// once the instance no longer listens.
     fn deliver(
         &self,
         channel: &str,
         record: Record,
-        (id, prev): (Option<&str>, Option<&str>),
+        id: Option<&str>,
         events: &mpsc::UnboundedSender<ScalerEvent>,
     ) -> bool {
         let mut channels = lock(&self.channels);
@@ -158,13 +156,11 @@ impl Shared {
         };
         let position = &record.position;
         if cursor.last.epoch == position.epoch {
-            let known = |other: Option<&str>| match (other, cursor.id.as_deref()) {
-                (Some(other), Some(mine)) if !other.is_empty() => Some(other != mine),
-                _ => None,
+            let other_id = match (id, cursor.id.as_deref()) {
+                (Some(id), Some(mine)) => !id.is_empty() && id != mine,
+                _ => false,
             };
-            let forked = cursor.forked
-                || (position.seq == cursor.last.seq && known(id) == Some(true))
-                || (position.seq == cursor.last.seq + 1 && known(prev) == Some(true));
+            let forked = cursor.forked || (position.seq == cursor.last.seq && other_id);
             if forked {
                 if !cursor.forked {
                     tracing::warn!(channel, at = %position, "history forked (Redis lost writes this instance delivered): ending the epoch");
@@ -221,12 +217,10 @@ impl Shared {
         if missed.len() > 1 {
             tracing::debug!(channel, since = %last, missed = missed.len() - 1, "catching up");
         }
-        let mut prev: Option<Box<str>> = None;
         for (record, id) in missed {
-            if !self.deliver(channel, record, (id.as_deref(), prev.as_deref()), events) {
+            if !self.deliver(channel, record, id.as_deref(), events) {
                 return Ok(false);
             }
-            prev = id;
         }
         Ok(true)
     }
@@ -276,7 +270,7 @@ impl Shared {
                     topic: w.t,
                     msg: w.m,
                 };
-                self.deliver(channel, record, (Some(&w.i), Some(&w.p)), events)
+                self.deliver(channel, record, Some(&w.i), events)
             }
             Err(e) => {
                 tracing::warn!(channel, error = %e, "ignoring an undecodable publication");
