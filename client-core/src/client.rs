@@ -35,8 +35,8 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::protocol::{
-    classify_channel, close, codes, ClientFrame, Position, ServerFrame, MAX_TOPIC_LEN,
-    PROTOCOL_VERSION,
+    classify_channel, close, codes, ClientFrame, Payload, Position, ProtocolError, ServerFrame,
+    MAX_TOPIC_LEN, PROTOCOL_VERSION,
 };
 use config::Rng;
 
@@ -82,9 +82,9 @@ struct PendingAsk {
 /// A frame waiting in the offline queue: an ask (with its id, to drop it once it timed out) or
 /// a tell.
 #[derive(Debug)]
-struct Queued {
+struct Queued<P> {
     ask: Option<u64>,
-    frame: ClientFrame,
+    frame: ClientFrame<P>,
 }
 
 /// A presence request (`presence` or `pstats`) waiting for its channel's subscription to be
@@ -98,7 +98,7 @@ struct Held {
 }
 
 impl Held {
-    fn frame(&self) -> ClientFrame {
+    fn frame<P>(&self) -> ClientFrame<P> {
         let (id, ch) = (self.id, self.channel.clone());
         if self.stats {
             ClientFrame::PresenceStats { id, ch }
@@ -109,8 +109,8 @@ impl Held {
 }
 
 #[derive(Debug)]
-struct Subscription {
-    query: Option<Box<RawValue>>,
+struct Subscription<P> {
+    query: Option<P>,
     /// Whether the application asked for the channel's join / leave events: every `sub` of
     /// this subscription (first, after a reconnect, after a gap) asks for them.
     presence: bool,
@@ -122,9 +122,9 @@ struct Subscription {
     awaiting: Option<u64>,
 }
 
-impl Subscription {
+impl<P: Clone> Subscription<P> {
     /// The `sub` frame of this subscription on `channel`.
-    fn frame(&self, id: u64, channel: &str) -> ClientFrame {
+    fn frame(&self, id: u64, channel: &str) -> ClientFrame<P> {
         ClientFrame::Sub {
             id,
             ch: channel.to_owned(),
@@ -142,8 +142,14 @@ impl Subscription {
 /// reconnect and recovers what it missed, and never panics on anything the server sends.
 ///
 /// `now` must never go backwards from one call to the next.
+///
+/// Payloads (ask and tell messages, answers, publications, members, queries, credentials) are
+/// of the type `P` ([`Payload`]), which the core never looks into: JSON text
+/// (`Box<RawValue>`, the default, with [`Client::new`] and [`Client::handle_frame`]) for the
+/// native client; the browser driver's own JS values with [`Client::new_generic`] and
+/// [`Client::handle_server_frame`], so that payloads never enter the browser's wasm.
 #[derive(Debug)]
-pub struct Client {
+pub struct Client<P = Box<RawValue>> {
     config: Config,
     rng: Rng,
     conn: Conn,
@@ -158,7 +164,7 @@ pub struct Client {
     /// The last server `error` frame on this connection: the reason of the close that follows.
     server_error: Option<AskError>,
     /// What every `hello` carries for the server's session parser (see [`Client::set_auth`]).
-    auth: Option<Box<RawValue>>,
+    auth: Option<P>,
     next_ask: u64,
     next_sub: u64,
     /// Every ask not completed yet, in id order. Ids and deadlines grow together, so the first
@@ -169,16 +175,16 @@ pub struct Client {
     /// Some ask has a timeout of its own ([`Client::ask_with_timeout`]): deadlines may be out of
     /// id order, and finding the earliest means scanning. Cleared once no ask is pending.
     unordered_deadlines: bool,
-    queue: VecDeque<Queued>,
+    queue: VecDeque<Queued<P>>,
     /// Presence requests waiting for their subscription's `subok`, in id order.
     held: Vec<Held>,
     /// Every subscription, sorted by channel name (the order they are resent in).
-    subs: Vec<(String, Subscription)>,
+    subs: Vec<(String, Subscription<P>)>,
     /// Ids of the subscriptions resent on reconnect still awaiting an answer (while
     /// [`Status::Syncing`]).
     syncing: Vec<u64>,
     transmits: VecDeque<String>,
-    events: VecDeque<Event>,
+    events: VecDeque<Event<P>>,
     actions: VecDeque<Action>,
 }
 
@@ -186,7 +192,23 @@ impl Client {
     /// A client that starts connecting at once: the first [`Client::poll_action`] is
     /// [`Action::Connect`] to the first of `config.urls`, and the status is
     /// [`Status::Connecting`]. With no URL at all, the client is closed from the start.
+    ///
+    /// Its payloads are JSON text; [`Client::new_generic`] makes one with payloads of another
+    /// type.
     pub fn new(config: Config, now: Instant) -> Self {
+        Self::new_generic(config, now)
+    }
+
+    /// A text frame arrived on the current socket: decoded here, then
+    /// [`Client::handle_server_frame`].
+    pub fn handle_frame(&mut self, now: Instant, text: &str) {
+        self.handle_server_frame(now, ServerFrame::decode(text));
+    }
+}
+
+impl<P: Payload> Client<P> {
+    /// [`Client::new`], with payloads of the type `P`.
+    pub fn new_generic(config: Config, now: Instant) -> Self {
         let mut client = Self {
             rng: Rng::new(config.seed),
             config,
@@ -233,11 +255,16 @@ impl Client {
         }
     }
 
-    /// A text frame arrived on the current socket.
+    /// A frame arrived on the current socket, decoded by the driver: the frame, or why it is
+    /// not one (its text is not JSON, or [`ServerFrame::from_envelope`] refused its fields).
     ///
     /// A frame that does not decode, or that the protocol does not allow here, makes the client
     /// close the socket with [`close::PROTOCOL_ERROR`] and reconnect.
-    pub fn handle_frame(&mut self, now: Instant, text: &str) {
+    pub fn handle_server_frame(
+        &mut self,
+        now: Instant,
+        frame: Result<ServerFrame<P>, ProtocolError>,
+    ) {
         let welcomed = match &mut self.conn {
             Conn::Open { last_rx, .. } => {
                 *last_rx = now;
@@ -246,7 +273,7 @@ impl Client {
             Conn::Connecting { .. } => false,
             Conn::Backoff { .. } | Conn::Closed => return,
         };
-        let frame = match ServerFrame::decode(text) {
+        let frame = match frame {
             Ok(frame) => frame,
             Err(e) => return self.protocol_error(now, e.to_string()),
         };
@@ -346,7 +373,7 @@ impl Client {
     /// (a token, or any JSON; `None`: none). A driver with a static value sets it once; one
     /// that fetches a fresh token before each connection sets it after each
     /// [`Action::Connect`], before [`Client::handle_open`].
-    pub fn set_auth(&mut self, auth: Option<Box<RawValue>>) {
+    pub fn set_auth(&mut self, auth: Option<P>) {
         self.auth = auth;
     }
 
@@ -356,12 +383,7 @@ impl Client {
     /// While not connected the ask waits in the offline queue. An ask sent on a connection that
     /// then drops fails with [`codes::DISCONNECTED`]: it
     /// is never sent twice.
-    pub fn ask(
-        &mut self,
-        now: Instant,
-        topic: &str,
-        msg: Box<RawValue>,
-    ) -> Result<AskId, ClientError> {
+    pub fn ask(&mut self, now: Instant, topic: &str, msg: P) -> Result<AskId, ClientError> {
         self.ask_until(now, topic, msg, None)
     }
 
@@ -371,7 +393,7 @@ impl Client {
         &mut self,
         now: Instant,
         topic: &str,
-        msg: Box<RawValue>,
+        msg: P,
         timeout: Duration,
     ) -> Result<AskId, ClientError> {
         self.ask_until(now, topic, msg, Some(timeout))
@@ -381,7 +403,7 @@ impl Client {
         &mut self,
         now: Instant,
         topic: &str,
-        msg: Box<RawValue>,
+        msg: P,
         timeout: Option<Duration>,
     ) -> Result<AskId, ClientError> {
         self.check_open()?;
@@ -433,12 +455,7 @@ impl Client {
 
     /// Sends a message to the server's tell handler for `topic`, with no answer. While not
     /// connected it waits in the offline queue.
-    pub fn tell(
-        &mut self,
-        _now: Instant,
-        topic: &str,
-        msg: Box<RawValue>,
-    ) -> Result<(), ClientError> {
+    pub fn tell(&mut self, _now: Instant, topic: &str, msg: P) -> Result<(), ClientError> {
         self.check_open()?;
         check_topic(topic)?;
         let frame = ClientFrame::Tell {
@@ -464,7 +481,7 @@ impl Client {
         &mut self,
         _now: Instant,
         channel: &str,
-        options: SubscribeOptions,
+        options: SubscribeOptions<P>,
     ) -> Result<(), ClientError> {
         self.check_open()?;
         classify_channel(channel)?;
@@ -545,7 +562,7 @@ impl Client {
     }
 
     /// The next event for the application.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<P>> {
         self.events.pop_front()
     }
 
@@ -591,7 +608,7 @@ impl Client {
         };
     }
 
-    fn handle_handshake_frame(&mut self, now: Instant, frame: ServerFrame) {
+    fn handle_handshake_frame(&mut self, now: Instant, frame: ServerFrame<P>) {
         match frame {
             ServerFrame::Welcome {
                 v,
@@ -747,7 +764,7 @@ impl Client {
 
     // ---- Asks ---------------------------------------------------------------------------
 
-    fn complete(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
+    fn complete(&mut self, id: u64, result: Result<P, AskError>) {
         if let Some(i) = self.ask_index(id) {
             if self.asks[i].1.sent {
                 self.asks.remove(i);
@@ -799,7 +816,7 @@ impl Client {
         self.asks.binary_search_by_key(&id, |&(a, _)| a).ok()
     }
 
-    fn ask_done(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
+    fn ask_done(&mut self, id: u64, result: Result<P, AskError>) {
         self.events.push_back(Event::AskDone {
             id: AskId(id),
             result,
@@ -824,7 +841,7 @@ impl Client {
         self.queue.len() + self.held.len() >= self.config.offline_queue
     }
 
-    fn enqueue(&mut self, queued: Queued) -> Result<(), ClientError> {
+    fn enqueue(&mut self, queued: Queued<P>) -> Result<(), ClientError> {
         if self.unsent_full() {
             return Err(ClientError::QueueFull);
         }
@@ -952,13 +969,7 @@ impl Client {
 
     /// The hot path: one publication. Delivered if it is the next one, dropped if already seen,
     /// and a gap makes the client resync the channel.
-    fn handle_pub(
-        &mut self,
-        channel: String,
-        topic: String,
-        position: Position,
-        msg: Box<RawValue>,
-    ) {
+    fn handle_pub(&mut self, channel: String, topic: String, position: Position, msg: P) {
         let Some(i) = self.find_sub(&channel).ok() else {
             return;
         };
@@ -990,7 +1001,7 @@ impl Client {
     /// A `join` or `leave`: passed on while the subscription is live and asked for presence
     /// events. Dropped otherwise: while a resync is pending the application is about to be told
     /// to ask for the members again anyway ([`Event::Subscribed`]).
-    fn handle_member(&mut self, channel: String, member: Box<RawValue>, joined: bool) {
+    fn handle_member(&mut self, channel: String, member: P, joined: bool) {
         let wanted = (self.sub(&channel)).is_some_and(|sub| sub.presence && sub.awaiting.is_none());
         if wanted {
             self.events.push_back(if joined {
@@ -1016,17 +1027,17 @@ impl Client {
         self.subs.binary_search_by(|(c, _)| c.as_str().cmp(channel))
     }
 
-    fn sub(&self, channel: &str) -> Option<&Subscription> {
+    fn sub(&self, channel: &str) -> Option<&Subscription<P>> {
         self.find_sub(channel).ok().map(|i| &self.subs[i].1)
     }
 
-    fn sub_mut(&mut self, channel: &str) -> Option<&mut Subscription> {
+    fn sub_mut(&mut self, channel: &str) -> Option<&mut Subscription<P>> {
         let i = self.find_sub(channel).ok()?;
         Some(&mut self.subs[i].1)
     }
 
     /// Removes `channel`'s subscription for good (its held presence requests fail).
-    fn remove_sub(&mut self, channel: &str) -> Option<Subscription> {
+    fn remove_sub(&mut self, channel: &str) -> Option<Subscription<P>> {
         let i = self.find_sub(channel).ok()?;
         let (_, sub) = self.subs.remove(i);
         self.fail_held(channel);
@@ -1046,7 +1057,7 @@ impl Client {
         }
     }
 
-    fn send(&mut self, frame: &ClientFrame) {
+    fn send(&mut self, frame: &ClientFrame<P>) {
         self.transmits.push_back(frame.encode());
     }
 

@@ -53,16 +53,25 @@ impl Default for Config {
 ///
 /// `SubscribeOptions::default()` sends no query and asks for no presence events. Build others
 /// with struct update syntax: `SubscribeOptions { presence: true, ..SubscribeOptions::default() }`.
-#[derive(Clone, Debug, Default)]
-pub struct SubscribeOptions {
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions<P = Box<RawValue>> {
     /// Query for the server's subscription parser (any JSON).
-    pub query: Option<Box<RawValue>>,
+    pub query: Option<P>,
     /// Whether to receive the channel's join / leave events ([`Event::Join`],
     /// [`Event::Leave`](super::Event::Leave)), when the server grants the subscription
     /// presence. Presence requests do not need it.
     ///
     /// [`Event::Join`]: super::Event::Join
     pub presence: bool,
+}
+
+impl<P> Default for SubscribeOptions<P> {
+    fn default() -> Self {
+        Self {
+            query: None,
+            presence: false,
+        }
+    }
 }
 
 /// Reconnect policy: exponential backoff with full jitter.
