@@ -29,14 +29,13 @@ mod error;
 mod event;
 mod time;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 
 use crate::protocol::{
-    classify_channel, close, codes, ClientFrame, Payload, Position, ProtocolError, ServerFrame,
-    MAX_TOPIC_LEN, PROTOCOL_VERSION,
+    classify_channel, close, codes, decimal, ClientFrame, Payload, Position, ProtocolError,
+    ServerFrame, MAX_TOPIC_LEN, PROTOCOL_VERSION,
 };
 use config::Rng;
 
@@ -168,14 +167,14 @@ pub struct Client<P = Box<RawValue>> {
     next_ask: u64,
     next_sub: u64,
     /// Every ask not completed yet, in id order. Ids and deadlines grow together, so the first
-    /// entry has the earliest deadline, unless `unordered_deadlines`. (Sorted sequences, not
-    /// maps: each map type would be monomorphized into the browser build at several kilobytes
-    /// apiece.)
-    asks: VecDeque<(u64, PendingAsk)>,
+    /// entry has the earliest deadline, unless `unordered_deadlines`. (Sorted `Vec`s, not maps
+    /// or `VecDeque`s: each such type is monomorphized into the browser's wasm at one to several
+    /// kilobytes apiece.)
+    asks: Vec<(u64, PendingAsk)>,
     /// Some ask has a timeout of its own ([`Client::ask_with_timeout`]): deadlines may be out of
     /// id order, and finding the earliest means scanning. Cleared once no ask is pending.
     unordered_deadlines: bool,
-    queue: VecDeque<Queued<P>>,
+    queue: Vec<Queued<P>>,
     /// Presence requests waiting for their subscription's `subok`, in id order.
     held: Vec<Held>,
     /// Every subscription, sorted by channel name (the order they are resent in).
@@ -183,9 +182,9 @@ pub struct Client<P = Box<RawValue>> {
     /// Ids of the subscriptions resent on reconnect still awaiting an answer (while
     /// [`Status::Syncing`]).
     syncing: Vec<u64>,
-    transmits: VecDeque<String>,
-    events: VecDeque<Event<P>>,
-    actions: VecDeque<Action>,
+    transmits: Fifo<String>,
+    events: Fifo<Event<P>>,
+    actions: Fifo<Action>,
 }
 
 impl Client {
@@ -222,15 +221,15 @@ impl<P: Payload> Client<P> {
             auth: None,
             next_ask: 1,
             next_sub: 1,
-            asks: VecDeque::new(),
+            asks: Vec::new(),
             unordered_deadlines: false,
-            queue: VecDeque::new(),
+            queue: Vec::new(),
             held: Vec::new(),
             subs: Vec::new(),
             syncing: Vec::new(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            actions: VecDeque::new(),
+            transmits: Fifo::new(),
+            events: Fifo::new(),
+            actions: Fifo::new(),
         };
         if client.config.urls.is_empty() {
             client.finish(close::ABNORMAL, "no server URL is configured".to_owned());
@@ -556,7 +555,7 @@ impl<P: Payload> Client<P> {
         let ask = if self.unordered_deadlines {
             self.asks.iter().map(|(_, ask)| ask.deadline).min()
         } else {
-            self.asks.front().map(|(_, ask)| ask.deadline)
+            self.asks.first().map(|(_, ask)| ask.deadline)
         };
         conn.into_iter().chain(ask).min()
     }
@@ -627,7 +626,13 @@ impl<P: Payload> Client<P> {
             ServerFrame::Welcome { v, .. } => self.abort(
                 now,
                 close::UNSUPPORTED_VERSION,
-                format!("the server speaks protocol version {v}, not {PROTOCOL_VERSION}"),
+                {
+                    let mut reason = "the server speaks protocol version ".to_owned();
+                    reason.push_str(&decimal(v.into()));
+                    reason.push_str(", not ");
+                    reason.push_str(&decimal(PROTOCOL_VERSION.into()));
+                    reason
+                },
                 false,
             ),
             ServerFrame::Error { code, reason } => {
@@ -656,7 +661,7 @@ impl<P: Payload> Client<P> {
             self.transmits.push_back(sub.frame(id, channel).encode());
         }
         self.expire_asks(now);
-        while let Some(Queued { ask, frame }) = self.queue.pop_front() {
+        for Queued { ask, frame } in std::mem::take(&mut self.queue) {
             if let Some(id) = ask {
                 match self.ask_index(id) {
                     Some(i) => self.asks[i].1.sent = true,
@@ -791,14 +796,11 @@ impl<P: Payload> Client<P> {
             }
             self.unordered_deadlines = !self.asks.is_empty();
         }
-        while self
-            .asks
-            .front()
-            .is_some_and(|(_, ask)| ask.deadline <= now)
-        {
-            let Some((id, ask)) = self.asks.pop_front() else {
-                break;
-            };
+        let due = (self.asks.iter())
+            .take_while(|(_, ask)| ask.deadline <= now)
+            .count();
+        let expired: Vec<(u64, PendingAsk)> = self.asks.drain(..due).collect();
+        for (id, ask) in expired {
             dropped_unsent |= !ask.sent;
             self.ask_done(id, Err(AskError::timeout()));
         }
@@ -831,7 +833,7 @@ impl<P: Payload> Client<P> {
         self.unordered_deadlines |= timeout.is_some();
         let deadline = now + timeout.unwrap_or(self.config.ask_timeout);
         // Ids only grow: pushing keeps `asks` sorted.
-        self.asks.push_back((id, PendingAsk { deadline, sent }));
+        self.asks.push((id, PendingAsk { deadline, sent }));
         AskId(id)
     }
 
@@ -845,7 +847,7 @@ impl<P: Payload> Client<P> {
         if self.unsent_full() {
             return Err(ClientError::QueueFull);
         }
-        self.queue.push_back(queued);
+        self.queue.push(queued);
         Ok(())
     }
 
@@ -1081,4 +1083,40 @@ fn bump(counter: &mut u64) -> u64 {
     let value = *counter;
     *counter += 1;
     value
+}
+
+/// A first-in, first-out queue of the core's outputs, filled by the core and drained by the
+/// driver's polls: a `Vec` and a read index (a `VecDeque` per output type was ~1 KB each of the
+/// browser's wasm).
+#[derive(Debug)]
+struct Fifo<T> {
+    items: Vec<Option<T>>,
+    head: usize,
+}
+
+impl<T> Fifo<T> {
+    fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            head: 0,
+        }
+    }
+
+    fn push_back(&mut self, item: T) {
+        self.items.push(Some(item));
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let item = self.items.get_mut(self.head)?.take();
+        self.head += 1;
+        if self.head == self.items.len() {
+            self.clear();
+        }
+        item
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.head = 0;
+    }
 }

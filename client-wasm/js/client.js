@@ -14,10 +14,11 @@ export { SssError, isSssError };
 
 let loaded = false;
 
-/** Compiles the inlined module, once (synchronously: it is small, and every host allows it). */
+/** Compiles the inlined module (its bytes as a string, a character per byte), once:
+ *  synchronously (it is small, and every host allows that). */
 function load() {
   if (!loaded) {
-    loadCore({ module: Uint8Array.from(atob(wasm), (c) => c.charCodeAt(0)) });
+    loadCore({ module: Uint8Array.from(wasm, (c) => c.charCodeAt(0)) });
     loaded = true;
   }
 }
@@ -52,8 +53,25 @@ const JOIN = 11; //        a channel, p member
 const LEAVE = 12; //       a channel, p member
 const UNSUBSCRIBED = 13; // a channel, b code, c reason
 const CLOSED = 14; //      a reason, n code, m 1 with the server's error b code, c reason
-// (15 POSITION: b epoch, n seq; 16 WHO: a socket, b user, c session, m which are present.)
+// (15 POSITION: b epoch, n seq; 16 WHO: a socket, b user, c session, m which are present;
+// 17 ERROR: a code, b reason.)
 const STATUSES = ["connecting", "ready", "reconnecting", "syncing", "closed"];
+// `Core::input` (what happened), `Core::command`, `Core::query` (client-wasm/src/lib.rs).
+const IN_OPEN = 0; //        -
+const IN_CLOSED = 1; //      text reason, n code
+const IN_TIMEOUT = 2; //     -
+const IN_MALFORMED = 3; //   text what is wrong
+const IN_AUTH = 4; //        p credentials (JSON text)
+const IN_UNSUBSCRIBE = 5; // text channel
+const IN_CLOSE = 6; //       -
+const CMD_ASK = 0; //        name topic, p msg, n timeout (NaN: the client's)
+const CMD_TELL = 1; //       name topic, p msg
+const CMD_SUBSCRIBE = 2; //  name channel, p query, n presence events (1)
+const CMD_PRESENCE = 3; //   name channel, n counts (1)
+const Q_DEADLINE = 0;
+const Q_POSITION = 1;
+const Q_WHO = 2;
+const Q_ERROR = 3;
 
 // The core hands its outputs here, one per `poll`; the driver acts on each after `poll`
 // returned (an application callback may call back into the core).
@@ -103,11 +121,10 @@ function num(options, key) {
   return v;
 }
 
-/** The error of a command the core refused (`Core::error`: code, space, reason). */
+/** The error of a command the core refused. */
 function refused(core) {
-  const e = core.error();
-  const i = e.indexOf(" ");
-  return error(e.slice(0, i), e.slice(i + 1));
+  core.query(Q_ERROR, "", sink);
+  return error(out[1], out[2]);
 }
 
 /** `s` cut to at most 123 UTF-8 bytes (what `WebSocket.close` accepts), at a character. */
@@ -192,7 +209,7 @@ export class Client {
       const timeout = num(options, "timeoutMs");
       const signal = options == null || options.signal == null ? undefined : options.signal;
       if (signal && signal.aborted) throw aborted();
-      return this._answer(this._core.ask(now(), topic, text, timeout), signal);
+      return this._answer(this._core.command(now(), CMD_ASK, topic, text, timeout), signal);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -200,7 +217,7 @@ export class Client {
 
   tell(topic, msg) {
     const text = json(msg);
-    const e = this._core.tell(now(), topic, text) ? undefined : refused(this._core);
+    const e = this._core.command(now(), CMD_TELL, topic, text, 0) ? undefined : refused(this._core);
     this._pump();
     if (e) throw e;
   }
@@ -212,7 +229,9 @@ export class Client {
         throw error("invalid", "option presence must be a boolean");
       }
       const q = query == null ? undefined : json(query);
-      if (!this._core.subscribe(now(), channel, q, !!presence)) throw refused(this._core);
+      if (!this._core.command(now(), CMD_SUBSCRIBE, channel, q, presence ? 1 : 0)) {
+        throw refused(this._core);
+      }
       const sub = new Subscription(this, channel);
       const promise = new Promise((resolve, reject) => {
         sub._ready = [resolve, reject];
@@ -261,8 +280,7 @@ export class Client {
   }
 
   close() {
-    this._core.close(now());
-    this._pump();
+    this._input(IN_CLOSE);
   }
 
   free() {
@@ -272,7 +290,7 @@ export class Client {
   // ---- The driver ------------------------------------------------------------------------
 
   _who(bit) {
-    this._core.who(sink);
+    this._core.query(Q_WHO, "", sink);
     return out[5] & bit ? out[bit === 4 ? 3 : bit] : undefined;
   }
 
@@ -314,7 +332,7 @@ export class Client {
     } finally {
       this._pumping = false;
     }
-    const at = this._core.deadline();
+    const at = this._core.query(Q_DEADLINE, "", sink);
     if (at === this._at || (at !== at && this._at !== this._at)) return;
     clearTimeout(this._timer);
     this._at = at;
@@ -322,10 +340,15 @@ export class Client {
       const delay = Math.min(Math.max(0, at - Math.ceil(now())), 2 ** 31 - 1);
       this._timer = setTimeout(() => {
         this._at = NaN;
-        this._core.timeout(now());
-        this._pump();
+        this._input(IN_TIMEOUT);
       }, delay);
     }
+  }
+
+  /** Tells the core what happened, then acts on what it decided. */
+  _input(kind, text = "", n = 0, p = undefined) {
+    this._core.input(now(), kind, text, n, p);
+    this._pump();
   }
 
   _act(kind, a, b, c, n, m, p) {
@@ -420,7 +443,7 @@ export class Client {
     try {
       auth = Promise.resolve(this._getAuth());
     } catch (e) {
-      return this._core.closed(now(), 1006, "getAuth threw: " + describe(e));
+      return this._core.input(now(), IN_CLOSED, "getAuth threw: " + describe(e), 1006);
     }
     this._authWait = attempt;
     const settled = (ok, value) => {
@@ -432,10 +455,9 @@ export class Client {
         if (!ok) throw value;
         text = json(value);
       } catch (e) {
-        this._core.closed(now(), 1006, "getAuth failed: " + describe(e));
-        return this._pump();
+        return this._input(IN_CLOSED, "getAuth failed: " + describe(e), 1006);
       }
-      this._core.auth(text);
+      this._core.input(now(), IN_AUTH, "", 0, text);
       this._open(url);
       this._pump();
     };
@@ -448,20 +470,17 @@ export class Client {
     try {
       ws = new this._WebSocket(url);
     } catch (e) {
-      return this._core.closed(now(), 1006, `cannot open ${url}: ${describe(e)}`);
+      return this._core.input(now(), IN_CLOSED, `cannot open ${url}: ${describe(e)}`, 1006);
     }
     ws.binaryType = "arraybuffer";
     this._ws = ws;
     const gone = (code, reason) => {
       if (this._ws !== ws) return;
       this._drop();
-      this._core.closed(now(), code, reason);
-      this._pump();
+      this._input(IN_CLOSED, reason, code);
     };
     ws.onopen = () => {
-      if (this._ws !== ws) return;
-      this._core.open(now());
-      this._pump();
+      if (this._ws === ws) this._input(IN_OPEN);
     };
     ws.onmessage = (e) => {
       // Text frames only: the protocol has none in binary.
@@ -500,12 +519,14 @@ export class Client {
     try {
       f = JSON.parse(text);
     } catch (e) {
-      return this._core.malformed(now(), "invalid JSON: " + describe(e));
+      return this._core.input(now(), IN_MALFORMED, "invalid JSON: " + describe(e));
     }
     if (f === null || typeof f !== "object" || Array.isArray(f)) {
-      return this._core.malformed(now(), "expected an object");
+      return this._core.input(now(), IN_MALFORMED, "expected an object");
     }
-    if (typeof f.t !== "string") return this._core.malformed(now(), "missing frame kind `t`");
+    if (typeof f.t !== "string") {
+      return this._core.input(now(), IN_MALFORMED, "missing frame kind `t`");
+    }
     const s = (v) => (typeof v === "string" ? v : undefined);
     const n = (v) => (typeof v === "number" ? v : NaN);
     const b = (v) => (v === true ? 2 : v === false ? 1 : 0);
@@ -519,14 +540,13 @@ export class Client {
     if (this._subs.get(sub.channel) !== sub) {
       return Promise.reject(error("not_subscribed", "the client holds no subscription to this channel"));
     }
-    return this._answer(this._core.presence(now(), sub.channel, stats));
+    return this._answer(this._core.command(now(), CMD_PRESENCE, sub.channel, undefined, stats ? 1 : 0));
   }
 
   _unsubscribe(sub) {
     if (this._subs.get(sub.channel) !== sub) return;
     this._subs.delete(sub.channel);
-    this._core.unsubscribe(now(), sub.channel);
-    this._pump();
+    this._input(IN_UNSUBSCRIBE, sub.channel);
   }
 }
 
@@ -568,7 +588,7 @@ export class Subscription {
 
   get position() {
     const core = this._client._core;
-    return core.position(this.channel, sink) ? { epoch: out[2], seq: out[4] } : undefined;
+    return core.query(Q_POSITION, this.channel, sink) ? { epoch: out[2], seq: out[4] } : undefined;
   }
 
   on(topicOrFn, fn) {

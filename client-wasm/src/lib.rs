@@ -18,8 +18,8 @@
 
 use std::time::Duration;
 
-use sss_core::client::{Action, Client, ClientError, Config, Event, Instant, Status};
-use sss_core::client::{AskError, SubscribeOptions};
+use sss_core::client::SubscribeOptions;
+use sss_core::client::{Action, AskError, Client, ClientError, Config, Event, Instant, Status};
 use sss_core::protocol::{Envelope, Payload, ProtocolError, ServerFrame};
 use sss_core::Position;
 use wasm_bindgen::prelude::*;
@@ -99,6 +99,25 @@ const UNSUBSCRIBED: u32 = 13;
 const CLOSED: u32 = 14;
 const POSITION: u32 = 15;
 const WHO: u32 = 16;
+const ERROR: u32 = 17;
+
+// The inputs of `Core::input`, the commands of `Core::command`, the queries of `Core::query`
+// (the driver's tables must match).
+const IN_OPEN: u32 = 0;
+const IN_CLOSED: u32 = 1;
+const IN_TIMEOUT: u32 = 2;
+const IN_MALFORMED: u32 = 3;
+const IN_AUTH: u32 = 4;
+const IN_UNSUBSCRIBE: u32 = 5;
+// 6: the application closes the client (the `_` arm).
+const CMD_ASK: u32 = 0;
+const CMD_TELL: u32 = 1;
+// 2: subscribe (the `_` arm).
+const CMD_PRESENCE: u32 = 3;
+const QUERY_DEADLINE: u32 = 0;
+const QUERY_POSITION: u32 = 1;
+const QUERY_WHO: u32 = 2;
+// 3: why the last command was refused (the `_` arm).
 
 impl Sink {
     fn text(&self, kind: u32, a: &str, b: &str, c: &str, n: f64) {
@@ -165,14 +184,20 @@ impl Core {
         }
     }
 
-    /// The credentials of the following `hello`s (`JSON.stringify`'s text; `undefined`: none).
-    pub fn auth(&mut self, auth: JsValue) {
-        self.client.set_auth(opt(auth));
-    }
-
-    /// The socket opened.
-    pub fn open(&mut self, t: f64) {
-        self.client.handle_open(now(t));
+    /// Something happened (`kind`: one of the `IN_*` constants, with what `text`, `n` and `p`
+    /// carry for it). One export for every input with these arguments: each export is a
+    /// wrapper in the wasm and in the JS glue.
+    pub fn input(&mut self, t: f64, kind: u32, text: &str, n: f64, p: JsValue) {
+        let (c, t) = (&mut self.client, now(t));
+        match kind {
+            IN_OPEN => c.handle_open(t),
+            IN_CLOSED => c.handle_close(t, n as u16, text),
+            IN_TIMEOUT => c.handle_timeout(t),
+            IN_MALFORMED => c.handle_server_frame(t, Err(ProtocolError::Malformed(text.into()))),
+            IN_AUTH => c.set_auth(opt(p)),
+            IN_UNSUBSCRIBE => c.unsubscribe(t, text),
+            _ => c.close(t),
+        }
     }
 
     /// A frame arrived, parsed by the driver: its fields (`NaN`, `undefined` or 0 where absent
@@ -204,17 +229,17 @@ impl Core {
             t: kind.into(),
             v: int(v).map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
             id: int(id),
-            topic: topic.map(Into::into),
-            ch: ch.map(Into::into),
+            topic,
+            ch,
             pos,
             recovered: flag(recovered),
             presence: flag(presence),
-            socket: socket.map(Into::into),
-            user: user.map(Into::into),
-            session: session.map(Into::into),
+            socket,
+            user,
+            session,
             hb: int(hb),
-            code: code.map(Into::into),
-            reason: reason.map(Into::into),
+            code,
+            reason,
             msg: opt(msg),
             m: opt(m),
         };
@@ -222,83 +247,78 @@ impl Core {
             .handle_server_frame(now(t), ServerFrame::from_envelope(envelope));
     }
 
-    /// A frame arrived that is not a JSON object (`reason`: what is wrong with it).
-    pub fn malformed(&mut self, t: f64, reason: String) {
-        self.client
-            .handle_server_frame(now(t), Err(ProtocolError::Malformed(reason)));
-    }
-
-    /// The socket closed, or could not be opened (1006).
-    pub fn closed(&mut self, t: f64, code: u16, reason: &str) {
-        self.client.handle_close(now(t), code, reason);
-    }
-
-    /// The time of [`Core::deadline`] came.
-    pub fn timeout(&mut self, t: f64) {
-        self.client.handle_timeout(now(t));
-    }
-
-    /// When [`Core::timeout`] is next due (`NaN`: nothing is scheduled).
-    pub fn deadline(&self) -> f64 {
-        (self.client.poll_timeout()).map_or(f64::NAN, |at| at.as_millis() as f64)
-    }
-
-    /// An ask of `msg` (`JSON.stringify`'s text), with its own timeout (`NaN`: the client's):
-    /// its id, or 0 when refused ([`Core::error`] says why).
-    pub fn ask(&mut self, t: f64, topic: &str, msg: JsValue, timeout_ms: f64) -> f64 {
-        let (t, msg) = (now(t), Js(msg));
-        let id = match millis(timeout_ms) {
-            Some(d) => self.client.ask_with_timeout(t, topic, msg, d),
-            None => self.client.ask(t, topic, msg),
+    /// A command (`kind`: one of the `CMD_*` constants) on a topic or channel (`name`), with a
+    /// payload (`JSON.stringify`'s text, or `undefined`) and a number: the ask's own timeout
+    /// (`NaN`: the client's), whether a subscription wants presence events or a presence
+    /// request wants the counts (1). Returns the ask's or presence request's id, or 1 for a
+    /// tell or subscription accepted; 0 when refused (the `QUERY_ERROR` query says why).
+    pub fn command(&mut self, t: f64, kind: u32, name: &str, p: JsValue, n: f64) -> f64 {
+        let (c, t) = (&mut self.client, now(t));
+        let done = match kind {
+            CMD_ASK => match millis(n) {
+                Some(d) => c.ask_with_timeout(t, name, Js(p), d),
+                None => c.ask(t, name, Js(p)),
+            }
+            .map(|id| id.as_u64()),
+            CMD_PRESENCE if n == 1.0 => c.presence_stats(t, name).map(|id| id.as_u64()),
+            CMD_PRESENCE => c.presence(t, name).map(|id| id.as_u64()),
+            CMD_TELL => c.tell(t, name, Js(p)).map(|()| 1),
+            _ => {
+                let options = SubscribeOptions {
+                    query: opt(p),
+                    presence: n == 1.0,
+                };
+                c.subscribe(t, name, options).map(|()| 1)
+            }
         };
-        self.id(id.map(|id| id.as_u64()))
-    }
-
-    /// A presence request (`stats`: the counts): its id, or 0 when refused.
-    pub fn presence(&mut self, t: f64, channel: &str, stats: bool) -> f64 {
-        let id = if stats {
-            self.client.presence_stats(now(t), channel)
-        } else {
-            self.client.presence(now(t), channel)
-        };
-        self.id(id.map(|id| id.as_u64()))
-    }
-
-    /// A tell; `false` when refused.
-    pub fn tell(&mut self, t: f64, topic: &str, msg: JsValue) -> bool {
-        let done = self.client.tell(now(t), topic, Js(msg));
-        self.done(done)
-    }
-
-    /// Subscribes to `channel` with a query (`JSON.stringify`'s text, or `undefined`); `false`
-    /// when refused.
-    pub fn subscribe(&mut self, t: f64, channel: &str, query: JsValue, presence: bool) -> bool {
-        let options = SubscribeOptions {
-            query: opt(query),
-            presence,
-        };
-        let done = self.client.subscribe(now(t), channel, options);
-        self.done(done)
-    }
-
-    /// Leaves `channel`.
-    pub fn unsubscribe(&mut self, t: f64, channel: &str) {
-        self.client.unsubscribe(now(t), channel);
-    }
-
-    /// Closes the client for good.
-    pub fn close(&mut self, t: f64) {
-        self.client.close(now(t));
-    }
-
-    /// Why the last command was refused: its code, a space, its reason.
-    pub fn error(&self) -> String {
-        match &self.error {
-            Some(e) => format!("{} {e}", e.code()),
-            None => String::new(),
+        match done {
+            Ok(id) => id as f64,
+            Err(e) => {
+                self.error = Some(e);
+                0.0
+            }
         }
     }
 
+    /// Reads the state (`kind`: one of the `QUERY_*` constants): the next deadline as the
+    /// result (`NaN`: none); or through `sink`, `channel`'s last position (`POSITION`; the
+    /// result is 0 without one), the connection's socket id, user and session (`WHO`; `m`:
+    /// which are present, bits 1, 2 and 4), why the last command was refused (`ERROR`: code,
+    /// reason).
+    pub fn query(&self, kind: u32, channel: &str, sink: &Sink) -> f64 {
+        let c = &self.client;
+        match kind {
+            QUERY_DEADLINE => (c.poll_timeout()).map_or(f64::NAN, |at| at.as_millis() as f64),
+            QUERY_POSITION => match c.position(channel) {
+                Some(p) => {
+                    sink.text(POSITION, "", &p.epoch, "", p.seq as f64);
+                    1.0
+                }
+                None => 0.0,
+            },
+            QUERY_WHO => {
+                let bits = u8::from(c.socket_id().is_some())
+                    | u8::from(c.user().is_some()) << 1
+                    | u8::from(c.session().is_some()) << 2;
+                sink.out(
+                    WHO,
+                    c.socket_id().unwrap_or_default(),
+                    c.user().unwrap_or_default(),
+                    c.session().unwrap_or_default(),
+                    0.0,
+                    bits.into(),
+                    JsValue::UNDEFINED,
+                );
+                0.0
+            }
+            _ => {
+                if let Some(e) = &self.error {
+                    sink.text(ERROR, e.code(), &e.to_string(), "", 0.0);
+                }
+                0.0
+            }
+        }
+    }
     /// Hands the next output (a socket action, a frame to send, or an event) to `sink`;
     /// `false` when there is none.
     pub fn poll(&mut self, sink: &Sink) -> bool {
@@ -411,49 +431,6 @@ impl Core {
             },
         }
         true
-    }
-
-    /// Hands `channel`'s last position to `sink` (kind `POSITION`); `false` without one.
-    pub fn position(&self, channel: &str, sink: &Sink) -> bool {
-        let pos = self.client.position(channel);
-        if let Some(p) = pos {
-            sink.text(POSITION, "", &p.epoch, "", p.seq as f64);
-        }
-        pos.is_some()
-    }
-
-    /// Hands the current connection's socket id, user and session to `sink` (kind `WHO`; `m`:
-    /// which are present, bits 1, 2 and 4).
-    pub fn who(&self, sink: &Sink) {
-        let c = &self.client;
-        let bits = u8::from(c.socket_id().is_some())
-            | u8::from(c.user().is_some()) << 1
-            | u8::from(c.session().is_some()) << 2;
-        sink.out(
-            WHO,
-            c.socket_id().unwrap_or_default(),
-            c.user().unwrap_or_default(),
-            c.session().unwrap_or_default(),
-            0.0,
-            bits.into(),
-            JsValue::UNDEFINED,
-        );
-    }
-}
-
-impl Core {
-    fn id(&mut self, id: Result<u64, ClientError>) -> f64 {
-        match id {
-            Ok(id) => id as f64,
-            Err(e) => {
-                self.error = Some(e);
-                0.0
-            }
-        }
-    }
-
-    fn done(&mut self, done: Result<(), ClientError>) -> bool {
-        self.id(done.map(|()| 1)) != 0.0
     }
 }
 
