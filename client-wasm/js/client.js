@@ -7,18 +7,18 @@
 // core's outputs into promises and callbacks. scripts/build-pkg.sh bundles it with the
 // wasm-bindgen glue and the .wasm inlined (dist/sss.js, dist/sss.cjs).
 import { Core, initSync as loadCore } from "./core.js";
-import wasm from "./wasm.js";
+import wasm, { key } from "./wasm.js";
 import { SssError, isSssError } from "./errors.js";
 
 export { SssError, isSssError };
 
 let loaded = false;
 
-/** Compiles the inlined module (its bytes as a string, a character per byte), once:
- *  synchronously (it is small, and every host allows that). */
+/** Compiles the inlined module (its bytes as a string, a character per byte XORed with `key`),
+ *  once: synchronously (it is small, and every host allows that). */
 function load() {
   if (!loaded) {
-    loadCore({ module: Uint8Array.from(wasm, (c) => c.charCodeAt(0)) });
+    loadCore({ module: Uint8Array.from(wasm, (c) => c.charCodeAt(0) ^ key) });
     loaded = true;
   }
 }

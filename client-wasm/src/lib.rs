@@ -43,6 +43,20 @@ impl Payload for Js {
     }
 }
 
+/// The lines of `text` (a byte loop: `str::split` links a substring searcher, 0.7 KB).
+fn lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if b == b'\n' {
+            lines.push(text.get(start..i).unwrap_or_default().to_owned());
+            start = i + 1;
+        }
+    }
+    lines.push(text.get(start..).unwrap_or_default().to_owned());
+    lines
+}
+
 /// `Some` unless `undefined` or `null`.
 fn opt(v: JsValue) -> Option<Js> {
     (!v.is_undefined() && !v.is_null()).then_some(Js(v))
@@ -160,7 +174,7 @@ impl Core {
         t: f64,
     ) -> Core {
         let mut config = Config {
-            urls: urls.split('\n').map(str::to_owned).collect(),
+            urls: lines(urls),
             seed: seed as u64,
             fail_first_connect: fail_first,
             ..Config::default()
@@ -313,7 +327,7 @@ impl Core {
             }
             _ => {
                 if let Some(e) = &self.error {
-                    sink.text(ERROR, e.code(), &e.to_string(), "", 0.0);
+                    sink.text(ERROR, e.code(), &e.message(), "", 0.0);
                 }
                 0.0
             }

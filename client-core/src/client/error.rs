@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::protocol::{codes, decimal, ChannelError, MAX_TOPIC_LEN};
+use crate::protocol::{codes, decimal, join, ChannelError, MAX_TOPIC_LEN};
 
 /// Why an ask (or a subscription) failed.
 ///
@@ -28,6 +28,12 @@ impl AskError {
             code: code.into(),
             reason: reason.into(),
         }
+    }
+
+    /// `code: reason`, what [`Display`](fmt::Display) writes (built without `core::fmt`'s
+    /// machinery, as [`ClientError::message`]).
+    pub fn message(&self) -> String {
+        join(&[&self.code, ": ", &self.reason])
     }
 
     /// No answer arrived within the ask timeout.
@@ -92,30 +98,33 @@ pub enum ClientError {
 
 impl fmt::Display for AskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.code)?;
-        f.write_str(": ")?;
-        f.write_str(&self.reason)
+        f.write_str(&self.message())
     }
 }
 
 impl std::error::Error for AskError {}
 
+impl ClientError {
+    /// What [`Display`](fmt::Display) writes, built without `core::fmt`'s machinery (see
+    /// [`ProtocolError::message`](crate::protocol::ProtocolError::message)).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Closed => "the client is closed".to_owned(),
+            Self::QueueFull => "the offline queue is full".to_owned(),
+            Self::AlreadySubscribed => "already subscribed to this channel".to_owned(),
+            Self::InvalidChannel(e) => join(&["invalid channel: ", &e.message()]),
+            Self::InvalidTopic => join(&[
+                "invalid topic: empty or longer than ",
+                &decimal(MAX_TOPIC_LEN as u64),
+                " bytes",
+            ]),
+        }
+    }
+}
+
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Closed => f.write_str("the client is closed"),
-            Self::QueueFull => f.write_str("the offline queue is full"),
-            Self::AlreadySubscribed => f.write_str("already subscribed to this channel"),
-            Self::InvalidChannel(e) => {
-                f.write_str("invalid channel: ")?;
-                fmt::Display::fmt(e, f)
-            }
-            Self::InvalidTopic => {
-                f.write_str("invalid topic: empty or longer than ")?;
-                f.write_str(&decimal(MAX_TOPIC_LEN as u64))?;
-                f.write_str(" bytes")
-            }
-        }
+        f.write_str(&self.message())
     }
 }
 
