@@ -527,13 +527,12 @@ export class Client {
     if (typeof f.t !== "string") {
       return this._core.input(now(), IN_MALFORMED, "missing frame kind `t`");
     }
-    const s = (v) => (typeof v === "string" ? v : undefined);
     const n = (v) => (typeof v === "number" ? v : NaN);
     const b = (v) => (v === true ? 2 : v === false ? 1 : 0);
     const pos = f.pos !== null && typeof f.pos === "object" ? f.pos : {};
-    this._core.frame(now(), f.t, n(f.v), n(f.id), s(f.topic), s(f.ch), s(pos.e), n(pos.s),
-      b(f.recovered), b(f.presence), s(f.socket), s(f.user), s(f.session), n(f.hb), s(f.code),
-      s(f.reason), f.msg, f.m);
+    this._core.frame(now(), f.t, n(f.v), n(f.id), f.topic, f.ch, pos.e, n(pos.s),
+      b(f.recovered), b(f.presence), f.socket, f.user, f.session, n(f.hb), f.code, f.reason,
+      f.msg, f.m);
   }
 
   _presence(sub, stats) {

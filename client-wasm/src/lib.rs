@@ -57,6 +57,12 @@ fn lines(text: &str) -> Vec<String> {
     lines
 }
 
+/// A string field of a frame (`None`: absent, or not a string).
+#[inline(never)]
+fn text(v: JsValue) -> Option<String> {
+    v.as_string()
+}
+
 /// `Some` unless `undefined` or `null`.
 fn opt(v: JsValue) -> Option<Js> {
     (!v.is_undefined() && !v.is_null()).then_some(Js(v))
@@ -220,40 +226,40 @@ impl Core {
     pub fn frame(
         &mut self,
         t: f64,
-        kind: String,
+        kind: JsValue,
         v: f64,
         id: f64,
-        topic: Option<String>,
-        ch: Option<String>,
-        epoch: Option<String>,
+        topic: JsValue,
+        ch: JsValue,
+        epoch: JsValue,
         seq: f64,
         recovered: u8,
         presence: u8,
-        socket: Option<String>,
-        user: Option<String>,
-        session: Option<String>,
+        socket: JsValue,
+        user: JsValue,
+        session: JsValue,
         hb: f64,
-        code: Option<String>,
-        reason: Option<String>,
+        code: JsValue,
+        reason: JsValue,
         msg: JsValue,
         m: JsValue,
     ) {
-        let pos = epoch.zip(int(seq)).map(|(e, s)| Position::new(e, s));
+        let pos = text(epoch).zip(int(seq)).map(|(e, s)| Position::new(e, s));
         let envelope = Envelope {
-            t: kind.into(),
+            t: text(kind).unwrap_or_default().into(),
             v: int(v).map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
             id: int(id),
-            topic,
-            ch,
+            topic: text(topic),
+            ch: text(ch),
             pos,
             recovered: flag(recovered),
             presence: flag(presence),
-            socket,
-            user,
-            session,
+            socket: text(socket),
+            user: text(user),
+            session: text(session),
             hb: int(hb),
-            code,
-            reason,
+            code: text(code),
+            reason: text(reason),
             msg: opt(msg),
             m: opt(m),
         };
