@@ -513,7 +513,7 @@ export class Client {
     }
   }
 
-  /** A frame: parsed here, its fields to the core, which checks them (a payload stays here). */
+  /** A frame: parsed here, then read and checked by the core (its payloads stay JS values). */
   _frame(text) {
     let f;
     try {
@@ -527,12 +527,7 @@ export class Client {
     if (typeof f.t !== "string") {
       return this._core.input(now(), IN_MALFORMED, "missing frame kind `t`");
     }
-    const n = (v) => (typeof v === "number" ? v : NaN);
-    const b = (v) => (v === true ? 2 : v === false ? 1 : 0);
-    const pos = f.pos !== null && typeof f.pos === "object" ? f.pos : {};
-    this._core.frame(now(), f.t, n(f.v), n(f.id), f.topic, f.ch, pos.e, n(pos.s),
-      b(f.recovered), b(f.presence), f.socket, f.user, f.session, n(f.hb), f.code, f.reason,
-      f.msg, f.m);
+    this._core.frame(now(), f);
   }
 
   _presence(sub, stats) {

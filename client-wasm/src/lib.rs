@@ -68,8 +68,9 @@ fn opt(v: JsValue) -> Option<Js> {
     (!v.is_undefined() && !v.is_null()).then_some(Js(v))
 }
 
-/// A non-negative integer (a JSON number the driver read; `NaN`: absent or not a number).
-fn int(n: f64) -> Option<u64> {
+/// A non-negative integer field (`None`: absent, or not such a number).
+fn int(v: JsValue) -> Option<u64> {
+    let n = v.as_f64()?;
     (n >= 0.0 && n.fract() == 0.0 && n <= u64::MAX as f64).then_some(n as u64)
 }
 
@@ -82,13 +83,37 @@ fn now(ms: f64) -> Instant {
     Instant::from_millis(ms.max(0.0).ceil() as u64)
 }
 
-/// A `true` / `false` / absent flag: 2, 1, 0.
-fn flag(n: u8) -> Option<bool> {
-    match n {
-        0 => None,
-        n => Some(n == 2),
-    }
+#[wasm_bindgen(
+    inline_js = "const K = ['t', 'v', 'id', 'topic', 'ch', 'pos', 'recovered', \
+    'presence', 'socket', 'user', 'session', 'hb', 'code', 'reason', 'msg', 'm', 'e', 's']; \
+    export function field(o, k) { return o !== null && typeof o === 'object' ? o[K[k]] : undefined; }"
+)]
+extern "C" {
+    /// `o[K[k]]`: a field of a parsed frame (or of its position), by its index in `K` (the
+    /// `F_*` constants); `undefined` when `o` is not an object. One import for every field:
+    /// the wasm passes a number, not the field's name.
+    fn field(o: &JsValue, k: u32) -> JsValue;
 }
+
+// The fields `field` reads (their order in its `K`).
+const F_T: u32 = 0;
+const F_V: u32 = 1;
+const F_ID: u32 = 2;
+const F_TOPIC: u32 = 3;
+const F_CH: u32 = 4;
+const F_POS: u32 = 5;
+const F_RECOVERED: u32 = 6;
+const F_PRESENCE: u32 = 7;
+const F_SOCKET: u32 = 8;
+const F_USER: u32 = 9;
+const F_SESSION: u32 = 10;
+const F_HB: u32 = 11;
+const F_CODE: u32 = 12;
+const F_REASON: u32 = 13;
+const F_MSG: u32 = 14;
+const F_M: u32 = 15;
+const F_E: u32 = 16;
+const F_S: u32 = 17;
 
 #[wasm_bindgen]
 extern "C" {
@@ -220,48 +245,31 @@ impl Core {
         }
     }
 
-    /// A frame arrived, parsed by the driver: its fields (`NaN`, `undefined` or 0 where absent
-    /// or of another JSON type; `recovered` and `presence`: 2 true, 1 false, 0 absent).
-    #[allow(clippy::too_many_arguments)]
-    pub fn frame(
-        &mut self,
-        t: f64,
-        kind: JsValue,
-        v: f64,
-        id: f64,
-        topic: JsValue,
-        ch: JsValue,
-        epoch: JsValue,
-        seq: f64,
-        recovered: u8,
-        presence: u8,
-        socket: JsValue,
-        user: JsValue,
-        session: JsValue,
-        hb: f64,
-        code: JsValue,
-        reason: JsValue,
-        msg: JsValue,
-        m: JsValue,
-    ) {
-        let pos = text(epoch).zip(int(seq)).map(|(e, s)| Position::new(e, s));
+    /// A frame arrived, parsed by the driver with `JSON.parse` (an object with a string `t`):
+    /// its fields are read here, by name (a field of another JSON type than the protocol's is
+    /// absent), its payloads kept as JS values.
+    pub fn frame(&mut self, t: f64, f: JsValue) {
+        let pos = field(&f, F_POS);
+        let epoch = text(field(&pos, F_E));
         let envelope = Envelope {
-            t: text(kind).unwrap_or_default().into(),
-            v: int(v).map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
-            id: int(id),
-            topic: text(topic),
-            ch: text(ch),
-            pos,
-            recovered: flag(recovered),
-            presence: flag(presence),
-            socket: text(socket),
-            user: text(user),
-            session: text(session),
-            hb: int(hb),
-            code: text(code),
-            reason: text(reason),
-            msg: opt(msg),
-            m: opt(m),
+            t: text(field(&f, F_T)).unwrap_or_default().into(),
+            v: int(field(&f, F_V)).map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+            id: int(field(&f, F_ID)),
+            topic: text(field(&f, F_TOPIC)),
+            ch: text(field(&f, F_CH)),
+            pos: epoch
+                .zip(int(field(&pos, F_S)))
+                .map(|(e, s)| Position::new(e, s)),
+            recovered: field(&f, F_RECOVERED).as_bool(),
+            presence: field(&f, F_PRESENCE).as_bool(),
+            socket: text(field(&f, F_SOCKET)),
+            user: text(field(&f, F_USER)),
+            session: text(field(&f, F_SESSION)),
+            hb: int(field(&f, F_HB)),
+            code: text(field(&f, F_CODE)),
+            reason: text(field(&f, F_REASON)),
+            msg: opt(field(&f, F_MSG)),
+            m: opt(field(&f, F_M)),
         };
         self.client
             .handle_server_frame(now(t), ServerFrame::from_envelope(envelope));
