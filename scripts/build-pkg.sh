@@ -68,7 +68,10 @@ if [ ! -f "$DIST/sss.js" ] || [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$STAMP" ]
   rm -rf "$GEN" "$DIST.tmp"
   mkdir -p "$GEN" "$DIST.tmp"
   log "wasm-bindgen, wasm-opt -Oz --converge, esbuild"
-  wasm-bindgen --target web --out-dir "$GEN" --out-name core "$WASM"
+  # --encode-into always: strings go in with TextEncoder.encodeInto, without the glue's fallback
+  # (every browser and Node >= 12 has it).
+  wasm-bindgen --target web --encode-into always --omit-default-module-path --out-dir "$GEN" \
+    --out-name core "$WASM"
   # --converge repeats -Oz until the module stops shrinking.
   # --flatten --rereloop first: 0.2 KB gzipped smaller.
   wasm-opt --flatten --rereloop -Oz -Oz --converge --strip-debug --strip-producers \

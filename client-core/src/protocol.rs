@@ -1122,7 +1122,7 @@ impl ServerFrame {
 
 impl<P: Payload> ServerFrame<P> {
     /// The frame of these fields, once its kind's required fields are checked
-    /// ([`SERVER_KINDS`]; a missing `msg` is `null`).
+    /// (the table of docs/PROTOCOL.md; a missing `msg` is `null`).
     pub fn from_envelope(w: Envelope<'_, P>) -> Result<Self, ProtocolError> {
         let Some(k) = SERVER_KINDS.iter().position(|(kind, _)| *kind == w.t) else {
             return Err(ProtocolError::UnknownKind(w.t.into_owned()));
