@@ -557,7 +557,10 @@ impl<P: Payload> Client<P> {
         } else {
             self.asks.first().map(|(_, ask)| ask.deadline)
         };
-        conn.into_iter().chain(ask).min()
+        match (conn, ask) {
+            (Some(conn), Some(ask)) => Some(conn.min(ask)),
+            (conn, ask) => conn.or(ask),
+        }
     }
 
     /// The next event for the application.

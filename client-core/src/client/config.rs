@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::time::millis;
+
 use serde_json::value::RawValue;
 
 /// Settings of a [`Client`](super::Client).
@@ -107,10 +109,6 @@ impl Reconnect {
         let factor = 2u64.checked_pow(attempt).unwrap_or(u64::MAX);
         Duration::from_millis(base.saturating_mul(factor).min(millis(self.max)))
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The delay before reconnect attempt `attempt` ("full jitter"), given a uniformly random
