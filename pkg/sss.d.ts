@@ -1,5 +1,5 @@
-// The typings of super-scaled-sockets, written by hand (scripts/build-pkg.sh copies them over
-// what wasm-bindgen generates: those expose the module's mangled internals and type nothing).
+// The typings of super-scaled-sockets, written by hand (scripts/build-pkg.sh copies them into
+// dist/ beside the JS they type: client-wasm/js/client.js).
 // They are checked by `tsc --strict` with `skipLibCheck: false` (tests/browser/types), and the
 // `ErrorCode` union against the protocol's codes (a test in client-wasm/src/lib.rs).
 
@@ -379,3 +379,12 @@ export class Subscription<M extends Messages = AnyMessages>
   free(): void;
   [Symbol.dispose](): void;
 }
+
+/**
+ * Loads the WebAssembly module. Optional: the module is inlined in the package and loads on
+ * first use; kept so that code written as `await init()` runs unchanged.
+ */
+export default function init(module_or_path?: unknown): Promise<void>;
+
+/** `init`, synchronously. */
+export function initSync(module?: unknown): void;

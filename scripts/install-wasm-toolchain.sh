@@ -13,8 +13,9 @@
 #                         wasm-bindgen, wasm-bindgen-test-runner (cargo install --root .tools/wasm)
 #   .tools/wasm/node      npm prefix: binaryen@132 (wasm-opt; NOT Debian's binaryen 108, whose wasm-opt
 #                         breaks wasm-bindgen's externref table), playwright-core (uses /usr/bin/chromium;
-#                         never downloads a browser), typescript (tsc, for the typings test), ws
-#                         and vite and webpack (the bundler tests)
+#                         never downloads a browser), typescript (tsc, for the typings test), ws,
+#                         vite, webpack, rollup (with its node-resolve plugin) and esbuild (the
+#                         bundler tests; esbuild also bundles the package in scripts/build-pkg.sh)
 #
 # Use: scripts/install-wasm-toolchain.sh, then `source scripts/wasm-env.sh` before wasm builds.
 # Overrides: WASM_BINDGEN_VERSION (default: the wasm-bindgen version in Cargo.lock, else 0.2.130),
@@ -36,6 +37,10 @@ WS_VERSION=${WS_VERSION:-8.18.3}
 VITE_VERSION=${VITE_VERSION:-7.1.12}
 WEBPACK_VERSION=${WEBPACK_VERSION:-5.102.1}
 WEBPACK_CLI_VERSION=${WEBPACK_CLI_VERSION:-6.0.1}
+ROLLUP_VERSION=${ROLLUP_VERSION:-4.68.8}
+ROLLUP_RESOLVE_VERSION=${ROLLUP_RESOLVE_VERSION:-16.0.3}
+# esbuild: the version vite depends on (one copy in node_modules).
+ESBUILD_VERSION=${ESBUILD_VERSION:-0.25.12}
 DEFAULT_WASM_BINDGEN_VERSION=0.2.130
 T0=$SECONDS
 
@@ -180,6 +185,10 @@ case "$(npm_version binaryen)" in "$BINARYEN_NPM_VERSION" | "$BINARYEN_NPM_VERSI
 [ "$(npm_version vite)" = "$VITE_VERSION" ] || NPM_WANT+=("vite@$VITE_VERSION")
 [ "$(npm_version webpack)" = "$WEBPACK_VERSION" ] || NPM_WANT+=("webpack@$WEBPACK_VERSION")
 [ "$(npm_version webpack-cli)" = "$WEBPACK_CLI_VERSION" ] || NPM_WANT+=("webpack-cli@$WEBPACK_CLI_VERSION")
+[ "$(npm_version rollup)" = "$ROLLUP_VERSION" ] || NPM_WANT+=("rollup@$ROLLUP_VERSION")
+[ "$(npm_version @rollup/plugin-node-resolve)" = "$ROLLUP_RESOLVE_VERSION" ] ||
+  NPM_WANT+=("@rollup/plugin-node-resolve@$ROLLUP_RESOLVE_VERSION")
+[ "$(npm_version esbuild)" = "$ESBUILD_VERSION" ] || NPM_WANT+=("esbuild@$ESBUILD_VERSION")
 if [ ${#NPM_WANT[@]} -gt 0 ]; then
   command -v npm >/dev/null || die "npm not found (Node.js is needed for wasm-opt and playwright-core)"
   log "npm install ${NPM_WANT[*]} into $NODE_PREFIX"
@@ -206,6 +215,8 @@ printf '  %-26s %s\n' \
   "ws" "$(npm_version ws)" \
   "vite" "$(npm_version vite)" \
   "webpack" "$(npm_version webpack) (webpack-cli $(npm_version webpack-cli))" \
+  "rollup" "$(npm_version rollup) (node-resolve $(npm_version @rollup/plugin-node-resolve))" \
+  "esbuild" "$(npm_version esbuild)" \
   "chromium" "$(dpkg-query -W -f='${Version}' chromium)" \
   "chromedriver" "$(dpkg-query -W -f='${Version}' chromium-driver)"
 cat <<EOF

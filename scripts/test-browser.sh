@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The browser tests, in headless Chromium against a real server (tests/src/bin/browser-test-server.rs
 # on the embedded MemoryScaler, on a free loopback port):
-#   a. wasm-bindgen-test: client-wasm/tests/browser.rs (the server URL is passed at compile time
-#      in SSS_TEST_URL);
-#   b. the npm package (pkg/dist, rebuilt by scripts/build-pkg.sh) imported from a plain page
-#      (tests/browser/), driven by playwright-core under `node --test`; and a tiny app
-#      (tests/browser/bundlers/app) built with Vite, webpack and esbuild, no configuration, run
-#      there;
+#   a. the browser client's behaviours, case by case (tests/browser/client-cases.js, run by
+#      client.test.cjs), in a page that imports the npm package (pkg/dist, rebuilt by
+#      scripts/build-pkg.sh), driven by playwright-core under `node --test`;
+#   b. the package from plain JS in a page (tests/browser/package.test.cjs); a tiny app
+#      (tests/browser/bundlers/app) built with Vite, webpack, esbuild and Rollup, run there; and
+#      the size budget (scripts/size.sh: a Vite production build of that app, gzipped);
 #   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
 #      each sees the other in the room's member list, and a leave when one closes; screenshots
 #      under target/. And Node programs log in with a token: the package's ./node and
@@ -101,22 +101,19 @@ else
   FAILED+=("typings (tsc)")
 fi
 
-# ---- a. wasm-bindgen-test in headless Chromium -------------------------------------------------
+# ---- a. the client's behaviours in headless Chromium (tests/browser/client.test.cjs) ---------
 start_server "${TEST_SERVER[@]}"
 T=$SECONDS
-log "a. wasm-bindgen-test (client-wasm/tests/browser.rs)"
+log "a. the browser client's behaviours (tests/browser/client.test.cjs)"
 if (
   # shellcheck source=scripts/wasm-env.sh
   source scripts/wasm-env.sh
-  export CARGO_TARGET_DIR="$REPO/target/wasm"
-  export SSS_TEST_URL="$URL"
-  export WASM_BINDGEN_TEST_TIMEOUT=180
-  cargo test -p sss-wasm --target wasm32-unknown-unknown --test browser
+  SSS_TEST_URL="$URL" node --test tests/browser/client.test.cjs
 ); then
   log "a. passed in $((SECONDS - T))s"
 else
   log "a. FAILED in $((SECONDS - T))s"
-  FAILED+=("wasm-bindgen-test")
+  FAILED+=("browser client (playwright)")
   tail -n 30 "$WORK/server.log" >&2
 fi
 
@@ -128,12 +125,13 @@ if (
   # shellcheck source=scripts/wasm-env.sh
   source scripts/wasm-env.sh
   SSS_TEST_URL="$URL" node --test tests/browser/package.test.cjs &&
-    SSS_TEST_URL="$URL" node --test tests/browser/bundlers.test.cjs
+    SSS_TEST_URL="$URL" node --test tests/browser/bundlers.test.cjs &&
+    scripts/size.sh
 ); then
   log "b. passed in $((SECONDS - T))s"
 else
   log "b. FAILED in $((SECONDS - T))s"
-  FAILED+=("npm package (playwright)")
+  FAILED+=("npm package (playwright, bundlers, size budget)")
   tail -n 30 "$WORK/server.log" >&2
 fi
 stop_server
@@ -150,7 +148,7 @@ if (
   # `&&`: errexit does not apply inside an `if` condition. Node 20 keeps its global WebSocket
   # behind a flag.
   SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs &&
-    SSS_DEMO_URL="$URL" node --experimental-websocket --experimental-wasm-modules --no-warnings \
+    SSS_DEMO_URL="$URL" node --experimental-websocket --no-warnings \
       --test tests/browser/node.test.cjs &&
     SSS_DEMO_URL="$URL" node --test tests/browser/node-ws.test.cjs
 ); then

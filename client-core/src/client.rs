@@ -29,14 +29,13 @@ mod error;
 mod event;
 mod time;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 
 use crate::protocol::{
-    classify_channel, close, codes, ClientFrame, Position, ServerFrame, MAX_TOPIC_LEN,
-    PROTOCOL_VERSION,
+    classify_channel, close, codes, decimal, join, ClientFrame, Payload, Position, ProtocolError,
+    ServerFrame, MAX_TOPIC_LEN, PROTOCOL_VERSION,
 };
 use config::Rng;
 
@@ -82,9 +81,9 @@ struct PendingAsk {
 /// A frame waiting in the offline queue: an ask (with its id, to drop it once it timed out) or
 /// a tell.
 #[derive(Debug)]
-struct Queued {
+struct Queued<P> {
     ask: Option<u64>,
-    frame: ClientFrame,
+    frame: ClientFrame<P>,
 }
 
 /// A presence request (`presence` or `pstats`) waiting for its channel's subscription to be
@@ -98,7 +97,7 @@ struct Held {
 }
 
 impl Held {
-    fn frame(&self) -> ClientFrame {
+    fn frame<P>(&self) -> ClientFrame<P> {
         let (id, ch) = (self.id, self.channel.clone());
         if self.stats {
             ClientFrame::PresenceStats { id, ch }
@@ -109,8 +108,8 @@ impl Held {
 }
 
 #[derive(Debug)]
-struct Subscription {
-    query: Option<Box<RawValue>>,
+struct Subscription<P> {
+    query: Option<P>,
     /// Whether the application asked for the channel's join / leave events: every `sub` of
     /// this subscription (first, after a reconnect, after a gap) asks for them.
     presence: bool,
@@ -122,9 +121,9 @@ struct Subscription {
     awaiting: Option<u64>,
 }
 
-impl Subscription {
+impl<P: Clone> Subscription<P> {
     /// The `sub` frame of this subscription on `channel`.
-    fn frame(&self, id: u64, channel: &str) -> ClientFrame {
+    fn frame(&self, id: u64, channel: &str) -> ClientFrame<P> {
         ClientFrame::Sub {
             id,
             ch: channel.to_owned(),
@@ -142,8 +141,14 @@ impl Subscription {
 /// reconnect and recovers what it missed, and never panics on anything the server sends.
 ///
 /// `now` must never go backwards from one call to the next.
+///
+/// Payloads (ask and tell messages, answers, publications, members, queries, credentials) are
+/// of the type `P` ([`Payload`]), which the core never looks into: JSON text
+/// (`Box<RawValue>`, the default, with [`Client::new`] and [`Client::handle_frame`]) for the
+/// native client; the browser driver's own JS values with [`Client::new_generic`] and
+/// [`Client::handle_server_frame`], so that payloads never enter the browser's wasm.
 #[derive(Debug)]
-pub struct Client {
+pub struct Client<P = Box<RawValue>> {
     config: Config,
     rng: Rng,
     conn: Conn,
@@ -158,35 +163,51 @@ pub struct Client {
     /// The last server `error` frame on this connection: the reason of the close that follows.
     server_error: Option<AskError>,
     /// What every `hello` carries for the server's session parser (see [`Client::set_auth`]).
-    auth: Option<Box<RawValue>>,
+    auth: Option<P>,
     next_ask: u64,
     next_sub: u64,
     /// Every ask not completed yet, in id order. Ids and deadlines grow together, so the first
-    /// entry has the earliest deadline, unless `unordered_deadlines`. (Sorted sequences, not
-    /// maps: each map type would be monomorphized into the browser build at several kilobytes
-    /// apiece.)
-    asks: VecDeque<(u64, PendingAsk)>,
+    /// entry has the earliest deadline, unless `unordered_deadlines`. (Sorted `Vec`s, not maps
+    /// or `VecDeque`s: each such type is monomorphized into the browser's wasm at one to several
+    /// kilobytes apiece.)
+    asks: Vec<(u64, PendingAsk)>,
     /// Some ask has a timeout of its own ([`Client::ask_with_timeout`]): deadlines may be out of
     /// id order, and finding the earliest means scanning. Cleared once no ask is pending.
     unordered_deadlines: bool,
-    queue: VecDeque<Queued>,
+    queue: Vec<Queued<P>>,
     /// Presence requests waiting for their subscription's `subok`, in id order.
     held: Vec<Held>,
     /// Every subscription, sorted by channel name (the order they are resent in).
-    subs: Vec<(String, Subscription)>,
+    subs: Vec<(String, Subscription<P>)>,
     /// Ids of the subscriptions resent on reconnect still awaiting an answer (while
     /// [`Status::Syncing`]).
     syncing: Vec<u64>,
-    transmits: VecDeque<String>,
-    events: VecDeque<Event>,
-    actions: VecDeque<Action>,
+    transmits: Fifo<String>,
+    events: Fifo<Event<P>>,
+    actions: Fifo<Action>,
 }
 
 impl Client {
     /// A client that starts connecting at once: the first [`Client::poll_action`] is
     /// [`Action::Connect`] to the first of `config.urls`, and the status is
     /// [`Status::Connecting`]. With no URL at all, the client is closed from the start.
+    ///
+    /// Its payloads are JSON text; [`Client::new_generic`] makes one with payloads of another
+    /// type.
     pub fn new(config: Config, now: Instant) -> Self {
+        Self::new_generic(config, now)
+    }
+
+    /// A text frame arrived on the current socket: decoded here, then
+    /// [`Client::handle_server_frame`].
+    pub fn handle_frame(&mut self, now: Instant, text: &str) {
+        self.handle_server_frame(now, ServerFrame::decode(text));
+    }
+}
+
+impl<P: Payload> Client<P> {
+    /// [`Client::new`], with payloads of the type `P`.
+    pub fn new_generic(config: Config, now: Instant) -> Self {
         let mut client = Self {
             rng: Rng::new(config.seed),
             config,
@@ -200,15 +221,15 @@ impl Client {
             auth: None,
             next_ask: 1,
             next_sub: 1,
-            asks: VecDeque::new(),
+            asks: Vec::new(),
             unordered_deadlines: false,
-            queue: VecDeque::new(),
+            queue: Vec::new(),
             held: Vec::new(),
             subs: Vec::new(),
             syncing: Vec::new(),
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            actions: VecDeque::new(),
+            transmits: Fifo::new(),
+            events: Fifo::new(),
+            actions: Fifo::new(),
         };
         if client.config.urls.is_empty() {
             client.finish(close::ABNORMAL, "no server URL is configured".to_owned());
@@ -233,11 +254,16 @@ impl Client {
         }
     }
 
-    /// A text frame arrived on the current socket.
+    /// A frame arrived on the current socket, decoded by the driver: the frame, or why it is
+    /// not one (its text is not JSON, or [`ServerFrame::from_envelope`] refused its fields).
     ///
     /// A frame that does not decode, or that the protocol does not allow here, makes the client
     /// close the socket with [`close::PROTOCOL_ERROR`] and reconnect.
-    pub fn handle_frame(&mut self, now: Instant, text: &str) {
+    pub fn handle_server_frame(
+        &mut self,
+        now: Instant,
+        frame: Result<ServerFrame<P>, ProtocolError>,
+    ) {
         let welcomed = match &mut self.conn {
             Conn::Open { last_rx, .. } => {
                 *last_rx = now;
@@ -246,9 +272,9 @@ impl Client {
             Conn::Connecting { .. } => false,
             Conn::Backoff { .. } | Conn::Closed => return,
         };
-        let frame = match ServerFrame::decode(text) {
+        let frame = match frame {
             Ok(frame) => frame,
-            Err(e) => return self.protocol_error(now, e.to_string()),
+            Err(e) => return self.protocol_error(now, e.message()),
         };
         if !welcomed {
             return self.handle_handshake_frame(now, frame);
@@ -346,7 +372,7 @@ impl Client {
     /// (a token, or any JSON; `None`: none). A driver with a static value sets it once; one
     /// that fetches a fresh token before each connection sets it after each
     /// [`Action::Connect`], before [`Client::handle_open`].
-    pub fn set_auth(&mut self, auth: Option<Box<RawValue>>) {
+    pub fn set_auth(&mut self, auth: Option<P>) {
         self.auth = auth;
     }
 
@@ -356,12 +382,7 @@ impl Client {
     /// While not connected the ask waits in the offline queue. An ask sent on a connection that
     /// then drops fails with [`codes::DISCONNECTED`]: it
     /// is never sent twice.
-    pub fn ask(
-        &mut self,
-        now: Instant,
-        topic: &str,
-        msg: Box<RawValue>,
-    ) -> Result<AskId, ClientError> {
+    pub fn ask(&mut self, now: Instant, topic: &str, msg: P) -> Result<AskId, ClientError> {
         self.ask_until(now, topic, msg, None)
     }
 
@@ -371,7 +392,7 @@ impl Client {
         &mut self,
         now: Instant,
         topic: &str,
-        msg: Box<RawValue>,
+        msg: P,
         timeout: Duration,
     ) -> Result<AskId, ClientError> {
         self.ask_until(now, topic, msg, Some(timeout))
@@ -381,7 +402,7 @@ impl Client {
         &mut self,
         now: Instant,
         topic: &str,
-        msg: Box<RawValue>,
+        msg: P,
         timeout: Option<Duration>,
     ) -> Result<AskId, ClientError> {
         self.check_open()?;
@@ -433,12 +454,7 @@ impl Client {
 
     /// Sends a message to the server's tell handler for `topic`, with no answer. While not
     /// connected it waits in the offline queue.
-    pub fn tell(
-        &mut self,
-        _now: Instant,
-        topic: &str,
-        msg: Box<RawValue>,
-    ) -> Result<(), ClientError> {
+    pub fn tell(&mut self, _now: Instant, topic: &str, msg: P) -> Result<(), ClientError> {
         self.check_open()?;
         check_topic(topic)?;
         let frame = ClientFrame::Tell {
@@ -464,7 +480,7 @@ impl Client {
         &mut self,
         _now: Instant,
         channel: &str,
-        options: SubscribeOptions,
+        options: SubscribeOptions<P>,
     ) -> Result<(), ClientError> {
         self.check_open()?;
         classify_channel(channel)?;
@@ -539,13 +555,16 @@ impl Client {
         let ask = if self.unordered_deadlines {
             self.asks.iter().map(|(_, ask)| ask.deadline).min()
         } else {
-            self.asks.front().map(|(_, ask)| ask.deadline)
+            self.asks.first().map(|(_, ask)| ask.deadline)
         };
-        conn.into_iter().chain(ask).min()
+        match (conn, ask) {
+            (Some(conn), Some(ask)) => Some(conn.min(ask)),
+            (conn, ask) => conn.or(ask),
+        }
     }
 
     /// The next event for the application.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<P>> {
         self.events.pop_front()
     }
 
@@ -591,7 +610,7 @@ impl Client {
         };
     }
 
-    fn handle_handshake_frame(&mut self, now: Instant, frame: ServerFrame) {
+    fn handle_handshake_frame(&mut self, now: Instant, frame: ServerFrame<P>) {
         match frame {
             ServerFrame::Welcome {
                 v,
@@ -610,7 +629,12 @@ impl Client {
             ServerFrame::Welcome { v, .. } => self.abort(
                 now,
                 close::UNSUPPORTED_VERSION,
-                format!("the server speaks protocol version {v}, not {PROTOCOL_VERSION}"),
+                join(&[
+                    "the server speaks protocol version ",
+                    &decimal(v.into()),
+                    ", not ",
+                    &decimal(PROTOCOL_VERSION.into()),
+                ]),
                 false,
             ),
             ServerFrame::Error { code, reason } => {
@@ -639,7 +663,7 @@ impl Client {
             self.transmits.push_back(sub.frame(id, channel).encode());
         }
         self.expire_asks(now);
-        while let Some(Queued { ask, frame }) = self.queue.pop_front() {
+        for Queued { ask, frame } in std::mem::take(&mut self.queue) {
             if let Some(id) = ask {
                 match self.ask_index(id) {
                     Some(i) => self.asks[i].1.sent = true,
@@ -671,7 +695,7 @@ impl Client {
     /// The current socket is gone: back off and reconnect, or close for good.
     fn lost(&mut self, now: Instant, code: u16, reason: String, reconnect: bool) {
         let error = self.server_error.take();
-        let reason = error.as_ref().map_or(reason, ToString::to_string);
+        let reason = error.as_ref().map_or(reason, AskError::message);
         let attempts_left = self
             .config
             .reconnect
@@ -747,7 +771,7 @@ impl Client {
 
     // ---- Asks ---------------------------------------------------------------------------
 
-    fn complete(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
+    fn complete(&mut self, id: u64, result: Result<P, AskError>) {
         if let Some(i) = self.ask_index(id) {
             if self.asks[i].1.sent {
                 self.asks.remove(i);
@@ -758,31 +782,28 @@ impl Client {
 
     /// Fails every ask whose deadline passed, queued, held or sent.
     fn expire_asks(&mut self, now: Instant) {
-        let mut dropped_unsent = false;
-        if self.unordered_deadlines {
-            let mut expired = Vec::new();
-            self.asks.retain(|&(id, ref ask)| {
-                let due = ask.deadline <= now;
-                if due {
-                    expired.push((id, ask.sent));
-                }
-                !due
-            });
-            for (id, sent) in expired {
-                dropped_unsent |= !sent;
-                self.ask_done(id, Err(AskError::timeout()));
-            }
-            self.unordered_deadlines = !self.asks.is_empty();
-        }
-        while self
+        // In id order the first ask is due first, unless some ask has a timeout of its own:
+        // nothing to scan when it is not due. (One `retain` for both cases: one loop in the
+        // browser's wasm instead of two.)
+        let first_due = self
             .asks
-            .front()
-            .is_some_and(|(_, ask)| ask.deadline <= now)
-        {
-            let Some((id, ask)) = self.asks.pop_front() else {
-                break;
-            };
-            dropped_unsent |= !ask.sent;
+            .first()
+            .is_some_and(|(_, ask)| ask.deadline <= now);
+        if !first_due && !self.unordered_deadlines {
+            return;
+        }
+        let mut expired = Vec::new();
+        self.asks.retain(|&(id, ref ask)| {
+            let due = ask.deadline <= now;
+            if due {
+                expired.push((id, ask.sent));
+            }
+            !due
+        });
+        self.unordered_deadlines &= !self.asks.is_empty();
+        let mut dropped_unsent = false;
+        for (id, sent) in expired {
+            dropped_unsent |= !sent;
             self.ask_done(id, Err(AskError::timeout()));
         }
         if dropped_unsent {
@@ -799,7 +820,7 @@ impl Client {
         self.asks.binary_search_by_key(&id, |&(a, _)| a).ok()
     }
 
-    fn ask_done(&mut self, id: u64, result: Result<Box<RawValue>, AskError>) {
+    fn ask_done(&mut self, id: u64, result: Result<P, AskError>) {
         self.events.push_back(Event::AskDone {
             id: AskId(id),
             result,
@@ -814,7 +835,7 @@ impl Client {
         self.unordered_deadlines |= timeout.is_some();
         let deadline = now + timeout.unwrap_or(self.config.ask_timeout);
         // Ids only grow: pushing keeps `asks` sorted.
-        self.asks.push_back((id, PendingAsk { deadline, sent }));
+        self.asks.push((id, PendingAsk { deadline, sent }));
         AskId(id)
     }
 
@@ -824,11 +845,11 @@ impl Client {
         self.queue.len() + self.held.len() >= self.config.offline_queue
     }
 
-    fn enqueue(&mut self, queued: Queued) -> Result<(), ClientError> {
+    fn enqueue(&mut self, queued: Queued<P>) -> Result<(), ClientError> {
         if self.unsent_full() {
             return Err(ClientError::QueueFull);
         }
-        self.queue.push_back(queued);
+        self.queue.push(queued);
         Ok(())
     }
 
@@ -952,13 +973,7 @@ impl Client {
 
     /// The hot path: one publication. Delivered if it is the next one, dropped if already seen,
     /// and a gap makes the client resync the channel.
-    fn handle_pub(
-        &mut self,
-        channel: String,
-        topic: String,
-        position: Position,
-        msg: Box<RawValue>,
-    ) {
+    fn handle_pub(&mut self, channel: String, topic: String, position: Position, msg: P) {
         let Some(i) = self.find_sub(&channel).ok() else {
             return;
         };
@@ -990,7 +1005,7 @@ impl Client {
     /// A `join` or `leave`: passed on while the subscription is live and asked for presence
     /// events. Dropped otherwise: while a resync is pending the application is about to be told
     /// to ask for the members again anyway ([`Event::Subscribed`]).
-    fn handle_member(&mut self, channel: String, member: Box<RawValue>, joined: bool) {
+    fn handle_member(&mut self, channel: String, member: P, joined: bool) {
         let wanted = (self.sub(&channel)).is_some_and(|sub| sub.presence && sub.awaiting.is_none());
         if wanted {
             self.events.push_back(if joined {
@@ -1016,17 +1031,17 @@ impl Client {
         self.subs.binary_search_by(|(c, _)| c.as_str().cmp(channel))
     }
 
-    fn sub(&self, channel: &str) -> Option<&Subscription> {
+    fn sub(&self, channel: &str) -> Option<&Subscription<P>> {
         self.find_sub(channel).ok().map(|i| &self.subs[i].1)
     }
 
-    fn sub_mut(&mut self, channel: &str) -> Option<&mut Subscription> {
+    fn sub_mut(&mut self, channel: &str) -> Option<&mut Subscription<P>> {
         let i = self.find_sub(channel).ok()?;
         Some(&mut self.subs[i].1)
     }
 
     /// Removes `channel`'s subscription for good (its held presence requests fail).
-    fn remove_sub(&mut self, channel: &str) -> Option<Subscription> {
+    fn remove_sub(&mut self, channel: &str) -> Option<Subscription<P>> {
         let i = self.find_sub(channel).ok()?;
         let (_, sub) = self.subs.remove(i);
         self.fail_held(channel);
@@ -1046,7 +1061,7 @@ impl Client {
         }
     }
 
-    fn send(&mut self, frame: &ClientFrame) {
+    fn send(&mut self, frame: &ClientFrame<P>) {
         self.transmits.push_back(frame.encode());
     }
 
@@ -1070,4 +1085,40 @@ fn bump(counter: &mut u64) -> u64 {
     let value = *counter;
     *counter += 1;
     value
+}
+
+/// A first-in, first-out queue of the core's outputs, filled by the core and drained by the
+/// driver's polls: a `Vec` and a read index (a `VecDeque` per output type was ~1 KB each of the
+/// browser's wasm).
+#[derive(Debug)]
+struct Fifo<T> {
+    items: Vec<Option<T>>,
+    head: usize,
+}
+
+impl<T> Fifo<T> {
+    fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            head: 0,
+        }
+    }
+
+    fn push_back(&mut self, item: T) {
+        self.items.push(Some(item));
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let item = self.items.get_mut(self.head)?.take();
+        self.head += 1;
+        if self.head == self.items.len() {
+            self.clear();
+        }
+        item
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.head = 0;
+    }
 }

@@ -1539,3 +1539,111 @@ fn presence_requests_time_out_fail_disconnected_and_fill_the_offline_queue_like_
         [(slow.as_u64(), Err(codes::TIMEOUT.to_owned()))]
     );
 }
+
+// ---- Opaque payloads (the browser driver's way: frames parsed outside the core) --------------
+
+/// A payload the core cannot look into: a number standing for a value kept elsewhere (as the
+/// browser keeps JS values), written out as JSON text only in the frames the client sends.
+#[derive(Clone, Debug, PartialEq)]
+struct Handle(u32);
+
+impl sss_core::protocol::Payload for Handle {
+    fn null() -> Self {
+        Handle(0)
+    }
+
+    fn write_json(&self, out: &mut String) {
+        out.push_str(&format!("\"h{}\"", self.0));
+    }
+}
+
+/// The fields of a frame, as a driver that parsed it itself hands them over.
+fn envelope(kind: &str) -> sss_core::protocol::Envelope<'_, Handle> {
+    sss_core::protocol::Envelope {
+        t: kind.into(),
+        v: None,
+        id: None,
+        topic: None,
+        ch: None,
+        pos: None,
+        recovered: None,
+        presence: None,
+        socket: None,
+        user: None,
+        session: None,
+        hb: None,
+        code: None,
+        reason: None,
+        msg: None,
+        m: None,
+    }
+}
+
+#[test]
+fn payloads_of_any_type_pass_through_the_core_undecoded() {
+    let t = Instant::from_millis(0);
+    let mut client: Client<Handle> = Client::new_generic(config(), t);
+    client.set_auth(Some(Handle(1)));
+    assert!(matches!(client.poll_action(), Some(Action::Connect { .. })));
+    client.handle_open(t);
+    assert_eq!(
+        client.poll_transmit().as_deref(),
+        Some(r#"{"t":"hello","v":1,"auth":"h1"}"#)
+    );
+    let welcome = sss_core::protocol::Envelope {
+        v: Some(1),
+        socket: Some("s-1".into()),
+        hb: Some(0),
+        ..envelope("welcome")
+    };
+    client.handle_server_frame(t, ServerFrame::from_envelope(welcome));
+    assert_eq!(client.status(), Status::Ready);
+    let id = client.ask(t, "add", Handle(2)).expect("ask");
+    assert_eq!(
+        client.poll_transmit().as_deref(),
+        Some(r#"{"t":"ask","id":1,"topic":"add","msg":"h2"}"#)
+    );
+    let res = sss_core::protocol::Envelope {
+        id: Some(id.as_u64()),
+        msg: Some(Handle(3)),
+        ..envelope("res")
+    };
+    client.handle_server_frame(t, ServerFrame::from_envelope(res));
+    // A `res` without its `msg` answers `null`, in the payload type's own terms.
+    let id2 = client.ask(t, "add", Handle(4)).expect("ask");
+    let bare = sss_core::protocol::Envelope {
+        id: Some(id2.as_u64()),
+        ..envelope("res")
+    };
+    client.handle_server_frame(t, ServerFrame::from_envelope(bare));
+    let answers: Vec<_> = std::iter::from_fn(|| client.poll_event())
+        .filter_map(|e| match e {
+            Event::AskDone { id, result } => Some((id.as_u64(), result.ok())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [(1, Some(Handle(3))), (2, Some(Handle(0)))]);
+}
+
+#[test]
+fn an_envelope_missing_a_required_field_is_a_protocol_error() {
+    let t = Instant::from_millis(0);
+    let mut client: Client<Handle> = Client::new_generic(config(), t);
+    let _ = client.poll_action();
+    client.handle_open(t);
+    let _ = client.poll_transmit();
+    // A `welcome` without its socket id.
+    let welcome = sss_core::protocol::Envelope {
+        v: Some(1),
+        hb: Some(0),
+        ..envelope("welcome")
+    };
+    client.handle_server_frame(t, ServerFrame::from_envelope(welcome));
+    assert_eq!(
+        client.poll_action(),
+        Some(Action::Close {
+            code: close::PROTOCOL_ERROR,
+            reason: r#"frame "welcome" is missing field "socket""#.to_owned()
+        })
+    );
+}

@@ -24,6 +24,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Typed topics.** [`Subscription::topic`] turns a subscription into a stream of one topic's
+//! publications, each deserialized: `room.topic::<Msg>("msg")` yields `Result<Msg, TopicError>`
+//! (the error: a payload that is not a `Msg`, lost publications to reload, or the end).
+//!
 //! **Presence.** A subscription the server grants presence answers
 //! [`Subscription::presence`] (the channel's members, cluster-wide) and
 //! [`Subscription::presence_stats`]; made with [`Client::subscribe_with`] and
@@ -51,7 +55,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use sss_core::client::{Reconnect, Recovery, Status as ClientStatus};
 pub use sss_core::protocol::{close, codes, Member, PresenceStats};
 pub use sss_core::Position;
-pub use subscription::{Publication, SubEvent, SubscribeOptions, Subscription};
+pub use subscription::{Publication, SubEvent, SubscribeOptions, Subscription, Topic, TopicError};
 
 use driver::Command;
 pub use driver::{Closed, Identity};

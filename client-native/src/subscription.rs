@@ -1,9 +1,10 @@
 //! A channel subscription as a stream.
 
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use futures::Stream;
 use serde::de::DeserializeOwned;
@@ -191,6 +192,113 @@ impl Subscription {
 
     /// Unsubscribes (the same as dropping it).
     pub fn unsubscribe(self) {}
+
+    /// This subscription's publications of `topic`, each deserialized as `T`: a [`Stream`] of
+    /// `Result<T, TopicError>`, in order. Publications of other topics, joins, leaves and
+    /// resyncs with nothing lost are passed over; what the application must act on is an
+    /// `Err`: a payload that is not a `T` ([`TopicError::Decode`], the stream goes on), lost
+    /// publications ([`TopicError::Unrecoverable`]: reload the state, the stream goes on) and
+    /// the end of the subscription ([`TopicError::Ended`], the last item).
+    ///
+    /// ```no_run
+    /// # async fn f(client: sss_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use futures::StreamExt;
+    /// #[derive(serde::Deserialize)]
+    /// struct Msg { from: String, text: String }
+    ///
+    /// let mut msgs = client.subscribe("room:1", None::<()>).await?.topic::<Msg>("msg");
+    /// while let Some(msg) = msgs.next().await {
+    ///     let msg = msg?;
+    ///     println!("{}: {}", msg.from, msg.text);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn topic<T: DeserializeOwned>(self, topic: impl Into<String>) -> Topic<T> {
+        Topic {
+            sub: self,
+            topic: topic.into(),
+            _t: PhantomData,
+        }
+    }
+}
+
+/// One topic of a [`Subscription`], typed: see [`Subscription::topic`]. Dropping it
+/// unsubscribes.
+#[derive(Debug)]
+pub struct Topic<T> {
+    sub: Subscription,
+    topic: String,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Topic<T> {
+    /// The subscription (its channel, presence, ...).
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+/// What a [`Topic`] stream yields instead of a value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The publication's payload is not a `T`. The stream goes on.
+    #[error("the publication at {position} does not decode: {error}")]
+    Decode {
+        /// The publication's position.
+        position: Position,
+        /// Why it does not decode.
+        error: serde_json::Error,
+    },
+    /// Publications were lost (the client resynced but the history no longer reached back):
+    /// reload the state this topic feeds. Publications continue after `position`.
+    #[error("publications were lost; they continue after {position}")]
+    Unrecoverable {
+        /// The channel's position from which publications continue.
+        position: Position,
+    },
+    /// The subscription ended (as [`SubEvent::Ended`]); nothing follows.
+    #[error("the subscription ended: {code}: {reason}")]
+    Ended {
+        /// Error code.
+        code: String,
+        /// Reason.
+        reason: String,
+    },
+}
+
+impl<T: DeserializeOwned> Stream for Topic<T> {
+    type Item = Result<T, TopicError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let item = match ready!(Pin::new(&mut self.sub).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(SubEvent::Publication(p)) if p.topic == self.topic => {
+                    p.decode().map_err(|error| TopicError::Decode {
+                        position: p.position,
+                        error,
+                    })
+                }
+                Some(SubEvent::Unrecoverable { position }) => {
+                    Err(TopicError::Unrecoverable { position })
+                }
+                Some(SubEvent::Ended { code, reason }) => Err(TopicError::Ended { code, reason }),
+                Some(
+                    SubEvent::Publication(_)
+                    | SubEvent::Recovered { .. }
+                    | SubEvent::Join(_)
+                    | SubEvent::Leave(_),
+                ) => continue,
+            };
+            return Poll::Ready(Some(item));
+        }
+    }
 }
 
 impl Stream for Subscription {

@@ -1,5 +1,5 @@
 // The error class of every rejection and throw of the client, so that `instanceof SssError`
-// works; the package's entries re-export it with `isSssError` (scripts/build-pkg.sh).
+// works; the package exports it with `isSssError` (client-wasm/js/client.js).
 
 export class SssError extends Error {
   constructor(code, reason) {
@@ -14,8 +14,4 @@ export class SssError extends Error {
 // entry in one process): the name and a string code identify the error there.
 export function isSssError(e) {
   return e instanceof SssError || (e instanceof Error && e.name === "SssError" && typeof e.code === "string");
-}
-
-export function sssError(code, reason) {
-  return new SssError(code, reason);
 }

@@ -14,7 +14,7 @@ if (typeof globalThis.WebSocket !== "undefined") {
   throw new Error("this test needs a Node without a global WebSocket (no --experimental-websocket)");
 }
 const WS = new URL("/ws", BASE).href.replace(/^http/, "ws");
-const { Client, SssError } = require(path.join(__dirname, "..", "..", "pkg", "dist", "node", "sss.js"));
+const { Client, SssError } = require(path.join(__dirname, "..", "..", "pkg", "dist", "sss.cjs"));
 
 test("without a WebSocket, connect rejects and new Client throws, saying what to do", async () => {
   const rejected = await Client.connect(WS, { auth: "node-dave" }).catch((e) => e);

@@ -1,7 +1,7 @@
 // A Node program logs in to the chat demo (server/examples/chat) with a token: Node sends no
 // cookies, so the protocol's `hello` carries its credentials (the `auth` option). The npm
-// package's `./node` and `./bundler` entries, Node's global WebSocket (`node
-// --experimental-websocket` on Node 20, built in from Node 22).
+// package's CommonJS (`require`) and ES module (`import`) builds, Node's global WebSocket (`node
+// --experimental-websocket` on Node 20, built in from Node 22); no other flag.
 // Run by scripts/test-browser.sh: SSS_DEMO_URL is the running demo server.
 "use strict";
 const { test } = require("node:test");
@@ -14,7 +14,7 @@ if (typeof WebSocket === "undefined") {
   throw new Error("no global WebSocket: run with node --experimental-websocket (Node 20)");
 }
 const WS = new URL("/ws", BASE).href.replace(/^http/, "ws");
-const { Client } = require(path.join(__dirname, "..", "..", "pkg", "dist", "node", "sss.js"));
+const { Client } = require(path.join(__dirname, "..", "..", "pkg", "dist", "sss.cjs"));
 
 test("a Node program logs in with a token, and a bad one is refused with its reason", async () => {
   const ann = await Client.connect(WS, { auth: "node-ann" });
@@ -31,16 +31,16 @@ test("a Node program logs in with a token, and a bad one is refused with its rea
   );
 });
 
-test("the ./bundler entry (what bundlers import; Node: --experimental-wasm-modules)", async () => {
-  const bundler = await import(path.join(__dirname, "..", "..", "pkg", "dist", "bundler", "sss.js"));
-  const eve = await bundler.Client.connect(WS, { auth: "node-eve" });
+test("the ES module build (import), the same client", async () => {
+  const esm = await import(path.join(__dirname, "..", "..", "pkg", "dist", "sss.js"));
+  const eve = await esm.Client.connect(WS, { auth: "node-eve" });
   try {
     assert.equal(eve.user, "node-eve");
   } finally {
     eve.close();
   }
-  const refused = await bundler.Client.connect(WS, { auth: "not a name!" }).catch((e) => e);
-  assert.ok(bundler.isSssError(refused) && refused instanceof bundler.SssError);
+  const refused = await esm.Client.connect(WS, { auth: "not a name!" }).catch((e) => e);
+  assert.ok(esm.isSssError(refused) && refused instanceof esm.SssError);
 });
 
 test("getAuth is called before the connection, its promise's value is the token", async () => {
@@ -57,4 +57,13 @@ test("getAuth is called before the connection, its promise's value is the token"
   } finally {
     bob.close();
   }
+});
+
+// Node 20's WebSocket reports a refused connection with an `error` event only (no `close`):
+// the attempt fails at once rather than after the connect timeout.
+test("a dead port fails the connection at once, not after the connect timeout", async () => {
+  const started = Date.now();
+  const e = await Client.connect("ws://127.0.0.1:1/ws", { connectTimeoutMs: 10_000 }).catch((e) => e);
+  assert.deepEqual({ code: e.code, closeCode: e.closeCode }, { code: "closed", closeCode: 1006 });
+  assert.ok(Date.now() - started < 3_000, `took ${Date.now() - started} ms`);
 });

@@ -274,6 +274,50 @@ async fn channels_deliver_in_order_to_every_subscriber() {
     }
 }
 
+/// `Subscription::topic`: one topic's publications, deserialized, in order; another topic's
+/// are passed over, a payload of the wrong type is an error and the stream goes on, the end of
+/// the subscription is the last item.
+#[tokio::test]
+async fn a_topic_stream_yields_that_topics_publications_typed() {
+    let (server, url, _) = setup().await;
+    let c = client(&url).await;
+    let sub = within("sub", c.subscribe("room:typed", None::<()>))
+        .await
+        .expect("sub");
+    let mut counts = sub.topic::<u32>("count");
+    assert_eq!(counts.topic(), "count");
+    assert_eq!(counts.subscription().channel(), "room:typed");
+    for (topic, msg) in [
+        ("count", json!(1)),
+        ("chat", json!("passed over")),
+        ("count", json!(2)),
+        ("count", json!("not a number")),
+        ("count", json!(3)),
+    ] {
+        server
+            .publish("room:typed", topic, &msg)
+            .await
+            .expect("publish");
+    }
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        match within("count", counts.next()).await {
+            Some(Ok(n)) => got.push(n.to_string()),
+            Some(Err(sss_client::TopicError::Decode { position, .. })) => {
+                got.push(format!("decode error at {}", position.seq));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, ["1", "2", "decode error at 4", "3"]);
+    server.boot_channel("room:typed").await.expect("boot");
+    match within("end", counts.next()).await {
+        Some(Err(sss_client::TopicError::Ended { code, .. })) => assert_eq!(code, "booted"),
+        other => panic!("{other:?}"),
+    }
+    assert!(within("none", counts.next()).await.is_none());
+}
+
 #[tokio::test]
 async fn subscriptions_are_checked() {
     let (_server, url, _) = setup().await;

@@ -1,5 +1,5 @@
 //! The policies the client core decides for both drivers, seen from the native client (the
-//! browser client's twins are in client-wasm/tests/browser.rs): a failed first `connect`, a
+//! browser client's twins are in tests/browser/client-cases.js): a failed first `connect`, a
 //! resync's outcome, what closing does to subscriptions, the codes of refused commands.
 
 use std::time::Duration;

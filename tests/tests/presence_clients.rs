@@ -2,7 +2,7 @@
 //! the members and counts of a channel, join and leave events on the subscription's stream (only
 //! when asked for), three tabs of one user, a channel without presence, a subscription handle
 //! that outlived its subscription, and a reconnect (events are not replayed; the app asks
-//! again). The browser client is held to the same behaviour in client-wasm/tests/browser.rs and
+//! again). The browser client is held to the same behaviour in tests/browser/client-cases.js and
 //! tests/browser/package.test.cjs.
 
 use std::collections::BTreeSet;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::time::millis;
+
 use serde_json::value::RawValue;
 
 /// Settings of a [`Client`](super::Client).
@@ -53,16 +55,25 @@ impl Default for Config {
 ///
 /// `SubscribeOptions::default()` sends no query and asks for no presence events. Build others
 /// with struct update syntax: `SubscribeOptions { presence: true, ..SubscribeOptions::default() }`.
-#[derive(Clone, Debug, Default)]
-pub struct SubscribeOptions {
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions<P = Box<RawValue>> {
     /// Query for the server's subscription parser (any JSON).
-    pub query: Option<Box<RawValue>>,
+    pub query: Option<P>,
     /// Whether to receive the channel's join / leave events ([`Event::Join`],
     /// [`Event::Leave`](super::Event::Leave)), when the server grants the subscription
     /// presence. Presence requests do not need it.
     ///
     /// [`Event::Join`]: super::Event::Join
     pub presence: bool,
+}
+
+impl<P> Default for SubscribeOptions<P> {
+    fn default() -> Self {
+        Self {
+            query: None,
+            presence: false,
+        }
+    }
 }
 
 /// Reconnect policy: exponential backoff with full jitter.
@@ -98,10 +109,6 @@ impl Reconnect {
         let factor = 2u64.checked_pow(attempt).unwrap_or(u64::MAX);
         Duration::from_millis(base.saturating_mul(factor).min(millis(self.max)))
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The delay before reconnect attempt `attempt` ("full jitter"), given a uniformly random

@@ -1,14 +1,18 @@
 //! Errors of the client state machine.
 
-use crate::protocol::{codes, ChannelError, MAX_TOPIC_LEN};
+use std::fmt;
+
+use crate::protocol::{codes, decimal, join, ChannelError, MAX_TOPIC_LEN};
 
 /// Why an ask (or a subscription) failed.
 ///
 /// `code` is one of [`codes`]: from the server (`rej`, `subrej`, `unsubbed`) or raised by the
 /// client itself ([`codes::TIMEOUT`], [`codes::DISCONNECTED`], [`codes::CLOSED`]); applications
 /// may also use codes of their own. It is `Clone` so one failure can reach every pending ask.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {reason}")]
+///
+/// Its `Display` is `code: reason` (written by hand, as
+/// [`ProtocolError`](crate::protocol::ProtocolError)'s is).
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AskError {
     /// Stable machine-readable code.
@@ -24,6 +28,12 @@ impl AskError {
             code: code.into(),
             reason: reason.into(),
         }
+    }
+
+    /// `code: reason`, what [`Display`](fmt::Display) writes (built without `core::fmt`'s
+    /// machinery, as [`ClientError::message`]).
+    pub fn message(&self) -> String {
+        join(&[&self.code, ": ", &self.reason])
     }
 
     /// No answer arrived within the ask timeout.
@@ -68,26 +78,69 @@ impl AskError {
 }
 
 /// A command the client could not accept (API misuse or local limits; nothing was sent).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// (`Display` by hand, as [`AskError`]'s.)
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientError {
     /// The client is closed for good (by [`Client::close`](super::Client::close) or a final
     /// connection loss). Its wire code is [`codes::CLOSED`].
-    #[error("the client is closed")]
     Closed,
     /// The client is not connected and its offline queue is full. Its wire code is
     /// [`codes::QUEUE_FULL`].
-    #[error("the offline queue is full")]
     QueueFull,
     /// The client is already subscribed to this channel.
-    #[error("already subscribed to this channel")]
     AlreadySubscribed,
     /// The channel name is not valid.
-    #[error("invalid channel: {0}")]
-    InvalidChannel(#[from] ChannelError),
+    InvalidChannel(ChannelError),
     /// The topic is empty or longer than [`MAX_TOPIC_LEN`] bytes.
-    #[error("invalid topic: empty or longer than {MAX_TOPIC_LEN} bytes")]
     InvalidTopic,
+}
+
+impl fmt::Display for AskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for AskError {}
+
+impl ClientError {
+    /// What [`Display`](fmt::Display) writes, built without `core::fmt`'s machinery (see
+    /// [`ProtocolError::message`](crate::protocol::ProtocolError::message)).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Closed => "the client is closed".to_owned(),
+            Self::QueueFull => "the offline queue is full".to_owned(),
+            Self::AlreadySubscribed => "already subscribed to this channel".to_owned(),
+            Self::InvalidChannel(e) => join(&["invalid channel: ", &e.message()]),
+            Self::InvalidTopic => join(&[
+                "invalid topic: empty or longer than ",
+                &decimal(MAX_TOPIC_LEN as u64),
+                " bytes",
+            ]),
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::InvalidChannel(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ChannelError> for ClientError {
+    fn from(e: ChannelError) -> Self {
+        Self::InvalidChannel(e)
+    }
 }
 
 impl ClientError {

@@ -86,8 +86,10 @@ pub enum Recovery {
 ///
 /// Not `#[non_exhaustive]`, on purpose: drivers match it exhaustively, so an event added here
 /// fails to compile in every driver until each handles it.
+///
+/// Payloads are of the client's payload type `P` (JSON text by default).
 #[derive(Clone, Debug)]
-pub enum Event {
+pub enum Event<P = Box<RawValue>> {
     /// The status changed.
     Status(Status),
     /// An ask completed: answered, refused, timed out, or lost with its connection.
@@ -95,14 +97,14 @@ pub enum Event {
         /// The ask, as returned by [`Client::ask`](super::Client::ask).
         id: AskId,
         /// The server's answer (`res`), or why there is none.
-        result: Result<Box<RawValue>, AskError>,
+        result: Result<P, AskError>,
     },
     /// The server told this socket something.
     Tell {
         /// Topic.
         topic: String,
         /// Payload.
-        msg: Box<RawValue>,
+        msg: P,
     },
     /// A subscription started: the server's first `subok` for it ([`Recovery::New`]).
     Subscribed {
@@ -147,7 +149,7 @@ pub enum Event {
         /// Topic.
         topic: String,
         /// Payload.
-        msg: Box<RawValue>,
+        msg: P,
         /// Position of the publication.
         position: Position,
     },
@@ -160,7 +162,7 @@ pub enum Event {
         channel: String,
         /// The member: a [`Member`](crate::protocol::Member) as raw JSON, passed through
         /// undecoded (a browser parses it with `JSON.parse`).
-        member: Box<RawValue>,
+        member: P,
     },
     /// A socket left the presence of a subscribed channel (unsubscribed, booted, disconnected,
     /// or expired with its dead server instance). Delivered like [`Event::Join`].
@@ -168,7 +170,7 @@ pub enum Event {
         /// Channel.
         channel: String,
         /// The member, as raw JSON.
-        member: Box<RawValue>,
+        member: P,
     },
     /// A subscription ended: the server ended it (the channel was booted), or the client closed
     /// for good ([`codes::CLOSED`](crate::protocol::codes::CLOSED), with the close's reason,

@@ -29,13 +29,20 @@ impl Instant {
     }
 }
 
+/// `d` in whole milliseconds, saturated at `u64::MAX`. In `u64` arithmetic: `as_millis` is a
+/// `u128`, whose multiplication links a compiler-builtins routine into the browser's wasm.
+pub(super) fn millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
+}
+
 /// Adds whole milliseconds (sub-millisecond parts are dropped), saturating at the far future.
 impl Add<Duration> for Instant {
     type Output = Instant;
 
     fn add(self, rhs: Duration) -> Instant {
-        let millis = u64::try_from(rhs.as_millis()).unwrap_or(u64::MAX);
-        Instant(self.0.saturating_add(millis))
+        Instant(self.0.saturating_add(millis(rhs)))
     }
 }
 

@@ -483,9 +483,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let web = root.join("examples/chat/web");
-    // All of dist/: the web entry loads the package's one `.wasm` from dist/bundler/.
+    // The package's ES module (its .wasm inlined) is served as /pkg/sss.js.
     let pkg = root.join("../pkg/dist");
-    if !pkg.join("web/sss.js").exists() {
+    if !pkg.join("sss.js").exists() {
         tracing::warn!("pkg/dist is missing: build the package with scripts/build-pkg.sh");
     }
     let front = bind_front(args.addr.as_deref()).await?;

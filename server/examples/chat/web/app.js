@@ -1,5 +1,5 @@
 // The chat demo's front end: plain JS on the super-scaled-sockets package (the WASM client).
-import init, { Client } from '/pkg/web/sss.js';
+import init, { Client } from '/pkg/sss.js';
 
 const ROOMS = ['room:lobby', 'room:rust', 'room:random', 'room:secret'];
 const $ = (id) => document.getElementById(id);
