@@ -545,27 +545,6 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until the node on `port`, if it is a replica, is in sync with its master.
-    async fn wait_synced(&self, port: u16) {
-        let deadline = tokio::time::Instant::now() + CLUSTER_READY;
-        let mut admin = redis_admin(&format!("redis://127.0.0.1:{port}/")).await;
-        loop {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query_async(&mut admin)
-                .await
-                .unwrap_or_default();
-            if info.contains("role:master") || info.contains("master_link_status:up") {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the replica on {port} did not sync: {info}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// A URL of each node, for `RedisScaler::connect_cluster`.
     pub fn urls(&self) -> Vec<String> {
         self.nodes
@@ -576,15 +555,22 @@ impl RedisCluster {
 
     /// The port of the master that serves `key`'s hash slot.
     pub async fn master_of(&self, key: &str) -> u16 {
+        let slot = self.slot_of(key).await;
+        self.owner(self.live_port(), slot)
+            .await
+            .expect("the slot has a master")
+    }
+
+    /// `key`'s hash slot.
+    async fn slot_of(&self, key: &str) -> u16 {
         let live = self.live_port();
         let mut admin = redis_admin(&format!("redis://127.0.0.1:{live}/")).await;
-        let slot: u16 = redis::cmd("CLUSTER")
+        redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
             .query_async(&mut admin)
             .await
-            .expect("CLUSTER KEYSLOT");
-        self.owner(live, slot).await.expect("the slot has a master")
+            .expect("CLUSTER KEYSLOT")
     }
 
     /// Kills (SIGKILL) the master serving `key`'s slot and waits until its replica took over
@@ -599,14 +585,7 @@ impl RedisCluster {
                 }
             }
         }
-        let live = self.live_port();
-        let mut admin = redis_admin(&format!("redis://127.0.0.1:{live}/")).await;
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut admin)
-            .await
-            .expect("CLUSTER KEYSLOT");
+        let (live, slot) = (self.live_port(), self.slot_of(key).await);
         let deadline = tokio::time::Instant::now() + CLUSTER_READY;
         loop {
             if let Some(owner) = self.owner(live, slot).await {
@@ -628,16 +607,8 @@ impl RedisCluster {
     /// steps of `redis-cli --cluster reshard` for one slot: IMPORTING / MIGRATING, MIGRATE of
     /// its keys, then SETSLOT NODE on every master). Returns the ports it moved from and to.
     pub async fn move_slot_of(&self, key: &str) -> (u16, u16) {
-        let from = self.master_of(key).await;
-        let live = self.live_port();
+        let (from, slot) = (self.master_of(key).await, self.slot_of(key).await);
         let url = |p: u16| format!("redis://127.0.0.1:{p}/");
-        let mut admin = redis_admin(&url(live)).await;
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut admin)
-            .await
-            .expect("CLUSTER KEYSLOT");
         let mut masters = Vec::new();
         for &(port, ref child) in &self.nodes {
             if child.is_some() && self.owns_slots(port).await {
@@ -754,22 +725,38 @@ impl RedisCluster {
 
     /// Waits until the node on `port` says `cluster_state:ok`.
     async fn wait_ok(&self, port: u16) {
+        self.wait_until(port, &["CLUSTER", "INFO"], |r| {
+            r.contains("cluster_state:ok")
+        })
+        .await;
+    }
+
+    /// Waits until the node on `port`, if it is a replica, is in sync with its master.
+    async fn wait_synced(&self, port: u16) {
+        self.wait_until(port, &["INFO", "replication"], |r| {
+            r.contains("role:master") || r.contains("master_link_status:up")
+        })
+        .await;
+    }
+
+    /// Waits until the reply of the node on `port` to `command` satisfies `done`.
+    async fn wait_until(&self, port: u16, command: &[&str], done: impl Fn(&str) -> bool) {
         let deadline = tokio::time::Instant::now() + CLUSTER_READY;
         let mut admin = redis_admin(&format!("redis://127.0.0.1:{port}/")).await;
         loop {
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
+            let reply: String = redis::cmd(command[0])
+                .arg(&command[1..])
                 .query_async(&mut admin)
                 .await
                 .unwrap_or_default();
-            if info.contains("cluster_state:ok") {
+            if done(&reply) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the cluster is not ok on {port}: {info}"
+                "node {port}: {command:?} still answers {reply}"
             );
-            // Polling: a node gives no other sign that the cluster formed.
+            // Polling: a node gives no other sign that the cluster formed or a replica synced.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -785,4 +772,21 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Deletes one channel's keys from the Redis scaler's store (its epoch, seq and history, in the
+/// channel's hash slot: see the redis module's docs), as a Redis that lost them would; asserts
+/// they existed. On one Redis or a cluster.
+pub async fn forget_redis_channel(
+    conn: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+    channel: &str,
+) {
+    let keys = ["epoch", "seq", "hist"].map(|k| format!("{prefix}:{{{channel}}}:{k}"));
+    let deleted: u64 = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(conn)
+        .await
+        .expect("DEL");
+    assert_eq!(deleted, 3, "the channel's keys existed");
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use sss_server::scaler::{History, RedisOptions, RedisScaler, Scaler, ScalerError, ScalerEvent};
 use sss_server::Position;
 use sss_tests::conformance::{msg, publish_retrying, Backend, Cluster, Node};
-use sss_tests::services::{redis_admin, unique_prefix, Persistence, RedisServer};
+use sss_tests::services::{
+    forget_redis_channel, redis_admin, unique_prefix, Persistence, RedisServer,
+};
 use sss_tests::within;
 use tokio::sync::mpsc;
 
@@ -40,17 +42,10 @@ impl Backend for Redis {
         Cluster {
             instances: all,
             forget: Box::new(move |channel| {
-                let url = url.clone();
-                let base = format!("{prefix}:{{{channel}}}");
+                let (url, prefix) = (url.clone(), prefix.clone());
                 Box::pin(async move {
-                    // The scaler's keys for one channel (see the redis module's docs).
-                    let keys = ["epoch", "seq", "hist"].map(|k| format!("{base}:{k}"));
-                    let deleted: u64 = redis::cmd("DEL")
-                        .arg(&keys)
-                        .query_async(&mut redis_admin(&url).await)
-                        .await
-                        .expect("DEL");
-                    assert_eq!(deleted, 3, "the channel's keys existed");
+                    let mut admin = redis_admin(&url).await;
+                    forget_redis_channel(&mut admin, &prefix, &channel).await;
                 })
             }),
         }

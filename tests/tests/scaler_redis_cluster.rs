@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use sss_server::scaler::{RedisOptions, RedisScaler, Scaler};
-use sss_tests::conformance::{msg, publish_retrying, Backend, Cluster, Node};
-use sss_tests::services::{unique_prefix, RedisCluster};
+use sss_tests::conformance::{msg, publish_retrying, start, Backend, Cluster};
+use sss_tests::services::{forget_redis_channel, unique_prefix, RedisCluster};
 use sss_tests::within;
 
 /// A Redis Cluster of the test's own; each scaler cluster gets its own key prefix.
@@ -38,22 +38,14 @@ impl Backend for Sharded {
         Cluster {
             instances: all,
             forget: Box::new(move |channel| {
-                let urls = urls.clone();
-                let base = format!("{prefix}:{{{channel}}}");
+                let (urls, prefix) = (urls.clone(), prefix.clone());
                 Box::pin(async move {
-                    // The scaler's keys for one channel share its slot: one DEL on its master.
                     let client = redis::cluster::ClusterClient::new(urls).expect("cluster client");
                     let mut conn = client
                         .get_async_connection()
                         .await
                         .expect("cluster connection");
-                    let keys = ["epoch", "seq", "hist"].map(|k| format!("{base}:{k}"));
-                    let deleted: u64 = redis::cmd("DEL")
-                        .arg(&keys)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("DEL");
-                    assert_eq!(deleted, 3, "the channel's keys existed");
+                    forget_redis_channel(&mut conn, &prefix, &channel).await;
                 })
             }),
         }
@@ -74,25 +66,10 @@ sss_tests::conformance_tests!(backend());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_whose_slot_moves_loses_nothing() {
     sss_tests::init_tracing();
-    let cluster = RedisCluster::spawn().await;
-    let prefix = unique_prefix();
-    let opts = RedisOptions {
-        prefix: prefix.clone(),
-        ..RedisOptions::default()
-    };
-    let a = RedisScaler::connect_cluster(&cluster.urls(), opts)
-        .await
-        .expect("connects");
-    let b = a.instance().expect("instance");
-    let mut nodes = Vec::new();
-    for s in [a, b] {
-        let scaler: Arc<dyn Scaler> = Arc::new(s);
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        scaler.start(tx).await.expect("starts");
-        nodes.push(Node { scaler, events });
-    }
-    let mut b = nodes.pop().expect("b");
-    let a = nodes.pop().expect("a");
+    let backend = backend().await;
+    let mut started = start(&backend, 2, 1000).await;
+    let mut b = started.nodes.pop().expect("b");
+    let a = started.nodes.pop().expect("a");
     b.scaler.subscribe("m").await.expect("subscribe");
     let first = a.scaler.publish("m", "t", &msg(1)).await.expect("publish");
     assert_eq!(b.next_pub().await.1.position, first);
@@ -104,11 +81,8 @@ async fn a_channel_whose_slot_moves_loses_nothing() {
         }
         positions
     });
-    let (from, to) = within(
-        "the slot moves",
-        cluster.move_slot_of(&format!("{prefix}:{{m}}:seq")),
-    )
-    .await;
+    // "{m}": any key with the hash tag of channel m's keys is in their slot.
+    let (from, to) = within("the slot moves", backend.cluster.move_slot_of("{m}")).await;
     assert_ne!(from, to);
     let positions = within("publishing", publishing).await.expect("publisher");
     for (p, seq) in positions.iter().zip(2..) {
@@ -122,7 +96,7 @@ async fn a_channel_whose_slot_moves_loses_nothing() {
         let (channel, record) = b.next_pub().await;
         assert_eq!((&*channel, &record.position), ("m", p));
     }
-    assert_eq!(cluster.master_of(&format!("{prefix}:{{m}}:seq")).await, to);
+    assert_eq!(backend.cluster.master_of("{m}").await, to);
     b.expect_quiet(a.scaler.as_ref(), "marker").await;
     a.scaler.stop().await;
     b.scaler.stop().await;
