@@ -95,6 +95,21 @@ pub fn msg(n: u64) -> Box<RawValue> {
     serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).expect("json")
 }
 
+/// The instances of a cluster: `first`, and `n - 1` more made from it by `more` (a scaler's
+/// `instance()`: the same backend and options, connections of its own).
+pub fn instances<S: Scaler + 'static>(
+    first: S,
+    n: usize,
+    more: impl Fn(&S) -> S,
+) -> Vec<Arc<dyn Scaler>> {
+    let mut all: Vec<Arc<dyn Scaler>> = Vec::with_capacity(n);
+    for _ in 1..n {
+        all.push(Arc::new(more(&first)));
+    }
+    all.insert(0, Arc::new(first));
+    all
+}
+
 /// Makes a cluster and starts every instance.
 pub async fn start(backend: &dyn Backend, instances: usize, history_size: usize) -> Started {
     let cluster = backend.cluster(instances, history_size).await;

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod redis_backend;
 pub mod services;
 
 use std::time::Duration;

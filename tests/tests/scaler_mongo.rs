@@ -12,7 +12,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, Document};
 use sss_server::scaler::{History, MongoOptions, MongoScaler, Scaler, ScalerError};
 use sss_server::Position;
-use sss_tests::conformance::{msg, publish_retrying, Backend, Cluster, Node};
+use sss_tests::conformance::{instances, msg, publish_retrying, Backend, Cluster, Node};
 use sss_tests::services::{redis_admin, unique_prefix, MongoServer, Persistence, RedisServer};
 use sss_tests::within;
 use tokio::sync::mpsc;
@@ -53,7 +53,7 @@ fn options(prefix: String, redis_window: usize, history_size: usize) -> MongoOpt
 
 #[async_trait::async_trait]
 impl Backend for Mongo {
-    async fn cluster(&self, instances: usize, history_size: usize) -> Cluster {
+    async fn cluster(&self, n: usize, history_size: usize) -> Cluster {
         // A window smaller than the history, so that recovery reads MongoDB too.
         let opts = options(unique_prefix(), (history_size / 4).max(1), history_size);
         let first = within(
@@ -62,15 +62,10 @@ impl Backend for Mongo {
         )
         .await
         .expect("connects to mongodb and redis");
-        let mut all: Vec<Arc<dyn Scaler>> = Vec::with_capacity(instances);
-        for _ in 1..instances {
-            all.push(Arc::new(first.instance().expect("instance")));
-        }
-        all.insert(0, Arc::new(first));
         let url = self.redis.url().to_owned();
         let coll = history_collection(&self.mongo, &opts).await;
         Cluster {
-            instances: all,
+            instances: instances(first, n, |s| s.instance().expect("instance")),
             forget: Box::new(move |channel| {
                 let url = url.clone();
                 let coll = coll.clone();

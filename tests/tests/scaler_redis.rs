@@ -6,56 +6,15 @@ use std::time::Duration;
 
 use sss_server::scaler::{History, RedisOptions, RedisScaler, Scaler, ScalerError, ScalerEvent};
 use sss_server::Position;
-use sss_tests::conformance::{msg, publish_retrying, Backend, Cluster, Node};
-use sss_tests::services::{
-    forget_redis_channel, redis_admin, unique_prefix, Persistence, RedisServer,
-};
+use sss_tests::conformance::{msg, publish_retrying, Node};
+use sss_tests::redis_backend::RedisBackend;
+use sss_tests::services::{redis_admin, unique_prefix, Persistence, RedisServer};
 use sss_tests::within;
 use tokio::sync::mpsc;
 
-/// A Redis server of the test's own (or `REDIS_URL`); each cluster gets its own key prefix.
-struct Redis {
-    server: RedisServer,
-}
-
-#[async_trait::async_trait]
-impl Backend for Redis {
-    async fn cluster(&self, instances: usize, history_size: usize) -> Cluster {
-        let prefix = unique_prefix();
-        let opts = RedisOptions {
-            history_size,
-            prefix: prefix.clone(),
-            ..RedisOptions::default()
-        };
-        let first = within(
-            "redis connect",
-            RedisScaler::connect(self.server.url(), opts),
-        )
-        .await
-        .expect("connects to redis");
-        let mut all: Vec<Arc<dyn Scaler>> = Vec::with_capacity(instances);
-        for _ in 1..instances {
-            all.push(Arc::new(first.instance().expect("instance")));
-        }
-        all.insert(0, Arc::new(first));
-        let url = self.server.url().to_owned();
-        Cluster {
-            instances: all,
-            forget: Box::new(move |channel| {
-                let (url, prefix) = (url.clone(), prefix.clone());
-                Box::pin(async move {
-                    let mut admin = redis_admin(&url).await;
-                    forget_redis_channel(&mut admin, &prefix, &channel).await;
-                })
-            }),
-        }
-    }
-}
-
-async fn backend() -> Redis {
-    Redis {
-        server: RedisServer::start().await,
-    }
+/// A Redis server of the test's own (or `REDIS_URL`).
+async fn backend() -> RedisBackend {
+    RedisBackend::Single(RedisServer::start().await)
 }
 
 sss_tests::conformance_tests!(backend());
