@@ -550,12 +550,7 @@ impl RedisScaler {
         if infos.is_empty() {
             return Err(unavailable("no Redis Cluster node given"));
         }
-        let client = ClusterClientBuilder::new(infos.clone())
-            .connection_timeout(CLUSTER_CONNECT.min(opts.command_timeout))
-            .response_timeout(opts.command_timeout)
-            .retries(CLUSTER_RETRIES)
-            .build()
-            .map_err(unavailable)?;
+        let client = cluster_client(&infos, &opts).build().map_err(unavailable)?;
         let conn = conn::Rebuilt::connect(client, opts.command_timeout)
             .await
             .map_err(unavailable)?;
@@ -657,6 +652,14 @@ impl RedisScaler {
             }),
         }
     }
+}
+
+/// A Redis Cluster client's settings, the same for the command and the pub/sub connections.
+fn cluster_client(nodes: &[ConnectionInfo], opts: &RedisOptions) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(CLUSTER_CONNECT.min(opts.command_timeout))
+        .response_timeout(opts.command_timeout)
+        .retries(CLUSTER_RETRIES)
 }
 
 fn client(url: &str) -> Result<Client, ScalerError> {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{PubSubSink, PubSubStream};
-use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Msg, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use futures::StreamExt;
@@ -20,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::presence::{PresenceWire, PRESENCE_MARK};
 use super::{
-    lock, unavailable, Backend, Cursor, Read, Shared, BACKOFF, CLUSTER_CONNECT, CLUSTER_RETRIES,
-    PUB_SUFFIX, SUBSCRIBE_BATCH,
+    cluster_client, lock, unavailable, Backend, Cursor, Read, Shared, BACKOFF, PUB_SUFFIX,
+    SUBSCRIBE_BATCH,
 };
 use crate::scaler::{Control, Record, ScalerError, ScalerEvent};
 
@@ -331,12 +330,9 @@ impl Shared {
             }
             Backend::Cluster(nodes) => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let client = ClusterClientBuilder::new(nodes.clone())
+                let client = cluster_client(nodes, &self.opts)
                     .use_protocol(ProtocolVersion::RESP3)
                     .push_sender(tx)
-                    .connection_timeout(CLUSTER_CONNECT.min(self.opts.command_timeout))
-                    .response_timeout(self.opts.command_timeout)
-                    .retries(CLUSTER_RETRIES)
                     .build()
                     .map_err(unavailable)?;
                 let conn = self.bounded(client.get_async_connection()).await?;
