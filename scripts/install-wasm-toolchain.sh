@@ -16,6 +16,8 @@
 #                         never downloads a browser), typescript (tsc, for the typings test), ws,
 #                         vite, webpack, rollup (with its node-resolve plugin) and esbuild (the
 #                         bundler tests; esbuild also bundles the package in scripts/build-pkg.sh)
+#   .tools/wasm/node22    Node 22 (npm node-linux-<arch>; linked as .tools/wasm/bin/node22): the
+#                         package's Node tests run on it as well as on the machine's Node 20
 #
 # Use: scripts/install-wasm-toolchain.sh, then `source scripts/wasm-env.sh` before wasm builds.
 # Overrides: WASM_BINDGEN_VERSION (default: the wasm-bindgen version in Cargo.lock, else 0.2.130),
@@ -41,6 +43,9 @@ ROLLUP_VERSION=${ROLLUP_VERSION:-4.68.8}
 ROLLUP_RESOLVE_VERSION=${ROLLUP_RESOLVE_VERSION:-16.0.3}
 # esbuild: the version vite depends on (one copy in node_modules).
 ESBUILD_VERSION=${ESBUILD_VERSION:-0.25.12}
+# Node 22, beside the machine's Node 20: the package's Node tests run on both (.tools/wasm/bin/node22).
+NODE22_VERSION=${NODE22_VERSION:-22.23.5}
+NODE22_PREFIX=$TOOLS/node22
 DEFAULT_WASM_BINDGEN_VERSION=0.2.130
 T0=$SECONDS
 
@@ -201,6 +206,22 @@ WASM_OPT_JS=$NODE_PREFIX/node_modules/.bin/wasm-opt
 [ "$(readlink "$BIN/wasm-opt" 2>/dev/null)" = "$WASM_OPT_JS" ] || ln -sfn "$WASM_OPT_JS" "$BIN/wasm-opt"
 
 # --------------------------------------------------------------------------------------------------
+# 6. Node 22 (the npm package's Node tests run on it too: its global WebSocket, no flag). The
+# machine's Node is 20; Node's own builds come from the npm registry as node-linux-<arch>, the
+# binary itself in the tarball, kept in a prefix of its own so that it never shadows `node`.
+case "$(uname -m)" in x86_64) NODE_ARCH=x64 ;; aarch64) NODE_ARCH=arm64 ;; *) NODE_ARCH=$(uname -m) ;; esac
+NODE22=$NODE22_PREFIX/node_modules/node-linux-$NODE_ARCH/bin/node
+if [ "$("$NODE22" --version 2>/dev/null)" != "v$NODE22_VERSION" ]; then
+  log "npm install node-linux-$NODE_ARCH@$NODE22_VERSION into $NODE22_PREFIX"
+  mkdir -p "$NODE22_PREFIX"
+  [ -f "$NODE22_PREFIX/package.json" ] || printf '{ "private": true }\n' > "$NODE22_PREFIX/package.json"
+  npm install --prefix "$NODE22_PREFIX" --no-audit --no-fund --silent --save-exact \
+    "node-linux-$NODE_ARCH@$NODE22_VERSION"
+  [ "$("$NODE22" --version 2>/dev/null)" = "v$NODE22_VERSION" ] || die "$NODE22 is not Node $NODE22_VERSION"
+fi
+[ "$(readlink "$BIN/node22" 2>/dev/null)" = "$NODE22" ] || ln -sfn "$NODE22" "$BIN/node22"
+
+# --------------------------------------------------------------------------------------------------
 # Summary
 log "done in $((SECONDS - T0))s"
 printf '  %-26s %s\n' \
@@ -217,6 +238,7 @@ printf '  %-26s %s\n' \
   "webpack" "$(npm_version webpack) (webpack-cli $(npm_version webpack-cli))" \
   "rollup" "$(npm_version rollup) (node-resolve $(npm_version @rollup/plugin-node-resolve))" \
   "esbuild" "$(npm_version esbuild)" \
+  "node22" "$("$BIN/node22" --version) ($NODE22)" \
   "chromium" "$(dpkg-query -W -f='${Version}' chromium)" \
   "chromedriver" "$(dpkg-query -W -f='${Version}' chromium-driver)"
 cat <<EOF

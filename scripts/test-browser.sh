@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The browser tests, in headless Chromium against a real server (tests/src/bin/browser-test-server.rs
 # on the embedded MemoryScaler, on a free loopback port):
-#   a. the browser client's behaviours, case by case (tests/browser/client-cases.js, run by
+#   a. the browser client's behaviours, case by case (tests/browser/client-cases.mjs, run by
 #      client.test.cjs), in a page that imports the npm package (pkg/dist, rebuilt by
-#      scripts/build-pkg.sh), driven by playwright-core under `node --test`;
+#      scripts/build-pkg.sh), driven by playwright-core under `node --test`; then the same cases
+#      in Node 22 with its global WebSocket (client-node.test.mjs);
 #   b. the package from plain JS in a page (tests/browser/package.test.cjs); a tiny app
 #      (tests/browser/bundlers/app) built with Vite, webpack, esbuild and Rollup, run there; and
 #      the size budget (scripts/size.sh: a Vite production build of that app, gzipped);
 #   c. the chat demo (server/examples/chat) in two pages: a message from one shows in the other,
 #      each sees the other in the room's member list, and a leave when one closes; screenshots
-#      under target/. And Node programs log in with a token: the package's ./node and
-#      ./bundler entries with Node's global WebSocket, and the ./node entry with the ws package;
+#      under target/. And Node programs log in with a token: the package's CommonJS and ES
+#      module builds with Node's global WebSocket (Node 22, and Node 20 with its flag), and with
+#      the ws package (Node 20 without the flag);
 #   d. the same against the demo as a cluster (2 instances behind its round-robin proxy, one
 #      Redis) whose chat handlers run in 2 worker processes (worker mode);
 #   e. the same against the demo as 2 instances on a local Redis Cluster (3 masters with a
@@ -123,6 +125,7 @@ run_step() {
 }
 
 client_cases() { SSS_TEST_URL="$URL" node --test tests/browser/client.test.cjs; }
+client_cases_node() { SSS_TEST_URL="$URL" node22 --test tests/browser/client-node.test.mjs; }
 
 package_tests() {
   SSS_TEST_URL="$URL" node --test tests/browser/package.test.cjs &&
@@ -132,10 +135,11 @@ package_tests() {
     SSS_SIZE_BUDGET="${SSS_SIZE_BUDGET:-26112}" scripts/size.sh
 }
 
-# The demo in two pages, then Node programs logging in with a token (Node 20 keeps its global
-# WebSocket behind a flag).
+# The demo in two pages, then Node programs logging in with a token: on Node 22 and on Node 20
+# (which keeps its global WebSocket behind a flag).
 demo_and_node() {
   SSS_DEMO_URL="$URL" node --test tests/browser/demo.test.cjs &&
+    SSS_DEMO_URL="$URL" node22 --test tests/browser/node.test.cjs &&
     SSS_DEMO_URL="$URL" node --experimental-websocket --no-warnings \
       --test tests/browser/node.test.cjs &&
     SSS_DEMO_URL="$URL" node --test tests/browser/node-ws.test.cjs
@@ -148,6 +152,10 @@ start_server "${TEST_SERVER[@]}"
 T=$SECONDS
 log "a. the browser client's behaviours (tests/browser/client.test.cjs)"
 run_step a "browser client (playwright)" client_cases
+# The same cases in Node 22, on a fresh server (they count a channel's seqs from 1).
+start_server "${TEST_SERVER[@]}"
+log "a. the same cases in Node 22 (tests/browser/client-node.test.mjs)"
+run_step a "the client in Node 22" client_cases_node
 
 # ---- b. the npm package from plain JS (playwright-core + node --test) --------------------------
 start_server "${TEST_SERVER[@]}"

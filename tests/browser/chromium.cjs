@@ -35,3 +35,7 @@ exports.watch = (page, name, errors) => {
     if (r.status() >= 400) errors.push(`${name}: HTTP ${r.status()} for ${r.url()}`);
   });
 };
+
+// `errors` without the browser's own log line for a WebSocket that could not connect: a client
+// logs one per attempt against a dead port or a restarting server, as it should.
+exports.scriptErrors = (errors) => errors.filter((e) => !/WebSocket connection to .* failed/.test(e));
