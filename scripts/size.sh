@@ -38,8 +38,9 @@ UNPACKED=$(node -e 'console.log(JSON.parse(process.argv[1])[0].unpackedSize)' "$
 log "Vite production build of the README example (gzip -9):"
 printf '  JS (the .wasm inlined) %7d bytes\n' "$JS"
 printf '  .wasm files            %7d bytes\n' "$WASM"
-printf '  total                  %7d bytes (%d.%d KB; budget %d.%d KB)\n' "$TOTAL" \
-  $((TOTAL / 1024)) $(((TOTAL % 1024) * 10 / 1024)) $((BUDGET / 1024)) $(((BUDGET % 1024) * 10 / 1024))
+# KB to one decimal, rounded.
+kb() { printf '%d.%d' $((($1 * 10 + 512) / 10240)) $(((($1 * 10 + 512) / 1024) % 10)); }
+printf '  total                  %7d bytes (%s KB; budget %s KB)\n' "$TOTAL" "$(kb "$TOTAL")" "$(kb "$BUDGET")"
 printf '  npm pack               %7d bytes unpacked\n' "$UNPACKED"
 if [ "$TOTAL" -gt "$BUDGET" ]; then
   log "FAILED: $TOTAL bytes gzipped, over the budget of $BUDGET"

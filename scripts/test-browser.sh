@@ -152,6 +152,7 @@ log "a. the browser client's behaviours (tests/browser/client.test.cjs)"
 run_step a "browser client (playwright)" client_cases
 # The same cases in Node 22, on a fresh server (they count a channel's seqs from 1).
 start_server "${TEST_SERVER[@]}"
+T=$SECONDS
 log "a. the same cases in Node 22 (tests/browser/client-node.test.mjs)"
 run_step a "the client in Node 22" client_cases_node
 
