@@ -303,6 +303,39 @@ async fn tell_flood_at_a_slow_handler_holds_a_bounded_number_of_tasks() {
     );
 }
 
+#[tokio::test]
+async fn a_panicking_tell_handler_frees_its_slot_and_the_socket_goes_on() {
+    // Tells run on their socket's task, at once when they do not wait: a panic, whether the
+    // handler makes its future or runs it, must neither end the socket nor keep a slot of
+    // the 2 allowed in flight (the server would then stop reading the socket for good).
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let builder =
+        app(ServerOptions::default().max_concurrent_tells(2)).on_tell("boom", move |_s, n: u64| {
+            assert!(!n.is_multiple_of(2), "a panic before the future");
+            let d = d.clone();
+            async move {
+                assert!(!n.is_multiple_of(3), "a panic in the future");
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    let (_server, _l, url) = start(builder).await;
+    let mut peer = RawPeer::hello(&url).await;
+    let tells: Vec<String> = (0..100u64)
+        .map(|n| json!({"t": "tell", "topic": "boom", "msg": n}).to_string())
+        .collect();
+    let after = pipelined(&mut peer, &tells, 1).await;
+    assert!(after.is_empty(), "{after:?}");
+    // The odd numbers below 100 that 3 does not divide: 33 handlers ran to the end.
+    within("every tell handled", async {
+        while done.load(Ordering::SeqCst) != 33 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(pipelined(&mut peer, &[], 2).await.is_empty());
+}
+
 /// A peer with a narrow receive window, subscribed to `channel`, that has read the first of
 /// `count` publications of `chunk` bytes and none of the rest: the server's writes to it back up
 /// (it stops reading the peer while they are blocked), and what it sends next waits unread.
