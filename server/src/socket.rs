@@ -749,7 +749,7 @@ where
         });
     }
 
-    fn ask(&self, id: u64, topic: String, msg: Box<RawValue>) {
+    fn ask(&mut self, id: u64, topic: String, msg: Box<RawValue>) {
         let Some(route) = self.inner.asks.get(&topic).cloned() else {
             return;
         };
@@ -764,39 +764,56 @@ where
         );
         let traced = (!span.is_disabled()).then(|| span.clone());
         let inner = self.inner.clone();
-        let shared = self.shared.clone();
-        let socket = Socket::connected(shared.clone());
+        let socket = Socket::connected(self.shared.clone());
         // Asks are commanded by the message just read.
         let start = self.read_at;
-        let ask = async move {
-            let work = async {
-                let msg = match &inner.middleware {
-                    Some(mw) => match mw(socket.clone(), Inbound::Ask { topic, msg }).await? {
-                        Inbound::Ask { msg, .. } => msg,
-                        _ => return Err(Rejection::new(codes::REFUSED, "middleware")),
-                    },
-                    None => msg,
+        let mut ask = Box::pin(
+            async move {
+                let work = async {
+                    let msg = match &inner.middleware {
+                        Some(mw) => match mw(socket.clone(), Inbound::Ask { topic, msg }).await? {
+                            Inbound::Ask { msg, .. } => msg,
+                            _ => return Err(Rejection::new(codes::REFUSED, "middleware")),
+                        },
+                        None => msg,
+                    };
+                    (route.handler)(socket.clone(), msg).await
                 };
-                (route.handler)(socket.clone(), msg).await
-            };
-            let outcome = guarded(work).await;
-            if matches!(outcome, AskOutcome::Panicked) {
-                warn!(socket = socket.id(), "ask handler panicked");
+                let outcome = guarded(work).await;
+                if matches!(outcome, AskOutcome::Panicked) {
+                    warn!(socket = socket.id(), "ask handler panicked");
+                }
+                let elapsed = start.elapsed();
+                let result = outcome.code();
+                inner.metrics.ask_answered(&route.series, result, elapsed);
+                if let Some(span) = traced {
+                    let outcome = result.err().unwrap_or("ok");
+                    let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                    span.record("outcome", outcome);
+                    span.record("duration_us", duration_us);
+                    // The outcome is in the span's fields, which the event is logged with.
+                    debug!("ask answered");
+                }
+                outcome
             }
-            let elapsed = start.elapsed();
-            let result = outcome.code();
-            inner.metrics.ask_answered(&route.series, result, elapsed);
-            if let Some(span) = traced {
-                let outcome = result.err().unwrap_or("ok");
-                let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-                span.record("outcome", outcome);
-                span.record("duration_us", duration_us);
-                // The outcome is in the span's fields, which the event is logged with.
-                debug!("ask answered");
+            .instrument(span),
+        );
+        // Run at once: a handler that answers without waiting (most do) is answered in this
+        // wakeup, without a task, a trip through the queue and a wakeup of this one (a round
+        // trip cost 9.7 µs of server CPU with them against 6.7-7.5 µs for the raw echo server,
+        // `sss-bench rpc baseline`). One that waits goes on in a task of its own.
+        match (&mut ask).now_or_never() {
+            Some(outcome) => self
+                .machine
+                .handle_verdict(Verdict::AskDone { id, outcome }),
+            None => {
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let outcome = ask.await;
+                    shared.report(Verdict::AskDone { id, outcome });
+                });
             }
-            shared.report(Verdict::AskDone { id, outcome });
-        };
-        tokio::spawn(ask.instrument(span));
+        }
     }
 
     fn tell(&mut self, topic: String, msg: Box<RawValue>) {
