@@ -7,9 +7,11 @@
 //! while empty, and gives back what a burst made it grow.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 use crate::socket::Out;
 
@@ -33,7 +35,10 @@ struct State {
 /// A multi-producer, single-consumer queue, bounded for [`try_push`](Self::try_push).
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
+    /// The socket's task, woken by a push, a close and [`wake`](Self::wake). One consumer, so
+    /// one waker: tokio's `Notify`, used before, locked its list of waiters at every wait and
+    /// every notification, and a socket waited on two of them at every turn of its loop.
+    waker: AtomicWaker,
     capacity: usize,
 }
 
@@ -44,7 +49,7 @@ impl Outbox {
                 items: VecDeque::new(),
                 closed: false,
             }),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
         }
     }
@@ -67,7 +72,7 @@ impl Outbox {
             }
             st.items.push_back(out);
         }
-        self.ready.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
@@ -81,33 +86,54 @@ impl Outbox {
             }
             st.items.push_back(out);
         }
-        self.ready.notify_one();
+        self.waker.wake();
         true
     }
 
     /// The next item, if one is queued.
     pub(crate) fn try_recv(&self) -> Option<Out> {
+        self.next().flatten()
+    }
+
+    /// `Some(next item)`, `Some(None)` once closed and drained, `None` while empty.
+    fn next(&self) -> Option<Option<Out>> {
         let mut st = self.lock();
         let out = st.items.pop_front();
         if st.items.is_empty() && st.items.capacity() > KEEP {
             st.items = VecDeque::new();
         }
-        out
+        match out {
+            Some(out) => Some(Some(out)),
+            None => st.closed.then_some(None),
+        }
     }
 
     /// The next item, waiting for one; `None` once closed. Only the socket's task receives.
     pub(crate) async fn recv(&self) -> Option<Out> {
-        loop {
-            // Registered before looking, so a push between the look and the wait still wakes.
-            let notified = self.ready.notified();
-            if let Some(out) = self.try_recv() {
-                return Some(out);
-            }
-            if self.lock().closed {
-                return None;
-            }
-            notified.await;
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+        if let Some(out) = self.next() {
+            return Poll::Ready(out);
         }
+        self.register(cx.waker());
+        // Looked at again once registered: a push in between is seen here or wakes `cx`.
+        match self.next() {
+            Some(out) => Poll::Ready(out),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Wakes the socket's task (registered by [`register`](Self::register) or a wait in
+    /// [`recv`](Self::recv)), for something other than an item: a kill.
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Registers the task that [`wake`](Self::wake) and pushes wake: the socket's own.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
     }
 
     /// Refuses every push from now on and drops what is queued (the socket's task is ending).
@@ -119,7 +145,7 @@ impl Outbox {
         };
         // Dropped outside the lock: an item's drop may run arbitrary code.
         drop(dropped);
-        self.ready.notify_one();
+        self.waker.wake();
     }
 }
 

@@ -8,7 +8,9 @@
 //! nothing about the protocol.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -20,7 +22,6 @@ use serde_json::value::RawValue;
 use sss_core::protocol::{close, codes, encode_tell, Member, PresenceStats};
 use sss_core::Position;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -73,7 +74,8 @@ pub(crate) struct SocketShared {
     session: OnceLock<Session>,
     outbox: Outbox,
     kill: Mutex<Option<(u16, String)>>,
-    killed: Notify,
+    /// Set with `kill`, read at every turn of the socket's loop; the outbox's waker wakes it.
+    killed: AtomicBool,
     /// The socket as a presence member, made when it first joins a presence.
     member: OnceLock<Arc<Member>>,
 }
@@ -136,8 +138,25 @@ impl SocketShared {
             return false;
         }
         *k = Some((code, reason.to_owned()));
-        self.killed.notify_one();
+        self.killed.store(true, Ordering::Release);
+        self.outbox.wake();
         true
+    }
+
+    /// Ready once the socket is killed. Waits with the outbox's waker: the socket's task.
+    async fn killed(&self) {
+        poll_fn(|cx| {
+            if self.killed.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.outbox.register(cx.waker());
+            if self.killed.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     fn kill_reason(&self) -> (u16, String) {
@@ -325,7 +344,7 @@ where
         session: OnceLock::new(),
         outbox: Outbox::new(inner.options.outbound_queue),
         kill: Mutex::new(None),
-        killed: Notify::new(),
+        killed: AtomicBool::new(false),
         member: OnceLock::new(),
     });
     inner.registry.add_socket(&shared);
@@ -510,7 +529,7 @@ where
             let reading = self.machine.wants_read();
             tokio::select! {
                 biased;
-                () = shared.killed.notified() => {
+                () = shared.killed() => {
                     let (code, reason) = shared.kill_reason();
                     self.machine.handle_kill(code, &reason);
                 }
@@ -898,7 +917,7 @@ where
                     Err(None)
                 }
             },
-            () = shared.killed.notified() => Err(Some(shared.kill_reason())),
+            () = shared.killed() => Err(Some(shared.kill_reason())),
         }
     }
 
