@@ -129,7 +129,8 @@ pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
 
 /// Runs `o.scenarios` in order into `report`.
 async fn run_scenarios(o: &Opts, report: &mut Report) {
-    let mut baseline: Option<f64> = None;
+    // The raw echo server's round trips/s and server CPU µs per round trip, for `rpc`'s ratios.
+    let mut baseline: Option<(f64, f64)> = None;
     let redis = matches!(o.scaler, ScalerOpt::Redis(_));
     for scenario in o.scenarios.clone() {
         let name = match scenario {
@@ -153,7 +154,7 @@ async fn run_scenarios(o: &Opts, report: &mut Report) {
             Scenario::Baseline => {
                 rpc_scenario(o, report, Kind::Echo, o.server_cpus.clone(), None, name)
                     .await
-                    .map(|rps| baseline = Some(rps))
+                    .map(|raw| baseline = Some(raw))
             }
             Scenario::Rpc => {
                 rpc_scenario(o, report, Kind::Sss, o.server_cpus.clone(), baseline, name)
@@ -228,18 +229,20 @@ async fn tells_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()>
     Ok(())
 }
 
-/// `rpc` (kind sss) or `baseline` (kind echo); returns the round trips per second.
+/// `rpc` (kind sss) or `baseline` (kind echo); returns the round trips per second and the
+/// server CPU µs per round trip.
 async fn rpc_scenario(
     o: &Opts,
     report: &mut Report,
     kind: Kind,
     cpus: Option<String>,
-    baseline: Option<f64>,
+    baseline: Option<(f64, f64)>,
     name: &str,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let r = rpc::run(o, kind, cpus.clone(), 0).await?;
     let rps = r.per_second();
-    let ratio = baseline.map(|b| rps / b.max(1e-9));
+    let ratio = baseline.map(|(b, _)| rps / b.max(1e-9));
+    let cpu_ratio = baseline.map(|(_, us)| r.server_us_per_rt() / us.max(1e-9));
     report.line(&json!({
         "scenario": name,
         "server": r.kind.as_str(),
@@ -257,6 +260,7 @@ async fn rpc_scenario(
         "load_cores": r.cpu.load_cores(),
         "other_cores": r.cpu.other_cores(),
         "ratio_to_baseline": ratio,
+        "server_cpu_ratio_to_baseline": cpu_ratio,
         "errors": r.errors,
     }));
     let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
@@ -291,6 +295,15 @@ async fn rpc_scenario(
             "<= 8",
             us <= 8.0,
         );
+        if let Some(x) = cpu_ratio {
+            report.target(
+                name,
+                "server CPU per round trip / raw",
+                format!("{x:.2}x"),
+                "<= 1.15x",
+                x <= 1.15,
+            );
+        }
     } else {
         report.info(
             name,
@@ -299,7 +312,7 @@ async fn rpc_scenario(
         );
     }
     report.check(name, "errors", r.errors, "connections failed");
-    Ok(rps)
+    Ok((rps, r.server_us_per_rt()))
 }
 
 async fn fanout_scenario(
