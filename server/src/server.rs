@@ -353,8 +353,14 @@ impl ServerBuilder {
     }
 
     /// Registers the handler of asks on `topic`. The request is deserialized into `Req` (a
-    /// failure answers `bad_request`); the handler's `Ok` is serialized as the response, its
-    /// `Err` reaches the client as a typed error.
+    /// failure answers `bad_request`; `Req = Box<RawValue>` takes the JSON as it came); the
+    /// handler's `Ok` is serialized as the response, its `Err` reaches the client as a typed
+    /// error.
+    ///
+    /// The handler starts on its socket's task: one that answers without waiting is answered
+    /// there, at once; one that waits goes on in a task of its own, so a socket's asks run
+    /// concurrently (up to [`max_concurrent_asks`](ServerOptions::max_concurrent_asks)). Long
+    /// blocking work belongs in `tokio::task::spawn_blocking`.
     pub fn on_ask<Req, Resp, F, Fut>(mut self, topic: impl Into<String>, f: F) -> Self
     where
         Req: DeserializeOwned + Send + 'static,
