@@ -7,11 +7,11 @@
 //! socket's queue), writes what the machine sends, and closes when it says so. It decides
 //! nothing about the protocol.
 
-use std::panic::AssertUnwindSafe;
 use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::Poll;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
