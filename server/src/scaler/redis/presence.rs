@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use sss_core::protocol::Member;
 
 use super::scripts::{PRESENCE, PRESENCE_REFRESH, PRESENCE_SWEEP, PRESENCE_UPDATE};
@@ -23,6 +24,8 @@ use crate::scaler::ScalerError;
 /// Members refreshed per script run, and most members one sweep run removes: bounds the time
 /// Redis spends in one script.
 const BATCH: usize = 500;
+/// Presence scripts (refreshes, sweeps) of one maintenance run in flight at once.
+const IN_FLIGHT: usize = 32;
 
 /// A presence change as it travels over pub/sub (built by the presence scripts). Told apart
 /// from a publication by its first key.
@@ -128,23 +131,18 @@ impl Shared {
                 .or_default()
                 .push((socket.clone(), json.clone()));
         }
+        // A channel's batches in flight together, and several channels' (the connection
+        // pipelines them): one at a time, a sweep period over many channels was one Redis
+        // round trip per channel, twice.
+        let mut refreshes = Vec::new();
         for (channel, members) in &mine {
             for batch in members.chunks(BATCH) {
-                let mut inv = PRESENCE_REFRESH.prepare_invoke();
-                inv.key(self.presence_key(channel))
-                    .key(self.expiry_key(channel))
-                    .arg(self.presence_ttl_ms())
-                    .arg(self.pub_channel(channel))
-                    .arg(self.publish_command());
-                for (socket, json) in batch {
-                    inv.arg(socket).arg(json);
-                }
-                let mut conn = self.conn.clone();
-                let rejoined: u64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-                if rejoined > 0 {
-                    tracing::warn!(channel, rejoined, "presence members had expired (Redis was unreachable for longer than presence_ttl) and joined again");
-                }
+                refreshes.push(self.refresh_presence(channel, batch));
             }
+        }
+        let mut refreshes = futures::stream::iter(refreshes).buffer_unordered(IN_FLIGHT);
+        while let Some(done) = refreshes.next().await {
+            done?;
         }
         drop(gate);
         // Only the channels still delivered: wherever nobody listens, a leave reaches no one,
@@ -158,25 +156,55 @@ impl Shared {
                 .cloned()
                 .collect()
         };
-        for channel in swept {
-            loop {
-                let mut inv = PRESENCE_SWEEP.prepare_invoke();
-                inv.key(self.presence_key(&channel))
-                    .key(self.expiry_key(&channel))
-                    .arg(self.pub_channel(&channel))
-                    .arg(self.publish_command())
-                    .arg(BATCH);
-                let mut conn = self.conn.clone();
-                let removed: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
-                if removed > 0 {
-                    tracing::debug!(channel, removed, "expired presence members swept");
-                }
-                if removed < BATCH {
-                    break;
-                }
-            }
+        let sweeps: Vec<_> = swept.iter().map(|c| self.sweep_presence(c)).collect();
+        let mut sweeps = futures::stream::iter(sweeps).buffer_unordered(IN_FLIGHT);
+        while let Some(done) = sweeps.next().await {
+            done?;
         }
         Ok(())
+    }
+
+    /// Refreshes one batch of this instance's members of `channel`.
+    async fn refresh_presence(
+        &self,
+        channel: &str,
+        batch: &[(String, String)],
+    ) -> Result<(), ScalerError> {
+        let mut inv = PRESENCE_REFRESH.prepare_invoke();
+        inv.key(self.presence_key(channel))
+            .key(self.expiry_key(channel))
+            .arg(self.presence_ttl_ms())
+            .arg(self.pub_channel(channel))
+            .arg(self.publish_command());
+        for (socket, json) in batch {
+            inv.arg(socket).arg(json);
+        }
+        let mut conn = self.conn.clone();
+        let rejoined: u64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        if rejoined > 0 {
+            tracing::warn!(channel, rejoined, "presence members had expired (Redis was unreachable for longer than presence_ttl) and joined again");
+        }
+        Ok(())
+    }
+
+    /// Removes `channel`'s expired members (of any instance), announcing their leaves.
+    async fn sweep_presence(&self, channel: &str) -> Result<(), ScalerError> {
+        loop {
+            let mut inv = PRESENCE_SWEEP.prepare_invoke();
+            inv.key(self.presence_key(channel))
+                .key(self.expiry_key(channel))
+                .arg(self.pub_channel(channel))
+                .arg(self.publish_command())
+                .arg(BATCH);
+            let mut conn = self.conn.clone();
+            let removed: usize = self.bounded(inv.invoke_async(&mut conn)).await?;
+            if removed > 0 {
+                tracing::debug!(channel, removed, "expired presence members swept");
+            }
+            if removed < BATCH {
+                return Ok(());
+            }
+        }
     }
 
     /// Runs [`maintain_presence`](Self::maintain_presence) every third of `presence_ttl` until
