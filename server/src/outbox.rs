@@ -90,6 +90,11 @@ impl Outbox {
         true
     }
 
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
+    }
+
     /// The next item, if one is queued.
     pub(crate) fn try_recv(&self) -> Option<Out> {
         self.next().flatten()

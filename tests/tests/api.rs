@@ -8,7 +8,7 @@ use sss_client::{Client, ConnectError, Options, RequestError, SubEvent};
 use sss_server::{
     codes, Inbound, MemoryScaler, Refusal, Rejection, Server, ServerBuilder, ServerOptions, Session,
 };
-use sss_tests::{start, within};
+use sss_tests::{start, within, RawPeer};
 use tokio::sync::mpsc;
 
 /// The application every test here runs: a session parser reading the query string, a
@@ -97,6 +97,38 @@ async fn client(url: &str) -> Client {
     within("connect", Client::connect(url, Options::default()))
         .await
         .expect("connects")
+}
+
+#[tokio::test]
+async fn tells_a_handler_sends_its_socket_arrive_before_the_answer() {
+    // The `echo` handler tells its socket, then answers without waiting: it runs in the
+    // wakeup that read the ask, and its answer must still not overtake the tell.
+    let (_server, url, _) = setup().await;
+    let mut peer = RawPeer::hello(&url).await;
+    let asks: Vec<String> = (1..=20)
+        .map(|id| {
+            json!({"t": "ask", "id": id, "topic": "echo", "msg": format!("m{id}")}).to_string()
+        })
+        .collect();
+    peer.send_pipelined(&asks).await;
+    let mut told = Vec::new();
+    for _ in 0..40 {
+        let frame: serde_json::Value =
+            serde_json::from_str(&within("a frame", peer.next_text()).await.expect("open"))
+                .expect("json");
+        match frame["t"].as_str() {
+            Some("tell") => told.push(frame["msg"].as_str().unwrap_or_default().to_owned()),
+            Some("res") => {
+                let id = frame["id"].as_u64().unwrap_or_default();
+                assert!(
+                    told.contains(&format!("m{id}")),
+                    "answer {id} before its tell (told so far: {told:?})"
+                );
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(told.len(), 20);
 }
 
 #[tokio::test]
