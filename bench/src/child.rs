@@ -38,6 +38,8 @@ pub(crate) struct Spec {
     pub(crate) redis_prefix: Option<String>,
     /// A command the server runs under (e.g. `perf record -g --`), split on whitespace.
     pub(crate) wrap: Option<String>,
+    /// Environment variables of the server process, beside the bench's own.
+    pub(crate) env: Vec<(&'static str, &'static str)>,
 }
 
 impl Spec {
@@ -59,6 +61,7 @@ impl Spec {
             scaler: ScalerOpt::Memory,
             redis_prefix: None,
             wrap: std::env::var("SSS_BENCH_SERVER_WRAP").ok(),
+            env: Vec::new(),
         }
     }
 }
@@ -97,7 +100,7 @@ impl ServerProc {
         }
         argv.push(exe.into());
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]);
+        cmd.args(&argv[1..]).envs(spec.env.iter().copied());
         cmd.arg("serve")
             .args(["--kind", spec.kind.as_str()])
             .args(["--instances", &spec.instances.to_string()]);

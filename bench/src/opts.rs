@@ -12,7 +12,8 @@ Scenarios (default: all, in this order):
                     for the answer; the same load first on the raw echo server (which
                     drops tells and echoes the ask)
   fanout            N subscribers on one channel, one publisher at R msgs/s
-  idle              K welcomed connections held open: server RSS per connection
+  idle              K welcomed connections held open: server RSS per connection (with glibc's
+                    defaults, then with its mmap threshold at 4 KiB)
   reconnect-storm   K subscribed clients lose their instance and resync on another
   channels          N distinct channels subscribed then left (twice): server RSS before, at
                     peak and after (is channel state freed?)

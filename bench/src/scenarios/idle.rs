@@ -30,8 +30,20 @@ impl IdleResult {
 }
 
 /// Starts a server of `kind`, opens and holds the connections, reads its RSS.
-pub(crate) async fn run(o: &Opts, kind: Kind) -> Result<IdleResult> {
-    let server = ServerProc::spawn(&Spec::new(kind, o.server_cpus.clone())).await?;
+/// glibc told to serve blocks of 4 KiB and more by `mmap` (README, "Operating it"): the
+/// HTTP handshake's 8 KiB buffer then leaves no hole in the heap.
+pub(crate) const MMAP_THRESHOLD_4K: (&str, &str) =
+    ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4096");
+
+/// K idle connections to a server of `kind`, with `env` in the server's environment.
+pub(crate) async fn run(
+    o: &Opts,
+    kind: Kind,
+    env: &[(&'static str, &'static str)],
+) -> Result<IdleResult> {
+    let mut spec = Spec::new(kind, o.server_cpus.clone());
+    spec.env = env.to_vec();
+    let server = ServerProc::spawn(&spec).await?;
     let r = measure(o, kind, &server).await;
     server.stop().await;
     r

@@ -437,8 +437,9 @@ async fn fanout_scenario(
 }
 
 async fn idle_scenario(o: &Opts, report: &mut Report) -> Result<()> {
-    let sss = idle::run(o, Kind::Sss).await?;
-    let echo = idle::run(o, Kind::Echo).await?;
+    let sss = idle::run(o, Kind::Sss, &[]).await?;
+    let tuned = idle::run(o, Kind::Sss, &[idle::MMAP_THRESHOLD_4K]).await?;
+    let echo = idle::run(o, Kind::Echo, &[]).await?;
     report.line(&json!({
         "scenario": "idle",
         "server_cpus": cpus_json(&o.server_cpus),
@@ -446,13 +447,22 @@ async fn idle_scenario(o: &Opts, report: &mut Report) -> Result<()> {
         "rss_before_bytes": sss.rss_before,
         "rss_after_bytes": sss.rss_after,
         "rss_per_connection_bytes": sss.per_connection(),
+        "mmap_threshold_4k_rss_per_connection_bytes": tuned.per_connection(),
         "baseline_rss_per_connection_bytes": echo.per_connection(),
-        "errors": sss.errors + echo.errors,
+        "errors": sss.errors + tuned.errors + echo.errors,
     }));
     let per = sss.per_connection();
     report.target(
         "idle",
         "server RSS/connection",
+        format!("{:.0} B", per),
+        "<= 4096 B",
+        per <= 4096.0,
+    );
+    let per = tuned.per_connection();
+    report.target(
+        "idle",
+        "server RSS/connection, glibc mmap threshold 4 KiB",
         format!("{:.0} B", per),
         "<= 4096 B",
         per <= 4096.0,
@@ -465,7 +475,7 @@ async fn idle_scenario(o: &Opts, report: &mut Report) -> Result<()> {
     report.check(
         "idle",
         "errors",
-        sss.errors + echo.errors,
+        sss.errors + tuned.errors + echo.errors,
         "connections failed",
     );
     debug_assert_eq!(echo.kind, Kind::Echo);
