@@ -74,7 +74,8 @@ pub(crate) struct SocketShared {
     session: OnceLock<Session>,
     outbox: Outbox,
     kill: Mutex<Option<(u16, String)>>,
-    /// Set with `kill`, read at every turn of the socket's loop; the outbox's waker wakes it.
+    /// Set with `kill` and taken by the socket's task (see [`killed`](Self::killed)); the
+    /// outbox's waker wakes it.
     killed: AtomicBool,
     /// The socket as a presence member, made when it first joins a presence.
     member: OnceLock<Arc<Member>>,
@@ -143,14 +144,16 @@ impl SocketShared {
         true
     }
 
-    /// Ready once the socket is killed. Waits with the outbox's waker: the socket's task.
+    /// Ready once the socket is killed, and then never again: the kill is taken and handled
+    /// once, as tokio's `Notify` permit was (a flag left set would also end any later flush).
+    /// Waits with the outbox's waker: the socket's task.
     async fn killed(&self) {
         poll_fn(|cx| {
-            if self.killed.load(Ordering::Acquire) {
+            if self.killed.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(());
             }
             self.outbox.register(cx.waker());
-            if self.killed.load(Ordering::Acquire) {
+            if self.killed.swap(false, Ordering::AcqRel) {
                 Poll::Ready(())
             } else {
                 Poll::Pending
