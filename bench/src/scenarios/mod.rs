@@ -451,22 +451,19 @@ async fn idle_scenario(o: &Opts, report: &mut Report) -> Result<()> {
         "baseline_rss_per_connection_bytes": echo.per_connection(),
         "errors": sss.errors + tuned.errors + echo.errors,
     }));
-    let per = sss.per_connection();
-    report.target(
-        "idle",
-        "server RSS/connection",
-        format!("{:.0} B", per),
-        "<= 4096 B",
-        per <= 4096.0,
-    );
-    let per = tuned.per_connection();
-    report.target(
-        "idle",
-        "server RSS/connection, glibc mmap threshold 4 KiB",
-        format!("{:.0} B", per),
-        "<= 4096 B",
-        per <= 4096.0,
-    );
+    for (what, r) in [
+        ("server RSS/connection", &sss),
+        ("server RSS/connection, glibc mmap threshold 4 KiB", &tuned),
+    ] {
+        let per = r.per_connection();
+        report.target(
+            "idle",
+            what,
+            format!("{per:.0} B"),
+            "<= 4096 B",
+            per <= 4096.0,
+        );
+    }
     report.info(
         "idle",
         "baseline RSS/connection",
