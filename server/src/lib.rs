@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod endpoints;
+mod fifo;
 mod handshake;
 pub mod machine;
 mod metrics;

@@ -35,7 +35,7 @@
 //! It is public so that it can be fuzzed and model-tested from outside the crate; applications
 //! do not need it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,7 @@ use sss_core::protocol::{
 use sss_core::Position;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::fifo::Fifo;
 use crate::scaler::{History, Record};
 use crate::{Grant, Refusal, Rejection, Session};
 
@@ -412,16 +413,22 @@ impl Last {
     /// Whether a publication is new to the client: later in the same epoch, or from another
     /// epoch (the scaler lost its history; the client notices and resyncs).
     fn admits(&mut self, epoch: &Arc<str>, seq: u64) -> bool {
-        let fresh = if Arc::ptr_eq(&self.epoch, epoch) || *self.epoch == **epoch {
-            seq > self.seq
-        } else {
-            true
-        };
-        if fresh {
+        // The registry hands every publication of an epoch the same `Arc`: once adopted here,
+        // the pointer says "same epoch" without reading the string or touching the reference
+        // count that every subscriber, on every core, shares.
+        if !Arc::ptr_eq(&self.epoch, epoch) {
+            let same_epoch = *self.epoch == **epoch;
             self.epoch = epoch.clone();
-            self.seq = seq;
+            if !same_epoch {
+                self.seq = seq;
+                return true;
+            }
         }
-        fresh
+        if seq <= self.seq {
+            return false;
+        }
+        self.seq = seq;
+        true
     }
 }
 
@@ -443,7 +450,11 @@ pub struct Machine {
     identity: Identity,
     topics: Arc<dyn Topics>,
     phase: Phase,
-    subs: HashMap<String, Sub>,
+    /// By channel. foldhash, not SipHash: the lookup is on every delivery, where SipHash cost
+    /// ~160 instructions of the server's ~3 800 (callgrind, `sss-bench fanout`); the keys are
+    /// the client's, but the map is its own and bounded by `max_subscriptions`, and foldhash
+    /// is seeded per map all the same.
+    subs: HashMap<String, Sub, foldhash::fast::RandomState>,
     /// The channel each operation in flight was started for (a verdict is matched in O(1);
     /// an entry lives until its verdict arrives, so there are at most as many as work in
     /// flight).
@@ -454,7 +465,7 @@ pub struct Machine {
     hello_deadline: Instant,
     last_recv: Instant,
     next_ping: Instant,
-    commands: VecDeque<Command>,
+    commands: Fifo<Command>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -487,24 +498,18 @@ impl Machine {
             },
             topics,
             phase: Phase::Hello,
-            subs: HashMap::new(),
+            subs: HashMap::default(),
             ops: HashMap::new(),
             next_op: 0,
             asks: 0,
             tells: 0,
-            commands: VecDeque::new(),
+            commands: Fifo::default(),
         }
     }
 
     /// The next thing to do, in order.
     pub fn poll_command(&mut self) -> Option<Command> {
-        let command = self.commands.pop_front();
-        if self.commands.is_empty() && self.commands.capacity() > 0 {
-            // Given back once drained: an idle socket keeps no buffer (measured with the
-            // welcome's commands kept: ~290 bytes per idle connection).
-            self.commands = VecDeque::new();
-        }
-        command
+        self.commands.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
@@ -547,7 +552,7 @@ impl Machine {
     }
 
     fn send(&mut self, f: &ServerFrame) {
-        self.commands.push_back(frame(f));
+        self.commands.push(frame(f));
     }
 
     fn subrej(&mut self, id: u64, ch: &str, code: &str, reason: impl Into<String>) {
@@ -564,7 +569,7 @@ impl Machine {
     }
 
     fn note(&mut self, note: Note) {
-        self.commands.push_back(Command::Note(note));
+        self.commands.push(Command::Note(note));
     }
 
     /// Closes: leaves every joined channel, then tells the driver to close with `code`.
@@ -573,7 +578,7 @@ impl Machine {
             return;
         }
         self.leave_all();
-        self.commands.push_back(Command::Close {
+        self.commands.push(Command::Close {
             code,
             reason: reason.into(),
         });
@@ -584,7 +589,7 @@ impl Machine {
         let channels: Vec<String> = self.joined_channels().map(str::to_owned).collect();
         self.subs.clear();
         for channel in channels {
-            self.commands.push_back(Command::Leave { channel });
+            self.commands.push(Command::Leave { channel });
         }
     }
 
@@ -695,8 +700,7 @@ impl Machine {
                 self.next_op += 1;
                 let op = self.next_op;
                 self.phase = Phase::Authenticating { op };
-                self.commands
-                    .push_back(Command::AuthorizeSession { op, auth });
+                self.commands.push(Command::AuthorizeSession { op, auth });
             }
             ClientFrame::Hello { v, .. } => {
                 let reason = format!(
@@ -722,7 +726,7 @@ impl Machine {
             return self.ask_refused(id, topic, codes::BUSY, reason);
         }
         self.asks += 1;
-        self.commands.push_back(Command::Ask { id, topic, msg });
+        self.commands.push(Command::Ask { id, topic, msg });
     }
 
     /// A presence request: answered like an ask, and counted with them.
@@ -749,7 +753,7 @@ impl Machine {
             });
         }
         self.asks += 1;
-        self.commands.push_back(Command::Presence {
+        self.commands.push(Command::Presence {
             id,
             channel: ch.to_owned(),
             stats,
@@ -769,7 +773,7 @@ impl Machine {
         // Unknown topics are dropped: a tell has no answer to carry an error.
         if self.topics.has_tell(&topic) {
             self.tells += 1;
-            self.commands.push_back(Command::Tell { topic, msg });
+            self.commands.push(Command::Tell { topic, msg });
         } else {
             self.note(Note::TellDropped { topic });
         }
@@ -799,7 +803,7 @@ impl Machine {
             // differ); the older verdict will be ignored.
             Sub::Authorizing { .. } => {
                 let op = self.op(&ch);
-                self.commands.push_back(Command::Authorize {
+                self.commands.push(Command::Authorize {
                     op,
                     channel: ch.clone(),
                     query: q,
@@ -878,7 +882,7 @@ impl Machine {
         };
         let op = self.op(&ch);
         let sub = if needs_parser {
-            self.commands.push_back(Command::Authorize {
+            self.commands.push(Command::Authorize {
                 op,
                 channel: ch.clone(),
                 query: q,
@@ -891,7 +895,7 @@ impl Machine {
             }
         } else {
             // A socket's own user or session channel: no parser, and no presence.
-            self.commands.push_back(Command::Join {
+            self.commands.push(Command::Join {
                 op,
                 channel: ch.clone(),
                 presence: false,
@@ -909,7 +913,7 @@ impl Machine {
 
     fn sync(&mut self, channel: &str, since: Option<Position>) -> OpId {
         let op = self.op(channel);
-        self.commands.push_back(Command::Sync {
+        self.commands.push(Command::Sync {
             op,
             channel: channel.to_owned(),
             since,
@@ -922,7 +926,7 @@ impl Machine {
             return;
         };
         if sub.joined() {
-            self.commands.push_back(Command::Leave {
+            self.commands.push(Command::Leave {
                 channel: ch.to_owned(),
             });
         }
@@ -936,7 +940,7 @@ impl Machine {
         let overflow = match self.subs.get_mut(&*p.channel) {
             Some(Sub::Live { last, .. }) => {
                 if last.admits(&p.epoch, p.seq) {
-                    self.commands.push_back(Command::Send(p.frame.clone()));
+                    self.commands.push(Command::Send(p.frame.clone()));
                 }
                 false
             }
@@ -964,7 +968,7 @@ impl Machine {
             Some(Sub::Live { presence, .. }) if presence.granted && presence.events
         );
         if wanted && note.socket != self.identity.socket {
-            self.commands.push_back(Command::Send(note.frame.clone()));
+            self.commands.push(Command::Send(note.frame.clone()));
         }
     }
 
@@ -973,7 +977,7 @@ impl Machine {
     /// for anything but `welcome`), and after the close there is no one to send it to.
     pub fn handle_told(&mut self, frame: Utf8Bytes) {
         if self.phase == Phase::Open {
-            self.commands.push_back(Command::Send(frame));
+            self.commands.push(Command::Send(frame));
         }
     }
 
@@ -986,7 +990,7 @@ impl Machine {
             Some(sub) => {
                 let pending = sub.pending();
                 self.subs.remove(channel);
-                self.commands.push_back(Command::Leave {
+                self.commands.push(Command::Leave {
                     channel: channel.to_owned(),
                 });
                 match pending {
@@ -1037,7 +1041,7 @@ impl Machine {
                 self.phase = Phase::Open;
                 self.identity.user.clone_from(&session.user);
                 self.identity.session.clone_from(&session.session);
-                self.commands.push_back(Command::Admit(session));
+                self.commands.push(Command::Admit(session));
                 // The heartbeat starts from the `hello` (or anything the client sent since).
                 self.next_ping = self.last_recv + self.config.heartbeat;
                 let welcome = ServerFrame::Welcome {
@@ -1082,7 +1086,7 @@ impl Machine {
     fn refuse(&mut self, ch: &str, r: Rejection) {
         if let Some(sub) = self.subs.remove(ch) {
             if sub.joined() {
-                self.commands.push_back(Command::Leave {
+                self.commands.push(Command::Leave {
                     channel: ch.to_owned(),
                 });
             }
@@ -1105,7 +1109,7 @@ impl Machine {
         }) = self.subs.remove(&ch)
         {
             let op = self.op(&ch);
-            self.commands.push_back(Command::Join {
+            self.commands.push(Command::Join {
                 op,
                 channel: ch.clone(),
                 presence: grant.presence,
@@ -1181,7 +1185,7 @@ impl Machine {
             }
             (Synced::History(History::Recovered(_)), None) => {
                 // A driver answering a head read with a history: refuse rather than guess.
-                self.commands.push_back(Command::Leave {
+                self.commands.push(Command::Leave {
                     channel: ch.clone(),
                 });
                 let reason = "sync answered the wrong question";
@@ -1227,11 +1231,11 @@ impl Machine {
         };
         for r in &replay {
             let f = encode_pub(&ch, &r.topic, &r.position, &r.msg);
-            self.commands.push_back(Command::Send(Utf8Bytes::from(f)));
+            self.commands.push(Command::Send(Utf8Bytes::from(f)));
         }
         for h in held {
             if last.admits(&h.epoch, h.seq) {
-                self.commands.push_back(Command::Send(h.frame.clone()));
+                self.commands.push(Command::Send(h.frame.clone()));
             }
         }
         self.subs.insert(ch, Sub::Live { last, presence });

@@ -119,11 +119,9 @@ impl Outbox {
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
-        if let Some(out) = self.next() {
-            return Poll::Ready(out);
-        }
+        // Registered before looking: a push from then on is seen here or wakes `cx`. Looking
+        // first, then registering and looking again, locked the queue twice per wait.
         self.register(cx.waker());
-        // Looked at again once registered: a push in between is seen here or wakes `cx`.
         match self.next() {
             Some(out) => Poll::Ready(out),
             None => Poll::Pending,

@@ -4,7 +4,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sss_core::protocol::{close, encode_pub, encode_tell, Member, ServerFrame};
 use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
@@ -35,9 +35,22 @@ struct ChannelSubs {
     /// Held while this instance's interest in the channel, and its members, change at the
     /// scaler; what the scaler has been told.
     interest: Arc<AsyncMutex<Scaled>>,
+    /// The epoch of the last publication fanned out, shared by the next ones while it holds:
+    /// each subscriber then recognises it by pointer, without reading the string or taking a
+    /// reference count (`sss-bench fanout`: 2.3 % of the server's CPU was comparing epochs).
+    epoch: Mutex<Option<Arc<str>>>,
 }
 
 impl ChannelSubs {
+    /// `epoch` as an `Arc`: the one the previous publication had if it is the same.
+    fn epoch_of(&self, epoch: &str) -> Arc<str> {
+        let mut last = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some(e) if **e == *epoch => e.clone(),
+            _ => last.insert(Arc::from(epoch)).clone(),
+        }
+    }
+
     /// Whether anyone here reads the channel.
     fn wanted(&self) -> bool {
         !self.subs.is_empty() || !self.taps.is_empty()
@@ -348,7 +361,7 @@ impl Registry {
         }
         let publication = Arc::new(Publication {
             channel: channel.clone(),
-            epoch: Arc::from(record.position.epoch.as_str()),
+            epoch: entry.epoch_of(&record.position.epoch),
             seq: record.position.seq,
             frame: Utf8Bytes::from(encode_pub(
                 channel,

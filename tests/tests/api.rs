@@ -1,6 +1,8 @@
 //! Ask, tell, channels, parsers, middleware and cluster-wide operations, over real sockets.
 
 use std::future::pending;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use serde_json::json;
@@ -129,6 +131,56 @@ async fn tells_a_handler_sends_its_socket_arrive_before_the_answer() {
         }
     }
     assert_eq!(told.len(), 20);
+}
+
+/// A socket woken over and over for publications still reads its client: the server polls a
+/// socket's read side only when its waker fired (most wakeups are for the queue), so a read
+/// wakeup lost among them would leave the asks unread while publications keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_are_read_while_publications_stream_in() {
+    let (server, url, _) = setup().await;
+    let c = client(&url).await;
+    let mut sub = within("sub", c.subscribe("room:busy", None::<()>))
+        .await
+        .expect("sub");
+    // Publishes until the asks are done, so that they interleave.
+    let done = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (server, done) = (server.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !done.load(Ordering::Acquire) {
+                server
+                    .publish("room:busy", "msg", &n)
+                    .await
+                    .expect("publish");
+                n += 1;
+                if n % 20 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            n
+        })
+    };
+    // One ask at a time, each sent while publications arrive, each answered.
+    for i in 0..200i64 {
+        let sum: i64 = within("an ask among publications", c.ask("add", &(i, 1)))
+            .await
+            .expect("ask");
+        assert_eq!(sum, i + 1);
+    }
+    done.store(true, Ordering::Release);
+    let published = publisher.await.expect("publisher");
+    assert!(
+        published > 200,
+        "only {published} publications went by the asks"
+    );
+    for i in 0..published {
+        match within("publication", sub.next()).await {
+            Some(SubEvent::Publication(p)) => assert_eq!(p.decode::<u32>().expect("int"), i),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
