@@ -461,3 +461,151 @@ async fn stdin_line() -> Option<String> {
     .await
     .expect("stdin task")
 }
+
+/// Reads one HTTP response head from `tcp`: its status and everything read after the head.
+async fn response_head(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let status = head
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|rest| rest.get(..3))
+                .and_then(|code| code.parse().ok())
+                .unwrap_or_else(|| panic!("not an HTTP response: {head:?}"));
+            return (status, got[end + 4..].to_vec());
+        }
+        match within("response head", tcp.read(&mut buf)).await {
+            Ok(0) => panic!("closed before a response head: {got:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no response: {e}"),
+        }
+    }
+}
+
+/// A client's text frame (payload under 126 bytes), masked with a zero key.
+fn client_text(payload: &str) -> Vec<u8> {
+    let len = u8::try_from(payload.len()).expect("short payload");
+    assert!(len < 126);
+    let mut frame = vec![0x81, 0x80 | len, 0, 0, 0, 0];
+    frame.extend_from_slice(payload.as_bytes());
+    frame
+}
+
+/// Reads from `tcp`, after `already`, until a server text frame holds `needle`.
+async fn until_frame_with(tcp: &mut TcpStream, mut already: Vec<u8>, needle: &str) {
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&already).contains(needle) {
+        match within(needle, tcp.read(&mut buf)).await {
+            Ok(0) => panic!(
+                "closed before {needle}: {:?}",
+                String::from_utf8_lossy(&already)
+            ),
+            Ok(n) => already.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+/// However an upgrade's head arrives, it is answered: with a `hello` in the same write (the
+/// bytes after the head are the WebSocket's), with 20 KB of cookies, after a plain request on a
+/// kept-alive connection; and refusals are answered and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_answered_however_the_head_arrives() {
+    let builder = Server::builder(MemoryScaler::default())
+        .options(
+            ServerOptions::default()
+                .observability_endpoints(true)
+                .allowed_origins(["https://app.example"]),
+        )
+        .session_parser(|req| async move {
+            let big = req.cookie("big").map_or(0, str::len);
+            Ok(sss_server::Session::user(format!("cookie-{big}")))
+        });
+    let (server, _listening, url) = start(builder).await;
+    let addr: SocketAddr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .expect("address");
+    let hello = client_text(r#"{"t":"hello","v":1}"#);
+
+    // 1. The hello in the same TCP write as the upgrade: the bytes after the head are the
+    //    WebSocket's.
+    let mut tcp = idle_connection(addr).await;
+    let mut write = upgrade_request(addr).into_bytes();
+    write.extend_from_slice(&hello);
+    tcp.write_all(&write).await.expect("write");
+    let (status, rest) = response_head(&mut tcp).await;
+    assert_eq!(status, 101);
+    until_frame_with(&mut tcp, rest, r#""user":"cookie-0""#).await;
+
+    // 2. A long head: the session parser sees the whole cookie.
+    let mut tcp = idle_connection(addr).await;
+    let cookie = "c".repeat(20_000);
+    let request =
+        upgrade_request(addr).replace("\r\n\r\n", &format!("\r\nCookie: big={cookie}\r\n\r\n"));
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let (status, rest) = response_head(&mut tcp).await;
+    assert_eq!(status, 101);
+    tcp.write_all(&hello).await.expect("hello");
+    until_frame_with(&mut tcp, rest, r#""user":"cookie-20000""#).await;
+
+    // 3. A plain request first, then an upgrade on the same connection.
+    let mut tcp = idle_connection(addr).await;
+    tcp.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let (status, mut rest) = response_head(&mut tcp).await;
+    assert_eq!(status, 200);
+    // The health answer's body ("ok\n" or the like) precedes the next response.
+    while !rest.ends_with(b"\n") {
+        let mut buf = [0u8; 64];
+        let n = within("health body", tcp.read(&mut buf))
+            .await
+            .expect("read");
+        rest.extend_from_slice(&buf[..n]);
+    }
+    tcp.write_all(upgrade_request(addr).as_bytes())
+        .await
+        .expect("write");
+    let (status, rest) = response_head(&mut tcp).await;
+    assert_eq!(status, 101);
+    tcp.write_all(&hello).await.expect("hello");
+    until_frame_with(&mut tcp, rest, r#""t":"welcome""#).await;
+
+    // 4. Refusals: an origin not allowed (403) and a version other than 13 (426), answered,
+    //    closed as the request asked, and counted.
+    for (request, status) in [
+        (
+            upgrade_request(addr).replace(
+                "\r\n\r\n",
+                "\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+            ),
+            403,
+        ),
+        (
+            upgrade_request(addr)
+                .replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8")
+                .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n"),
+            426,
+        ),
+    ] {
+        let mut tcp = idle_connection(addr).await;
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let answer = read_until_closed(&mut tcp).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        assert!(answer.contains("content-length: "), "{answer}");
+    }
+    let metrics = server.render_metrics();
+    for line in [
+        r#"sss_connections_refused_total{reason="origin"} 1"#,
+        r#"sss_connections_refused_total{reason="bad_request"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}
