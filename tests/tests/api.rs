@@ -155,7 +155,7 @@ async fn asks_are_read_while_publications_stream_in() {
                     .await
                     .expect("publish");
                 n += 1;
-                if n % 20 == 0 {
+                if n.is_multiple_of(20) {
                     tokio::task::yield_now().await;
                 }
             }
