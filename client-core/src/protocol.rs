@@ -298,7 +298,15 @@ pub(crate) fn join(parts: &[&str]) -> String {
 impl std::error::Error for ProtocolError {}
 
 /// `n` in decimal, without `core::fmt` (see [`ProtocolError`]).
-pub(crate) fn decimal(mut n: u64) -> String {
+pub(crate) fn decimal(n: u64) -> String {
+    let mut out = String::new();
+    push_decimal(&mut out, n);
+    out
+}
+
+/// Appends `n` in decimal to `out`: no `String` of its own (an allocation per `id` in every
+/// `res` the server encoded).
+fn push_decimal(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -309,7 +317,7 @@ pub(crate) fn decimal(mut n: u64) -> String {
             break;
         }
     }
-    digits[i..].iter().map(|&d| char::from(d)).collect()
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 /// Frames a client sends.
@@ -597,6 +605,9 @@ const WIRE_KEYS: [&str; 19] = [
     "auth",
 ];
 
+/// The payloads among [`WIRE_KEYS`] (`msg`, `q`, `m`, `auth`), kept as raw JSON.
+const WIRE_PAYLOADS: u32 = 1 << 4 | 1 << 6 | 1 << 17 | 1 << 18;
+
 fn malformed(what: &str, at: usize) -> ProtocolError {
     ProtocolError::Malformed(format!("{what} at byte {at}"))
 }
@@ -634,6 +645,64 @@ fn string_end(b: &[u8], mut i: usize) -> usize {
         }
     }
     b.len()
+}
+
+/// Where the JSON number at `i` ends, by JSON's grammar (`-? (0 | [1-9][0-9]*) (. [0-9]+)?
+/// ([eE] [+-]? [0-9]+)?`); `None` if there is none.
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |i: usize| {
+        i + b
+            .get(i..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = match b.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(i),
+        _ => return None,
+    };
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
+}
+
+/// A field's value in a frame, as JSON text. The frame reader reads the values of the fields
+/// it decodes itself when they are strings, numbers or literals ([`Val::Text`]: found by their
+/// grammar, and checked by whoever decodes them, [`string`], [`opt_u64`], ...); serde_json reads
+/// everything else: objects and arrays, unknown fields, and the payloads, which stay raw JSON
+/// ([`Val::Raw`]). serde_json per value took ~1 000 instructions, most of an `ask`'s decoding
+/// (callgrind, `sss-bench rpc`).
+#[derive(Clone, Copy, Debug)]
+enum Val<'a> {
+    Text(&'a str),
+    Raw(&'a RawValue),
+}
+
+impl<'a> Val<'a> {
+    fn text(self) -> &'a str {
+        match self {
+            Self::Text(t) => t,
+            Self::Raw(r) => r.get(),
+        }
+    }
 }
 
 /// A cursor over one JSON text.
@@ -688,6 +757,28 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// One value of a field the caller decodes: a string, a number or a literal as text (see
+    /// [`Val`]), anything else through [`value`](Self::value).
+    fn scalar(&mut self) -> Result<Val<'a>, ProtocolError> {
+        let b = self.s.as_bytes();
+        let start = match self.peek() {
+            Some(_) => self.i,
+            None => return Err(malformed("expected a value", self.i)),
+        };
+        let rest = b.get(start..).unwrap_or_default();
+        let end = match rest.first() {
+            Some(b'"') => string_end(b, start),
+            Some(b'-' | b'0'..=b'9') => {
+                number_end(b, start).ok_or_else(|| malformed("invalid number", start))?
+            }
+            _ if rest.starts_with(b"true") || rest.starts_with(b"null") => start + 4,
+            _ if rest.starts_with(b"false") => start + 5,
+            _ => return self.value().map(Val::Raw),
+        };
+        self.i = end;
+        Ok(Val::Text(self.s.get(start..end).unwrap_or_default()))
+    }
+
     /// An object's key.
     fn key(&mut self) -> Result<Cow<'a, str>, ProtocolError> {
         if self.peek() != Some(b'"') {
@@ -700,12 +791,14 @@ impl<'a> Reader<'a> {
 }
 
 /// The values of the JSON object `json` for these `keys` (unknown keys are checked and
-/// ignored, a repeated key is an error). `json` may have whitespace around the object, nothing
-/// else. Anything but an object (an array of the values in order included) is malformed.
+/// ignored, a repeated key is an error); the keys in the `raw` mask (bit `n` for `keys[n]`) are
+/// payloads, read by serde_json. `json` may have whitespace around the object, nothing else.
+/// Anything but an object (an array of the values in order included) is malformed.
 fn fields<'a, const N: usize>(
     json: &'a str,
     keys: &[&str; N],
-) -> Result<[Option<&'a RawValue>; N], ProtocolError> {
+    raw: u32,
+) -> Result<[Option<Val<'a>>; N], ProtocolError> {
     let mut out = [None; N];
     let mut r = Reader { s: json, i: 0 };
     r.expect(b'{', "expected an object")?;
@@ -714,8 +807,12 @@ fn fields<'a, const N: usize>(
             let at = r.i;
             let key = r.key()?;
             r.expect(b':', "expected `:`")?;
-            let value = r.value()?;
-            if let Some(n) = keys.iter().position(|k| *k == key) {
+            let n = keys.iter().position(|k| *k == key);
+            let value = match n {
+                Some(n) if raw & 1 << n == 0 => r.scalar()?,
+                _ => Val::Raw(r.value()?),
+            };
+            if let Some(n) = n {
                 if out[n].replace(value).is_some() {
                     return Err(malformed("repeated key", at));
                 }
@@ -732,15 +829,15 @@ fn fields<'a, const N: usize>(
     }
 }
 
-/// Where a raw value starts in the frame (for error messages).
-fn offset(frame: &str, v: Option<&RawValue>) -> usize {
+/// Where a value starts in the frame (for error messages).
+fn offset(frame: &str, v: Option<Val<'_>>) -> usize {
     v.map_or(0, |v| {
-        (v.get().as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize)
+        (v.text().as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize)
     })
 }
 
-/// A JSON string literal (already checked by serde_json, or a key), unescaped, with the same
-/// rules as serde_json for strings: no control characters, surrogates paired.
+/// A JSON string literal (its end found by [`string_end`]), checked and unescaped with the same
+/// rules as serde_json for strings: no control characters, valid escapes, surrogates paired.
 fn string(lit: &str, at: usize) -> Result<Cow<'_, str>, ProtocolError> {
     let bad = || malformed("invalid string", at);
     let body = lit
@@ -801,26 +898,35 @@ fn string(lit: &str, at: usize) -> Result<Cow<'_, str>, ProtocolError> {
 }
 
 /// `None` for a missing field or `null`.
-fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
-    v.filter(|v| v.get() != "null")
+fn non_null(v: Option<Val<'_>>) -> Option<Val<'_>> {
+    v.filter(|v| v.text() != "null")
+}
+
+/// A payload: `None` for a missing field or `null`.
+fn payload(v: Option<Val<'_>>) -> Option<&RawValue> {
+    match non_null(v)? {
+        Val::Raw(r) => Some(r),
+        // Payload keys are read by serde_json (see `fields`): not reached.
+        Val::Text(t) => serde_json::from_str(t).ok(),
+    }
 }
 
 fn opt_string<'a>(
     frame: &'a str,
-    v: Option<&'a RawValue>,
+    v: Option<Val<'a>>,
 ) -> Result<Option<Cow<'a, str>>, ProtocolError> {
     non_null(v)
-        .map(|v| string(v.get(), offset(frame, Some(v))))
+        .map(|v| string(v.text(), offset(frame, Some(v))))
         .transpose()
 }
 
 /// A non-negative integer that fits in a `u64` (serde_json refuses `-0`, fractions and
 /// exponents for integers too).
-fn opt_u64(frame: &str, v: Option<&RawValue>) -> Result<Option<u64>, ProtocolError> {
+fn opt_u64(frame: &str, v: Option<Val<'_>>) -> Result<Option<u64>, ProtocolError> {
     let Some(v) = non_null(v) else {
         return Ok(None);
     };
-    let digits = v.get();
+    let digits = v.text();
     let mut n: u64 = 0;
     for b in digits.bytes() {
         n = b
@@ -835,11 +941,11 @@ fn opt_u64(frame: &str, v: Option<&RawValue>) -> Result<Option<u64>, ProtocolErr
 /// A protocol version: any non-negative integer, read as `u32::MAX` beyond `u32` (even beyond
 /// `u64`). Such a version is one nobody speaks: a `hello` with it must reach the server as a
 /// `hello` (answered `unsupported_version`, close 4001), not as a malformed frame (4000).
-fn opt_version(frame: &str, v: Option<&RawValue>) -> Result<Option<u32>, ProtocolError> {
+fn opt_version(frame: &str, v: Option<Val<'_>>) -> Result<Option<u32>, ProtocolError> {
     let Some(v) = non_null(v) else {
         return Ok(None);
     };
-    let digits = v.get();
+    let digits = v.text();
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed(
             "expected a non-negative integer",
@@ -850,8 +956,8 @@ fn opt_version(frame: &str, v: Option<&RawValue>) -> Result<Option<u32>, Protoco
     Ok(Some(digits.parse().unwrap_or(u32::MAX)))
 }
 
-fn opt_bool(frame: &str, v: Option<&RawValue>) -> Result<Option<bool>, ProtocolError> {
-    match non_null(v).map(RawValue::get) {
+fn opt_bool(frame: &str, v: Option<Val<'_>>) -> Result<Option<bool>, ProtocolError> {
+    match non_null(v).map(Val::text) {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
@@ -859,11 +965,11 @@ fn opt_bool(frame: &str, v: Option<&RawValue>) -> Result<Option<bool>, ProtocolE
     }
 }
 
-fn opt_position(frame: &str, v: Option<&RawValue>) -> Result<Option<Position>, ProtocolError> {
+fn opt_position(frame: &str, v: Option<Val<'_>>) -> Result<Option<Position>, ProtocolError> {
     let Some(v) = non_null(v) else {
         return Ok(None);
     };
-    let [e, s] = fields(v.get(), &["e", "s"])?;
+    let [e, s] = fields(v.text(), &["e", "s"], 0)?;
     let at = offset(frame, Some(v));
     let missing = || malformed("position needs `e` and `s`", at);
     Ok(Some(Position {
@@ -874,14 +980,14 @@ fn opt_position(frame: &str, v: Option<&RawValue>) -> Result<Option<Position>, P
 
 fn parse_wire(frame: &str) -> Result<Wire<'_>, ProtocolError> {
     let [t, v, id, topic, msg, ch, q, since, pos, recovered, socket, user, session, hb, code, reason, presence, m, auth] =
-        fields(frame, &WIRE_KEYS)?;
+        fields(frame, &WIRE_KEYS, WIRE_PAYLOADS)?;
     let f = frame;
     let env = Envelope {
         t: opt_string(f, t)?.ok_or_else(|| malformed("missing frame kind `t`", 0))?,
         v: opt_version(f, v)?,
         id: opt_u64(f, id)?,
         topic: opt_string(f, topic)?.map(Cow::into_owned),
-        msg: non_null(msg),
+        msg: payload(msg),
         ch: opt_string(f, ch)?.map(Cow::into_owned),
         pos: opt_position(f, pos)?,
         recovered: opt_bool(f, recovered)?,
@@ -892,13 +998,13 @@ fn parse_wire(frame: &str) -> Result<Wire<'_>, ProtocolError> {
         code: opt_string(f, code)?.map(Cow::into_owned),
         reason: opt_string(f, reason)?.map(Cow::into_owned),
         presence: opt_bool(f, presence)?,
-        m: non_null(m),
+        m: payload(m),
     };
     Ok(Wire {
         env,
-        q: non_null(q),
+        q: payload(q),
         since: opt_position(f, since)?,
-        auth: non_null(auth),
+        auth: payload(auth),
     })
 }
 
@@ -1045,7 +1151,7 @@ fn push_key(out: &mut String, key: &str) {
 
 fn push_u64(out: &mut String, key: &str, n: u64) {
     push_key(out, key);
-    out.push_str(&decimal(n));
+    push_decimal(out, n);
 }
 
 fn push_raw(out: &mut String, key: &str, raw: &impl Payload) {
@@ -1106,8 +1212,34 @@ impl ServerFrame {
     }
 
     /// Encodes the frame as the JSON text of one WebSocket text frame.
+    ///
+    /// The frames of the hot paths (`res`, `tell`, `pub`) are written out by hand, byte for
+    /// byte what the `Serialize` derive gives (the tests check): serde_json's serializer took
+    /// ~1 200 instructions per `res`, growing its buffer twice on the way (callgrind,
+    /// `sss-bench rpc`).
     pub fn encode(&self) -> String {
-        encode(self)
+        match self {
+            Self::Res { id, msg } => {
+                // Sized exactly: a `String` with spare room becomes `Bytes` through one more
+                // allocation (its shared header), and one frame per ask paid it.
+                let digits = id.checked_ilog10().unwrap_or(0) as usize + 1;
+                let len = r#"{"t":"res","id":,"msg":}"#.len() + digits + msg.get().len();
+                let mut out = String::with_capacity(len);
+                out.push_str("{\"t\":\"res\"");
+                push_u64(&mut out, "id", *id);
+                push_raw(&mut out, "msg", msg);
+                out.push('}');
+                out
+            }
+            Self::Tell { topic, msg } => encode_tell(topic, msg),
+            Self::Pub {
+                ch,
+                topic,
+                pos,
+                msg,
+            } => encode_pub(ch, topic, pos, msg),
+            _ => encode(self),
+        }
     }
 }
 
@@ -1217,31 +1349,34 @@ const SERVER_KINDS: [(&str, u16); 13] = [
 /// Encodes a `pub` frame from borrowed parts: the server's fan-out path encodes each publication
 /// once with this and hands the same bytes to every local subscriber.
 pub fn encode_pub(ch: &str, topic: &str, pos: &Position, msg: &RawValue) -> String {
-    #[derive(Serialize)]
-    #[serde(tag = "t", rename = "pub")]
-    struct PubRef<'a> {
-        ch: &'a str,
-        topic: &'a str,
-        pos: &'a Position,
-        msg: &'a RawValue,
-    }
-    encode(&PubRef {
-        ch,
-        topic,
-        pos,
-        msg,
-    })
+    let len = 64 + ch.len() + topic.len() + pos.epoch.len() + msg.get().len();
+    let mut out = String::with_capacity(len);
+    out.push_str("{\"t\":\"pub\"");
+    push_key(&mut out, "ch");
+    push_str(&mut out, ch);
+    push_key(&mut out, "topic");
+    push_str(&mut out, topic);
+    push_key(&mut out, "pos");
+    out.push_str("{\"e\":");
+    push_str(&mut out, &pos.epoch);
+    push_u64(&mut out, "s", pos.seq);
+    out.push('}');
+    push_key(&mut out, "msg");
+    out.push_str(msg.get());
+    out.push('}');
+    out
 }
 
 /// Encodes a server `tell` frame from borrowed parts.
 pub fn encode_tell(topic: &str, msg: &RawValue) -> String {
-    #[derive(Serialize)]
-    #[serde(tag = "t", rename = "tell")]
-    struct TellRef<'a> {
-        topic: &'a str,
-        msg: &'a RawValue,
-    }
-    encode(&TellRef { topic, msg })
+    let mut out = String::with_capacity(40 + topic.len() + msg.get().len());
+    out.push_str("{\"t\":\"tell\"");
+    push_key(&mut out, "topic");
+    push_str(&mut out, topic);
+    push_key(&mut out, "msg");
+    out.push_str(msg.get());
+    out.push('}');
+    out
 }
 
 fn encode<T: Serialize>(frame: &T) -> String {
@@ -1733,6 +1868,10 @@ mod tests {
             r#"{"t":"sub","id":2,"ch":"room","presence":true}"#,
             r#"{"t":"join","ch":"room","m":{"socket":"a-1","user":"ann","info":{"n":"Ann"}}}"#,
             r#"{"t":"subok","id":2,"ch":"room","pos":{"e":"x","s":0},"presence":1}"#,
+            r#"{"t":"ask","id":0,"topic":"a\u0041","msg":1}"#,
+            r#"{"t":"x","id":-0,"hb":0.5,"v":1E5,"s":10e-2,"code":"c"}"#,
+            r#"{"t":"x","recovered":true,"presence":false,"id":null,"hb":7}"#,
+            r#"{"t":"x","user":"ann","session":"s-1","socket":"a","reason":"r"}"#,
         ];
         const ALPHABET: &[u8] = b"{}[]\\\":, \t0123456789aenrtuzlsfdD-.+eE";
         for frame in frames {
@@ -1819,6 +1958,61 @@ mod tests {
                 field: "v"
             }
         );
+    }
+
+    /// The hand-written server encoders (`res`, `tell`, `pub`) give the derive's bytes.
+    #[test]
+    fn server_encoding_matches_serde() {
+        let odd = "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é😀/";
+        for msg in [r#"{"a":[1,"\u0000"]}"#, "null", r#""x""#, "-1.5e3", "[]"] {
+            let msg = raw_json(msg).expect("json");
+            let frames = [
+                ServerFrame::Res {
+                    id: u64::MAX,
+                    msg: msg.clone(),
+                },
+                ServerFrame::Res {
+                    id: 0,
+                    msg: msg.clone(),
+                },
+                ServerFrame::Res {
+                    id: 10,
+                    msg: msg.clone(),
+                },
+                ServerFrame::Res {
+                    id: 99,
+                    msg: msg.clone(),
+                },
+                ServerFrame::Tell {
+                    topic: odd.into(),
+                    msg: msg.clone(),
+                },
+                ServerFrame::Tell {
+                    topic: String::new(),
+                    msg: msg.clone(),
+                },
+                ServerFrame::Pub {
+                    ch: odd.into(),
+                    topic: "t".into(),
+                    pos: Position::new(odd, u64::MAX),
+                    msg: msg.clone(),
+                },
+                ServerFrame::Pub {
+                    ch: "room:1".into(),
+                    topic: odd.into(),
+                    pos: Position::new("", 0),
+                    msg: msg.clone(),
+                },
+            ];
+            for frame in &frames {
+                let serde = serde_json::to_string(frame).expect("serializes");
+                let ours = frame.encode();
+                assert_eq!(ours, serde);
+                if let ServerFrame::Res { .. } = frame {
+                    assert_eq!(ours.capacity(), ours.len(), "a `res` is sized exactly");
+                }
+            }
+        }
     }
 
     #[test]
