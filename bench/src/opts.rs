@@ -20,7 +20,7 @@ Scenarios (default: all, in this order):
   cores             baseline, rpc and fanout with the server pinned to 1 core, then 2 cores
   presence          M sockets join one channel's presence at once, then leave: time to the
                     last join / leave event a watcher sees, and (over Redis) the Redis commands
-  scale             K connections to one server (from 127.0.0.2, .3, ...): connect rate, RSS
+  scale             K connections to one server (from 127.S.0.2, .3, ...): connect rate, RSS
                     per connection, idle CPU (user and kernel apart), then all on one channel:
                     publish-to-last-delivery time and 1 publication/s latency (skipped, with
                     the reason, when RLIMIT_NOFILE cannot hold K)
