@@ -336,6 +336,45 @@ async fn a_panicking_tell_handler_frees_its_slot_and_the_socket_goes_on() {
     assert!(pipelined(&mut peer, &[], 2).await.is_empty());
 }
 
+#[tokio::test]
+async fn a_panicking_ask_handler_is_answered_internal_and_the_socket_goes_on() {
+    // An ask handler makes its future on its socket's task and runs it there when it does not
+    // wait: a panic in either is the ask's `internal` rejection, and the next asks are answered.
+    let builder = app(ServerOptions::default()).on_ask("boom", |_s, n: u64| {
+        assert!(!n.is_multiple_of(2), "a panic before the future");
+        async move {
+            assert!(!n.is_multiple_of(3), "a panic in the future");
+            Ok::<_, Rejection>(n)
+        }
+    });
+    let (_server, _l, url) = start(builder).await;
+    let mut peer = RawPeer::hello(&url).await;
+    let asks: Vec<String> = (1..=30u64)
+        .map(|n| json!({"t": "ask", "id": n, "topic": "boom", "msg": n}).to_string())
+        .collect();
+    let answered = pipelined(&mut peer, &asks, 1).await;
+    let mut seen = Vec::new();
+    for frame in &answered {
+        let v: serde_json::Value = serde_json::from_str(frame).expect("json");
+        let n = v["id"].as_u64().expect("an answer");
+        let expected = if n % 2 == 0 || n % 3 == 0 {
+            json!({"t": "rej", "id": n, "code": "internal"})
+        } else {
+            json!({"t": "res", "id": n, "msg": n})
+        };
+        assert_eq!(v["t"], expected["t"], "{frame}");
+        assert_eq!(v.get("code"), expected.get("code"), "{frame}");
+        assert_eq!(v.get("msg"), expected.get("msg"), "{frame}");
+        seen.push(n);
+    }
+    assert_eq!(
+        seen,
+        (1..=30).collect::<Vec<_>>(),
+        "every ask answered once, in order"
+    );
+    assert!(pipelined(&mut peer, &[], 2).await.is_empty());
+}
+
 /// A peer with a narrow receive window, subscribed to `channel`, that has read the first of
 /// `count` publications of `chunk` bytes and none of the rest: the server's writes to it back up
 /// (it stops reading the peer while they are blocked), and what it sends next waits unread.

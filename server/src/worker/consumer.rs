@@ -636,7 +636,7 @@ async fn ask(
         ));
     };
     let start = Instant::now();
-    let outcome = guarded((route.handler)(socket, msg)).await;
+    let outcome = guarded(tracing::Span::none(), || (route.handler)(socket, msg)).await;
     if matches!(outcome, AskOutcome::Panicked) {
         tracing::warn!(topic, "ask handler panicked in a worker");
     }
