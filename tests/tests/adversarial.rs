@@ -357,7 +357,7 @@ async fn a_panicking_ask_handler_is_answered_internal_and_the_socket_goes_on() {
     for frame in &answered {
         let v: serde_json::Value = serde_json::from_str(frame).expect("json");
         let n = v["id"].as_u64().expect("an answer");
-        let expected = if n % 2 == 0 || n % 3 == 0 {
+        let expected = if n.is_multiple_of(2) || n.is_multiple_of(3) {
             json!({"t": "rej", "id": n, "code": "internal"})
         } else {
             json!({"t": "res", "id": n, "msg": n})
