@@ -1116,11 +1116,7 @@ impl<P: Payload> ClientFrame<P> {
                     push_raw(&mut out, "q", q);
                 }
                 if let Some(since) = since {
-                    push_key(&mut out, "since");
-                    out.push_str("{\"e\":");
-                    push_str(&mut out, &since.epoch);
-                    push_u64(&mut out, "s", since.seq);
-                    out.push('}');
+                    push_position(&mut out, "since", since);
                 }
                 if *presence {
                     out.push_str(",\"presence\":true");
@@ -1152,6 +1148,15 @@ fn push_key(out: &mut String, key: &str) {
 fn push_u64(out: &mut String, key: &str, n: u64) {
     push_key(out, key);
     push_decimal(out, n);
+}
+
+/// `,"key":{"e":…,"s":…}`.
+fn push_position(out: &mut String, key: &str, pos: &Position) {
+    push_key(out, key);
+    out.push_str("{\"e\":");
+    push_str(out, &pos.epoch);
+    push_u64(out, "s", pos.seq);
+    out.push('}');
 }
 
 fn push_raw(out: &mut String, key: &str, raw: &impl Payload) {
@@ -1356,11 +1361,7 @@ pub fn encode_pub(ch: &str, topic: &str, pos: &Position, msg: &RawValue) -> Stri
     push_str(&mut out, ch);
     push_key(&mut out, "topic");
     push_str(&mut out, topic);
-    push_key(&mut out, "pos");
-    out.push_str("{\"e\":");
-    push_str(&mut out, &pos.epoch);
-    push_u64(&mut out, "s", pos.seq);
-    out.push('}');
+    push_position(&mut out, "pos", pos);
     push_key(&mut out, "msg");
     out.push_str(msg.get());
     out.push('}');
