@@ -21,7 +21,7 @@ use super::{
 use crate::machine::AskOutcome;
 use crate::metrics::WorkerEvent;
 use crate::server::Inner;
-use crate::socket::{guarded, Peer};
+use crate::socket::{ask_outcome, guarded, Peer};
 use crate::{Rejection, Server, Session, Socket};
 
 /// The consumer group every worker of a group's stream reads in.
@@ -636,7 +636,8 @@ async fn ask(
         ));
     };
     let start = Instant::now();
-    let outcome = guarded(tracing::Span::none(), || (route.handler)(socket, msg)).await;
+    let outcome =
+        ask_outcome(guarded(tracing::Span::none(), || (route.handler)(socket, msg)).await);
     if matches!(outcome, AskOutcome::Panicked) {
         tracing::warn!(topic, "ask handler panicked in a worker");
     }
