@@ -478,44 +478,9 @@ impl RedisCluster {
             nodes: Vec::new(),
         };
         while cluster.nodes.len() < 6 {
-            // Each node also listens on its port + 10000 (the cluster bus).
-            let port = free_port();
-            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
-                continue;
-            }
-            let node_dir = cluster.dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("create a cluster node's directory");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--cluster-node-timeout", "1000"])
-                .args(["--cluster-replica-validity-factor", "0"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .current_dir(&node_dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server runs (scripts/test.sh installs it)");
-            cluster.nodes.push((port, Some(child)));
-        }
-        for &(port, _) in &cluster.nodes {
-            let deadline = tokio::time::Instant::now() + READY;
-            while !command(port, "PING")
-                .await
-                .is_ok_and(|r| r.starts_with("+PONG"))
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "cluster node {port} did not answer PING"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let taken: Vec<u16> = cluster.nodes.iter().map(|n| n.0).collect();
+            let node = cluster.start_node(&taken).await;
+            cluster.nodes.push(node);
         }
         let addrs: Vec<String> = cluster
             .nodes
@@ -543,6 +508,71 @@ impl RedisCluster {
             cluster.wait_synced(port).await;
         }
         cluster
+    }
+
+    /// Starts one node on a free port (and its bus port, + 10000) that no node in `taken` uses,
+    /// and waits until it answers PING. A port is free when probed but can be taken before the
+    /// node binds it (seen once in CI): a node that exits is started again on another port, up
+    /// to a few times, and its log is in the panic message if none works.
+    async fn start_node(&self, taken: &[u16]) -> (u16, Option<Child>) {
+        let mut last_log = String::new();
+        // Most tries that fail are cheap: a port above 55000 (its bus port would not fit).
+        for _ in 0..20 {
+            let port = free_port();
+            let clashes = taken
+                .iter()
+                .any(|&t| [t, t + 10_000].contains(&port) || t == port + 10_000);
+            if port > 55_000
+                || clashes
+                || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()
+            {
+                continue;
+            }
+            let node_dir = self.dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("create a cluster node's directory");
+            let log = node_dir.join("redis.log");
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--cluster-replica-validity-factor", "0"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--logfile")
+                .arg(&log)
+                .current_dir(&node_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (scripts/test.sh installs it)");
+            let deadline = tokio::time::Instant::now() + READY;
+            loop {
+                if command(port, "PING")
+                    .await
+                    .is_ok_and(|r| r.starts_with("+PONG"))
+                {
+                    return (port, Some(child));
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_log = std::fs::read_to_string(&log).unwrap_or_default();
+                    break;
+                }
+                // Polling with a bounded deadline: the server gives no other sign of readiness.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("no cluster node started on a free port; the last one's log:\n{last_log}");
     }
 
     /// A URL of each node, for `RedisScaler::connect_cluster`.
