@@ -7,9 +7,8 @@
 //! while empty, and gives back what a burst made it grow.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 
 use futures::task::AtomicWaker;
 
@@ -95,41 +94,21 @@ impl Outbox {
         self.lock().items.is_empty()
     }
 
-    /// The next item, if one is queued.
-    pub(crate) fn try_recv(&self) -> Option<Out> {
-        self.next().flatten()
-    }
-
-    /// `Some(next item)`, `Some(None)` once closed and drained, `None` while empty.
-    fn next(&self) -> Option<Option<Out>> {
+    /// The next item, if one is queued, and whether more are queued behind it (so that the
+    /// socket's task drains its queue without locking it once more to find it empty). The
+    /// socket's task waits for one with [`register`](Self::register), then this.
+    pub(crate) fn try_recv(&self) -> Option<(Out, bool)> {
         let mut st = self.lock();
-        let out = st.items.pop_front();
-        if st.items.is_empty() && st.items.capacity() > KEEP {
+        let out = st.items.pop_front()?;
+        let more = !st.items.is_empty();
+        if !more && st.items.capacity() > KEEP {
             st.items = VecDeque::new();
         }
-        match out {
-            Some(out) => Some(Some(out)),
-            None => st.closed.then_some(None),
-        }
+        Some((out, more))
     }
 
-    /// The next item, waiting for one; `None` once closed. Only the socket's task receives.
-    pub(crate) async fn recv(&self) -> Option<Out> {
-        poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
-        // Registered before looking: a push from then on is seen here or wakes `cx`. Looking
-        // first, then registering and looking again, locked the queue twice per wait.
-        self.register(cx.waker());
-        match self.next() {
-            Some(out) => Poll::Ready(out),
-            None => Poll::Pending,
-        }
-    }
-
-    /// Wakes the socket's task (registered by [`register`](Self::register) or a wait in
-    /// [`recv`](Self::recv)), for something other than an item: a kill.
+    /// Wakes the socket's task (registered by [`register`](Self::register)), for something
+    /// other than an item: a kill, or its read side or timer.
     pub(crate) fn wake(&self) {
         self.waker.wake();
     }
@@ -157,13 +136,28 @@ mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl futures::task::ArcWake for Count {
+        fn wake_by_ref(arc_self: &std::sync::Arc<Self>) {
+            arc_self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     fn frame(s: &'static str) -> Out {
         Out::Frame(Utf8Bytes::from_static(s))
     }
 
-    fn text(out: Option<Out>) -> String {
+    fn text(out: Option<(Out, bool)>) -> String {
         match out {
-            Some(Out::Frame(f)) => f.to_string(),
+            Some((Out::Frame(f), _)) => f.to_string(),
             _ => "none".to_owned(),
         }
     }
@@ -208,20 +202,27 @@ mod tests {
         assert_eq!(text(q.try_recv()), "none");
     }
 
-    #[tokio::test]
-    async fn recv_waits_for_a_push_and_ends_at_close() {
-        let q = std::sync::Arc::new(Outbox::new(4));
-        let waiting = tokio::spawn({
-            let q = q.clone();
-            async move { (text(q.recv().await), q.recv().await.is_none()) }
-        });
-        tokio::task::yield_now().await;
-        assert!(q.try_push(frame("late")).is_ok());
-        // The second recv waits until the close.
-        tokio::task::yield_now().await;
+    #[test]
+    fn says_whether_more_are_queued() {
+        let q = Outbox::new(4);
+        assert!(q.try_push(frame("a")).is_ok());
+        assert!(q.try_push(frame("b")).is_ok());
+        assert!(matches!(q.try_recv(), Some((_, true))));
+        assert!(matches!(q.try_recv(), Some((_, false))));
+        assert!(q.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_push_wakes_the_registered_task_once_per_registration() {
+        let q = Outbox::new(4);
+        let count = std::sync::Arc::new(Count::default());
+        let waker = futures::task::waker(count.clone());
+        q.register(&waker);
+        assert!(q.try_push(frame("a")).is_ok());
+        assert!(q.try_push(frame("b")).is_ok());
+        assert_eq!(count.get(), 1, "woken by the first push; taken with it");
+        q.register(&waker);
         q.close();
-        let (first, ended) = waiting.await.expect("receiver");
-        assert_eq!(first, "late");
-        assert!(ended);
+        assert_eq!(count.get(), 2, "a close wakes it too");
     }
 }

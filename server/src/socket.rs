@@ -80,59 +80,62 @@ pub(crate) struct SocketShared {
     killed: AtomicBool,
     /// The socket as a presence member, made when it first joins a presence.
     member: OnceLock<Arc<Member>>,
-    /// Set when the WebSocket's read side may have something (see [`ReadGate`]).
-    read_woken: AtomicBool,
+    /// Set when the WebSocket's read side or the heartbeat timer may be ready (see
+    /// [`SideGate`]).
+    side_woken: AtomicBool,
 }
 
-/// The waker of the socket's read side: notes that it fired, then wakes the socket's task.
+/// The waker of the socket's read side and its timer: notes that it fired, then wakes the
+/// socket's task.
 impl futures::task::ArcWake for SocketShared {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.read_woken.store(true, Ordering::Release);
+        arc_self.side_woken.store(true, Ordering::Release);
         arc_self.outbox.wake();
     }
 }
 
-/// Polls the WebSocket's read side only when it may have something: not yet polled, last
-/// ready, or woken since it last said `Pending`. One task reads and writes a socket, and it
-/// is woken for its queue far more often than for reading (every publication it is sent):
-/// polling the read side at each wakeup went through tungstenite and tokio's readiness check
-/// for nothing, twice per delivery, ~6 % of the server's CPU in `sss-bench fanout` (perf).
-struct ReadGate {
-    /// The read side's waker: `SocketShared`'s, which sets `read_woken`.
+/// Polls the WebSocket's read side and the heartbeat timer only when they may be ready: not
+/// yet polled, last ready, or woken since they last said `Pending`. One task reads and writes
+/// a socket, and it is woken for its queue far more often than for anything else (every
+/// publication it is sent): polling the read side at each wakeup went through tungstenite and
+/// tokio's readiness check for nothing, twice per delivery, ~6 % of the server's CPU in
+/// `sss-bench fanout` (perf), and the timer cost ~70 instructions more (callgrind).
+struct SideGate {
+    /// Their waker: `SocketShared`'s, which sets `side_woken`.
     waker: Waker,
-    /// The last poll said `Pending`.
-    parked: bool,
+    /// The read side's last poll said `Pending`.
+    read_parked: bool,
+    /// The timer's last poll said `Pending`, and its deadline has not moved since.
+    timer_parked: bool,
 }
 
-impl ReadGate {
-    /// The next message, if the read side has one. `task` (the socket task's waker) is woken
-    /// when it may have one later; without it, the caller polls again anyway.
-    fn poll<S>(
+impl SideGate {
+    /// Polls the read side with the gate's waker.
+    fn poll_read<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
-        shared: &SocketShared,
-        task: Option<&Waker>,
     ) -> Poll<Option<Result<Message, WsError>>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if self.parked && !shared.read_woken.swap(false, Ordering::AcqRel) {
-            let Some(task) = task else {
-                return Poll::Pending;
-            };
-            // The read side's waker wakes the outbox's: registered first, then looked at
-            // again, so that a wake in between is not lost.
-            shared.outbox.register(task);
-            if !shared.read_woken.swap(false, Ordering::AcqRel) {
-                return Poll::Pending;
-            }
-        }
-        // A wake from now on is for what this poll does not see.
-        shared.read_woken.store(false, Ordering::Release);
         let got = ws.poll_next_unpin(&mut Context::from_waker(&self.waker));
-        self.parked = got.is_pending();
+        self.read_parked = got.is_pending();
         got
     }
+}
+
+/// What the socket's task is woken for, in the order it looks.
+enum Event {
+    /// The server closes the socket (see [`SocketShared::kill`]).
+    Killed,
+    /// A message from the peer, or the end of the stream.
+    Read(Option<Result<Message, WsError>>),
+    /// An item of the outbox, and whether more are queued.
+    Out(Out, bool),
+    /// A tell handler finished.
+    TellDone,
+    /// The machine's deadline passed.
+    Timeout,
 }
 
 /// What a socket is before its session parser accepted it.
@@ -463,7 +466,7 @@ where
         kill: Mutex::new(None),
         killed: AtomicBool::new(false),
         member: OnceLock::new(),
-        read_woken: AtomicBool::new(false),
+        side_woken: AtomicBool::new(false),
     });
     inner.registry.add_socket(&shared);
     inner.metrics.connections.inc();
@@ -483,14 +486,15 @@ where
         shared.id.to_string(),
         topics,
     );
-    let read = ReadGate {
+    let gate = SideGate {
         waker: futures::task::waker(shared.clone()),
-        parked: false,
+        read_parked: false,
+        timer_parked: false,
     };
     let driver = Driver {
         inner,
         shared,
-        read,
+        gate,
         request: Some(Box::new(request)),
         machine,
         ws,
@@ -577,7 +581,7 @@ where
 struct Driver<S> {
     inner: Arc<Inner>,
     shared: Arc<SocketShared>,
-    read: ReadGate,
+    gate: SideGate,
     /// The upgrade request, until the session parser takes it (boxed: 350 bytes the socket's
     /// task would otherwise keep for its whole life).
     request: Option<Box<HandshakeRequest>>,
@@ -600,14 +604,6 @@ fn tell_panicked(socket: &str) {
     warn!(socket, "tell handler panicked");
 }
 
-/// The next tell handler to finish; never, while there is none.
-async fn next_tell(tells: &mut Option<FuturesUnordered<BoxFuture<'static, ()>>>) -> Option<()> {
-    match tells {
-        Some(t) if !t.is_empty() => t.next().await,
-        _ => std::future::pending().await,
-    }
-}
-
 impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -617,7 +613,6 @@ where
         // `Sleep` per event registered and removed a timer-wheel entry for every message.
         let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
-        let shared = self.shared.clone();
         loop {
             let close = self.carry_out();
             // Frames commanded before a close (an `error` frame) still go out. One `flush` call
@@ -648,18 +643,18 @@ where
             if let Some(d) = deadline {
                 if timer.deadline() != d {
                     timer.as_mut().reset(d);
+                    self.gate.timer_parked = false;
                 }
             }
             let reading = self.machine.wants_read();
-            tokio::select! {
-                biased;
-                () = shared.killed() => {
-                    let (code, reason) = shared.kill_reason();
+            let timed = deadline.is_some();
+            let event = poll_fn(|cx| self.poll_event(cx, timer.as_mut(), reading, timed)).await;
+            match event {
+                Event::Killed => {
+                    let (code, reason) = self.shared.kill_reason();
                     self.machine.handle_kill(code, &reason);
                 }
-                msg = poll_fn(|cx| self.read.poll(&mut self.ws, &shared, Some(cx.waker()))),
-                    if reading =>
-                {
+                Event::Read(msg) => {
                     let now = Instant::now().into_std();
                     self.on_message(now, msg);
                     // The frames already read (a client pipelines many in one TCP write) are
@@ -670,23 +665,29 @@ where
                         if !self.machine.wants_read() {
                             break;
                         }
-                        match self.read.poll(&mut self.ws, &shared, None) {
+                        match self.gate.poll_read(&mut self.ws) {
                             Poll::Ready(msg) => self.on_message(now, msg),
                             Poll::Pending => break,
                         }
                     }
                 }
-                Some(out) = shared.outbox.recv() => {
+                Event::Out(out, mut more) => {
                     self.on_out(out);
                     // Drain what else is queued, so it goes out in one write.
                     for _ in 0..64 {
-                        match shared.outbox.try_recv() {
-                            Some(out) => self.on_out(out),
+                        if !more {
+                            break;
+                        }
+                        match self.shared.outbox.try_recv() {
+                            Some((out, m)) => {
+                                self.on_out(out);
+                                more = m;
+                            }
                             None => break,
                         }
                     }
                 }
-                Some(()) = next_tell(&mut self.tells) => {
+                Event::TellDone => {
                     self.machine.handle_verdict(Verdict::TellDone);
                     // Others that finished meanwhile, in the same wakeup.
                     if let Some(tells) = self.tells.as_mut() {
@@ -695,11 +696,57 @@ where
                         }
                     }
                 }
-                () = &mut timer, if deadline.is_some() => {
-                    self.machine.handle_timeout(Instant::now().into_std());
-                }
+                Event::Timeout => self.machine.handle_timeout(Instant::now().into_std()),
             }
         }
+    }
+
+    /// What the task is woken for, looked at in order: a kill first, so that a socket busy
+    /// with its peer or its queue still closes when told. One function rather than a
+    /// `select!` over five futures: the task's waker is registered once, and each source
+    /// costs a plain load while it has nothing; the `select!` registered it three times and
+    /// swapped two flags per wait (~370 instructions per wakeup of its own, callgrind).
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        reading: bool,
+        timed: bool,
+    ) -> Poll<Event> {
+        let shared = &*self.shared;
+        // Registered before looking: whatever happens from now on wakes the task again.
+        shared.outbox.register(cx.waker());
+        if shared.killed.load(Ordering::Acquire) && shared.killed.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Event::Killed);
+        }
+        // A wake from now on is for what the polls below do not see.
+        if shared.side_woken.load(Ordering::Acquire)
+            && shared.side_woken.swap(false, Ordering::AcqRel)
+        {
+            self.gate.read_parked = false;
+            self.gate.timer_parked = false;
+        }
+        if reading && !self.gate.read_parked {
+            if let Poll::Ready(msg) = self.gate.poll_read(&mut self.ws) {
+                return Poll::Ready(Event::Read(msg));
+            }
+        }
+        if let Some((out, more)) = shared.outbox.try_recv() {
+            return Poll::Ready(Event::Out(out, more));
+        }
+        if let Some(tells) = self.tells.as_mut().filter(|t| !t.is_empty()) {
+            if let Poll::Ready(Some(())) = tells.poll_next_unpin(cx) {
+                return Poll::Ready(Event::TellDone);
+            }
+        }
+        if timed && !self.gate.timer_parked {
+            let gate = &mut self.gate;
+            if std::future::Future::poll(timer, &mut Context::from_waker(&gate.waker)).is_ready() {
+                return Poll::Ready(Event::Timeout);
+            }
+            gate.timer_parked = true;
+        }
+        Poll::Pending
     }
 
     /// Carries out the machine's commands, in order; returns the close it asked for, if any.
