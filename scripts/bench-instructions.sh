@@ -12,6 +12,8 @@
 #
 # Usage: scripts/bench-instructions.sh fanout|rpc|baseline|tells [sss-bench options]
 #   e.g. scripts/bench-instructions.sh fanout --subscribers 200 --rate 5
+# SSS_BENCH_BIN=path counts that build of sss-bench instead of building this tree's (keep a
+# copy of the binary to compare a change with what it replaces).
 # Needs valgrind (Debian's package). Slow servers: keep the load small (the defaults below
 # are what a server under callgrind keeps up with).
 set -euo pipefail
@@ -26,7 +28,11 @@ case "$SCENARIO" in
   *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-cargo build --release --locked -q -p sss-bench
+BIN=${SSS_BENCH_BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --release --locked -q -p sss-bench
+  BIN=target/release/sss-bench
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sss-instructions.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 cat >"$WORK/wrap" <<EOF
@@ -38,7 +44,7 @@ chmod +x "$WORK/wrap"
 for d in 3 9; do
   rm -rf "$WORK/out"
   mkdir "$WORK/out"
-  SSS_BENCH_SERVER_WRAP="$WORK/wrap" target/release/sss-bench "$SCENARIO" --duration "$d" \
+  SSS_BENCH_SERVER_WRAP="$WORK/wrap" "$BIN" "$SCENARIO" --duration "$d" \
     "${DEFAULTS[@]}" "$@" 2>/dev/null |
     python3 -c "import sys, json
 for line in sys.stdin:
