@@ -415,12 +415,12 @@ impl Harness {
         self.m.handle_verdict(verdict);
     }
 
-    /// Carries out the machine's commands in order, checking each.
+    /// Carries out the machine's commands in order, then reads its frames, checking each.
     fn drain(&mut self) {
+        let was_closed = self.closed;
         while let Some(c) = self.m.poll_command() {
             assert!(!self.closed, "(f) command after Close: {c:?}");
             match c {
-                Command::Send(frame) => self.sent(frame.as_str()),
                 // The session parser accepts at once: the harness fuzzes what follows `welcome`
                 // (the session phase has its own tests in server/tests/machine.rs).
                 Command::AuthorizeSession { op, .. } => {
@@ -467,6 +467,10 @@ impl Harness {
                 // Outcomes for the driver's metrics; the frames they describe are checked.
                 Command::Note(_) => {}
             }
+        }
+        while let Some(frame) = self.m.poll_frame() {
+            assert!(!was_closed, "(f) frame after Close: {frame}");
+            self.sent(frame.as_str());
         }
     }
 

@@ -30,7 +30,6 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::{debug, debug_span, warn, Instrument, Span};
 
-use crate::fifo::Fifo;
 use crate::handshake::HandshakeRequest;
 use crate::machine::{
     AskOutcome, Command, Config, Machine, Note, PresenceNote, Publication, SessionOutcome, Synced,
@@ -498,7 +497,6 @@ where
         request: Some(Box::new(request)),
         machine,
         ws,
-        outgoing: Fifo::default(),
         read_at: std::time::Instant::now(),
         tells: None,
     };
@@ -587,8 +585,6 @@ struct Driver<S> {
     request: Option<Box<HandshakeRequest>>,
     machine: Machine,
     ws: WebSocketStream<S>,
-    /// Frames produced while handling one event, written together.
-    outgoing: Fifo<Utf8Bytes>,
     /// When the last message was read: the start of the asks it carries (one clock read less
     /// per ask; each costs ~40 ns in this VM).
     read_at: std::time::Instant,
@@ -617,10 +613,10 @@ where
             let close = self.carry_out();
             // Frames commanded before a close (an `error` frame) still go out. One `flush` call
             // site: each one reserves room for the flush future in this long-lived future.
-            let flushed = if self.outgoing.is_empty() {
-                Ok(())
-            } else {
+            let flushed = if self.machine.has_frames() {
                 self.flush().await
+            } else {
+                Ok(())
             };
             if self.machine.is_closed() {
                 return match close {
@@ -754,7 +750,6 @@ where
         let mut close = None;
         while let Some(cmd) = self.machine.poll_command() {
             match cmd {
-                Command::Send(f) => self.outgoing.push(f),
                 Command::AuthorizeSession { op, auth } => self.authorize_session(op, auth),
                 Command::Admit(session) => {
                     debug!(
@@ -1044,18 +1039,26 @@ where
         }
     }
 
-    /// Writes the outgoing frames. `Err(Some(close))` when the socket was killed meanwhile,
-    /// `Err(None)` when the connection failed.
+    /// Writes the machine's frames. `Err(Some(close))` when the socket was killed meanwhile,
+    /// `Err(None)` when the connection failed; either way, the frames it did not write are
+    /// dropped.
     async fn flush(&mut self) -> Result<(), Option<(u16, String)>> {
+        let written = self.write().await;
+        if written.is_err() {
+            while self.machine.poll_frame().is_some() {}
+        }
+        written
+    }
+
+    /// [`flush`](Self::flush)'s write.
+    async fn write(&mut self) -> Result<(), Option<(u16, String)>> {
         let limit = self.inner.options.write_timeout;
         let ws = &mut self.ws;
-        let outgoing = &mut self.outgoing;
+        let machine = &mut self.machine;
         let sent_bytes = &self.inner.metrics.sent_bytes;
         let write = async {
             let mut bytes = 0;
-            // Taken: frames a failed write did not send go with it.
-            let mut frames = std::mem::take(outgoing);
-            while let Some(frame) = frames.pop() {
+            while let Some(frame) = machine.poll_frame() {
                 bytes += frame.len();
                 ws.feed(Message::Text(frame)).await?;
             }

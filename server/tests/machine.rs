@@ -162,9 +162,9 @@ struct World {
     /// The session the machine admitted (`Command::Admit`), and how many frames were sent
     /// before it.
     admitted: Option<(Session, usize)>,
-    /// A frame the machine decided on its own (`subok`, `subrej`, a `rej` no handler made),
-    /// whose [`Note`] must come next.
-    unnoted: Option<Value>,
+    /// Notes of frames the machine decided on its own (`subok`, `subrej`, a `rej` no handler
+    /// made), in order: the frames, polled after the commands, must match them one by one.
+    notes: VecDeque<Note>,
 }
 
 impl World {
@@ -193,7 +193,7 @@ impl World {
             events: HashMap::new(),
             session_op: None,
             admitted: None,
-            unnoted: None,
+            notes: VecDeque::new(),
         }
     }
 
@@ -272,11 +272,6 @@ impl World {
     fn drain(&mut self) {
         while let Some(cmd) = self.m.poll_command() {
             match cmd {
-                Command::Send(f) => {
-                    let v: Value = serde_json::from_str(&f).expect("the machine sends JSON");
-                    self.check(&v);
-                    self.sent.push(v);
-                }
                 Command::Note(note) => self.check_note(&note),
                 Command::AuthorizeSession { op, auth } => {
                     assert!(self.session_op.is_none(), "a second session parser run");
@@ -335,11 +330,19 @@ impl World {
                 Command::Close { code, .. } => self.closed = Some(code),
             }
         }
-        assert_eq!(self.unnoted, None, "a frame without its note");
+        while let Some(f) = self.m.poll_frame() {
+            let v: Value = serde_json::from_str(&f).expect("the machine sends JSON");
+            self.check(&v);
+            self.sent.push(v);
+        }
+        assert!(
+            self.notes.is_empty(),
+            "notes without frames: {:?}",
+            self.notes
+        );
     }
 
-    /// A note must describe the frame sent just before it (the driver counts from notes what
-    /// the client is told).
+    /// A note (but a dropped tell's) describes a frame: kept for [`described`](Self::described).
     fn check_note(&mut self, note: &Note) {
         if let Note::TellDropped { topic } = note {
             assert!(
@@ -348,12 +351,18 @@ impl World {
             );
             return;
         }
-        let f = self
-            .unnoted
-            .take()
-            .unwrap_or_else(|| panic!("{note:?} without a frame to describe"));
+        self.notes.push_back(note.clone());
+    }
+
+    /// The frame `f`, which the machine decided on its own, is the one the next note describes
+    /// (the driver counts from notes what the client is told).
+    fn described(&mut self, f: &Value) {
+        let note = self
+            .notes
+            .pop_front()
+            .unwrap_or_else(|| panic!("{f} without its note"));
         let (t, ch, code) = (f["t"].as_str(), f["ch"].as_str(), f["code"].as_str());
-        let described = match note {
+        let described = match &note {
             Note::Subscribed { channel, recovered } => {
                 (t, ch) == (Some("subok"), Some(channel)) && f["recovered"].as_bool() == *recovered
             }
@@ -516,11 +525,10 @@ impl World {
 
     /// Checks one frame the machine sent against everything it promised.
     fn check(&mut self, v: &Value) {
-        assert_eq!(self.unnoted, None, "a frame without its note before {v}");
         // Every ask and presence read of the model's client succeeds once it runs: a `rej` is
         // the machine's.
         if matches!(v["t"].as_str(), Some("subok" | "subrej" | "rej")) {
-            self.unnoted = Some(v.clone());
+            self.described(v);
         }
         let ch = v["ch"].as_str().unwrap_or_default().to_owned();
         match v["t"].as_str().unwrap_or_default() {
