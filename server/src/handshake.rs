@@ -461,18 +461,23 @@ impl Server {
                     };
                     match tls {
                         Some(acceptor) => {
-                            let timeout = server.inner.options.header_read_timeout;
-                            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => server.serve_http(stream, Some(peer), face).await,
-                                Ok(Err(e)) => {
-                                    server.inner.metrics.refused(Refused::TlsHandshake);
-                                    debug!(error = %e, "TLS handshake failed");
+                            Box::pin(async move {
+                                let timeout = server.inner.options.header_read_timeout;
+                                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                                    Ok(Ok(stream)) => {
+                                        server.serve_http(stream, Some(peer), face).await
+                                    }
+                                    Ok(Err(e)) => {
+                                        server.inner.metrics.refused(Refused::TlsHandshake);
+                                        debug!(error = %e, "TLS handshake failed");
+                                    }
+                                    Err(_) => {
+                                        server.inner.metrics.refused(Refused::TlsHandshake);
+                                        debug!(%peer, "TLS handshake timed out");
+                                    }
                                 }
-                                Err(_) => {
-                                    server.inner.metrics.refused(Refused::TlsHandshake);
-                                    debug!(%peer, "TLS handshake timed out");
-                                }
-                            }
+                            })
+                            .await
                         }
                         None => server.serve_http(tcp, Some(peer), face).await,
                     }
