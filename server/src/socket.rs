@@ -11,7 +11,7 @@ use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -600,6 +600,30 @@ fn tell_panicked(socket: &str) {
     warn!(socket, "tell handler panicked");
 }
 
+/// Hands the machine's frames to the WebSocket and flushes it, as far as the connection takes
+/// them now; adds their length to `bytes`. Resumable: its state is the machine's queue and
+/// tungstenite's buffer, so the socket's task holds no write future.
+fn poll_write<S>(
+    ws: &mut WebSocketStream<S>,
+    machine: &mut Machine,
+    bytes: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), WsError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while machine.has_frames() {
+        if let Err(e) = ready!(ws.poll_ready_unpin(cx)) {
+            return Poll::Ready(Err(e));
+        }
+        if let Some(frame) = machine.poll_frame() {
+            *bytes += frame.len() as u64;
+            ws.start_send_unpin(Message::Text(frame))?;
+        }
+    }
+    ws.poll_flush_unpin(cx)
+}
+
 impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -1050,35 +1074,39 @@ where
         written
     }
 
-    /// [`flush`](Self::flush)'s write.
+    /// [`flush`](Self::flush)'s write. Polled once first: almost every write fits in the
+    /// kernel's send buffer and is done then, without a timer (arming one per flush, a clock
+    /// read, a timer-wheel entry and its removal, was ~1.7 % of the server's CPU in
+    /// `sss-bench fanout`, perf). The rest, for a write that blocks, is boxed: inline, its
+    /// timer and `select!` made every socket's task ~300 bytes larger for its whole life.
     async fn write(&mut self) -> Result<(), Option<(u16, String)>> {
-        let limit = self.inner.options.write_timeout;
-        let ws = &mut self.ws;
-        let machine = &mut self.machine;
-        let sent_bytes = &self.inner.metrics.sent_bytes;
-        let write = async {
-            let mut bytes = 0;
-            while let Some(frame) = machine.poll_frame() {
-                bytes += frame.len();
-                ws.feed(Message::Text(frame)).await?;
-            }
-            sent_bytes.inc_by(bytes as u64);
-            ws.flush().await
-        };
-        let shared = &self.shared;
-        tokio::pin!(write);
-        // Almost every write fits in the kernel's send buffer and is done at its first poll:
-        // it needs no timer. Arming one per flush (a clock read, a timer-wheel entry and its
-        // removal) was ~1.7 % of the server's CPU in `sss-bench fanout` (perf).
-        let written = match futures::poll!(&mut write) {
+        let mut bytes = 0;
+        let (ws, machine) = (&mut self.ws, &mut self.machine);
+        let first = poll_fn(|cx| Poll::Ready(poll_write(ws, machine, &mut bytes, cx))).await;
+        let written = match first {
             Poll::Ready(r) => Ok(r),
-            // A client that stops reading blocks the write; its queue then overflows and the
-            // socket is killed as a slow consumer, which must not wait for the write timeout.
-            Poll::Pending => tokio::select! {
-                r = timeout(limit, write) => r,
-                () = shared.killed() => return Err(Some(shared.kill_reason())),
-            },
+            Poll::Pending => {
+                let (limit, shared) = (self.inner.options.write_timeout, &self.shared);
+                // A client that stops reading blocks the write; its queue then overflows and
+                // the socket is killed as a slow consumer, which must not wait for the write
+                // timeout.
+                let blocked = Box::pin(async {
+                    let rest = poll_fn(|cx| poll_write(ws, machine, &mut bytes, cx));
+                    tokio::select! {
+                        r = timeout(limit, rest) => Some(r),
+                        () = shared.killed() => None,
+                    }
+                });
+                match blocked.await {
+                    Some(r) => r,
+                    None => {
+                        self.inner.metrics.sent_bytes.inc_by(bytes);
+                        return Err(Some(self.shared.kill_reason()));
+                    }
+                }
+            }
         };
+        self.inner.metrics.sent_bytes.inc_by(bytes);
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
