@@ -193,6 +193,7 @@ impl ServerProc {
 pub(crate) struct CpuSnap {
     at: Instant,
     server_us: u64,
+    server_user_us: u64,
     load_us: u64,
     machine_us: u64,
 }
@@ -200,13 +201,16 @@ pub(crate) struct CpuSnap {
 impl CpuSnap {
     /// Reads the CPU time of the server processes `pids` (summed) and of this process.
     pub(crate) fn take(pids: &[u32]) -> Result<Self> {
-        let mut server_us = 0;
+        let (mut server_us, mut server_user_us) = (0, 0);
         for &pid in pids {
-            server_us += procfs::cpu_us(pid)?;
+            let (user, kernel) = procfs::cpu_split_us(pid)?;
+            server_us += user + kernel;
+            server_user_us += user;
         }
         Ok(Self {
             at: Instant::now(),
             server_us,
+            server_user_us,
             load_us: procfs::cpu_us(std::process::id())?,
             machine_us: procfs::machine_busy_us()?,
         })
@@ -217,6 +221,7 @@ impl CpuSnap {
         CpuUse {
             wall: later.at.saturating_duration_since(self.at),
             server_us: later.server_us.saturating_sub(self.server_us),
+            server_user_us: later.server_user_us.saturating_sub(self.server_user_us),
             load_us: later.load_us.saturating_sub(self.load_us),
             machine_us: later.machine_us.saturating_sub(self.machine_us),
         }
@@ -228,6 +233,9 @@ impl CpuSnap {
 pub(crate) struct CpuUse {
     pub(crate) wall: Duration,
     pub(crate) server_us: u64,
+    /// The part of `server_us` spent in user space: the server's own code, apart from the
+    /// kernel's TCP work, which is the same for any server.
+    pub(crate) server_user_us: u64,
     pub(crate) load_us: u64,
     /// The whole machine's busy time, everything included.
     pub(crate) machine_us: u64,

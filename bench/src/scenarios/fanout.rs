@@ -43,6 +43,11 @@ impl FanoutResult {
         self.cpu.server_us as f64 / self.deliveries.max(1) as f64
     }
 
+    /// The user-space part of [`server_us_per_delivery`](Self::server_us_per_delivery).
+    pub(crate) fn server_user_us_per_delivery(&self) -> f64 {
+        self.cpu.server_user_us as f64 / self.deliveries.max(1) as f64
+    }
+
     pub(crate) fn load_us_per_delivery(&self) -> f64 {
         self.cpu.load_us as f64 / self.deliveries.max(1) as f64
     }

@@ -130,7 +130,7 @@ pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
 /// Runs `o.scenarios` in order into `report`.
 async fn run_scenarios(o: &Opts, report: &mut Report) {
     // The raw echo server's round trips/s and server CPU µs per round trip, for `rpc`'s ratios.
-    let mut baseline: Option<(f64, f64)> = None;
+    let mut baseline: Option<Floor> = None;
     let redis = matches!(o.scaler, ScalerOpt::Redis(_));
     for scenario in o.scenarios.clone() {
         let name = match scenario {
@@ -197,6 +197,7 @@ async fn tells_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()>
             "tells_per_s": x.tells_per_second(),
             "batch_latency": latency_json(&x.hist),
             "server_cpu_us_per_frame": x.server_us_per_frame(),
+            "server_user_cpu_us_per_frame": x.server_user_us_per_frame(),
             "server_cores": x.cpu.server_cores(),
             "errors": x.errors,
         }));
@@ -226,23 +227,40 @@ async fn tells_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()>
     }
     let ratio = r.server_us_per_frame() / base.server_us_per_frame().max(1e-9);
     report.info(name, "server CPU per frame / raw", format!("{ratio:.2}x"));
+    let user = r.server_user_us_per_frame() / base.server_user_us_per_frame().max(1e-9);
+    report.info(
+        name,
+        "server user CPU per frame / raw",
+        format!("{user:.2}x"),
+    );
     Ok(())
 }
 
-/// `rpc` (kind sss) or `baseline` (kind echo); returns the round trips per second and the
-/// server CPU µs per round trip.
+/// What a `baseline` run measured, for the `rpc` run's ratios.
+#[derive(Clone, Copy)]
+struct Floor {
+    /// Round trips per second.
+    rps: f64,
+    /// Server CPU µs per round trip.
+    us: f64,
+    /// The user-space part of `us`.
+    user_us: f64,
+}
+
+/// `rpc` (kind sss) or `baseline` (kind echo); returns what it measured.
 async fn rpc_scenario(
     o: &Opts,
     report: &mut Report,
     kind: Kind,
     cpus: Option<String>,
-    baseline: Option<(f64, f64)>,
+    baseline: Option<Floor>,
     name: &str,
-) -> Result<(f64, f64)> {
+) -> Result<Floor> {
     let r = rpc::run(o, kind, cpus.clone(), 0).await?;
     let rps = r.per_second();
-    let ratio = baseline.map(|(b, _)| rps / b.max(1e-9));
-    let cpu_ratio = baseline.map(|(_, us)| r.server_us_per_rt() / us.max(1e-9));
+    let ratio = baseline.map(|b| rps / b.rps.max(1e-9));
+    let cpu_ratio = baseline.map(|b| r.server_us_per_rt() / b.us.max(1e-9));
+    let user_ratio = baseline.map(|b| r.server_user_us_per_rt() / b.user_us.max(1e-9));
     report.line(&json!({
         "scenario": name,
         "server": r.kind.as_str(),
@@ -255,12 +273,14 @@ async fn rpc_scenario(
         "round_trips_per_s": rps,
         "latency": latency_json(&r.hist),
         "server_cpu_us_per_rt": r.server_us_per_rt(),
+        "server_user_cpu_us_per_rt": r.server_user_us_per_rt(),
         "server_cores": r.cpu.server_cores(),
         "load_cpu_us_per_rt": r.load_us_per_rt(),
         "load_cores": r.cpu.load_cores(),
         "other_cores": r.cpu.other_cores(),
         "ratio_to_baseline": ratio,
         "server_cpu_ratio_to_baseline": cpu_ratio,
+        "server_user_cpu_ratio_to_baseline": user_ratio,
         "errors": r.errors,
     }));
     let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
@@ -304,6 +324,13 @@ async fn rpc_scenario(
                 x <= 1.15,
             );
         }
+        if let Some(x) = user_ratio {
+            report.info(
+                name,
+                "server user CPU per round trip / raw",
+                format!("{x:.2}x"),
+            );
+        }
     } else {
         report.info(
             name,
@@ -312,7 +339,11 @@ async fn rpc_scenario(
         );
     }
     report.check(name, "errors", r.errors, "connections failed");
-    Ok((rps, r.server_us_per_rt()))
+    Ok(Floor {
+        rps,
+        us: r.server_us_per_rt(),
+        user_us: r.server_user_us_per_rt(),
+    })
 }
 
 async fn fanout_scenario(
@@ -342,6 +373,7 @@ async fn fanout_scenario(
             "duplicated": raw.duplicated,
             "errors": raw.errors,
             "server_cpu_us_per_delivery": raw.server_us_per_delivery(),
+            "server_user_cpu_us_per_delivery": raw.server_user_us_per_delivery(),
             "server_cores": raw.cpu.server_cores(),
             "other_cores": raw.cpu.other_cores(),
         }));
@@ -371,6 +403,12 @@ async fn fanout_scenario(
             "<= 1.15x",
             ratio <= 1.15,
         );
+        let user = r.server_user_us_per_delivery() / raw.server_user_us_per_delivery().max(1e-9);
+        report.info(
+            name,
+            "server user CPU per delivery / raw",
+            format!("{user:.2}x"),
+        );
     }
     let scaler = match &o.scaler {
         ScalerOpt::Memory => "memory",
@@ -392,6 +430,7 @@ async fn fanout_scenario(
         "duplicated": r.duplicated,
         "errors": r.errors,
         "server_cpu_us_per_delivery": r.server_us_per_delivery(),
+        "server_user_cpu_us_per_delivery": r.server_user_us_per_delivery(),
         "server_cores": r.cpu.server_cores(),
         "load_cpu_us_per_delivery": r.load_us_per_delivery(),
         "load_cores": r.cpu.load_cores(),

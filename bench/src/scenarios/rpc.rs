@@ -39,6 +39,11 @@ impl RpcResult {
         self.cpu.server_us as f64 / self.count.max(1) as f64
     }
 
+    /// The user-space part of [`server_us_per_rt`](Self::server_us_per_rt).
+    pub(crate) fn server_user_us_per_rt(&self) -> f64 {
+        self.cpu.server_user_us as f64 / self.count.max(1) as f64
+    }
+
     /// Tells (and the asks after them) handled per second.
     pub(crate) fn tells_per_second(&self) -> f64 {
         self.per_second() * self.tells as f64
@@ -47,6 +52,11 @@ impl RpcResult {
     /// Server CPU per frame handled (each tell and each ask).
     pub(crate) fn server_us_per_frame(&self) -> f64 {
         self.server_us_per_rt() / (self.tells + 1) as f64
+    }
+
+    /// The user-space part of [`server_us_per_frame`](Self::server_us_per_frame).
+    pub(crate) fn server_user_us_per_frame(&self) -> f64 {
+        self.server_user_us_per_rt() / (self.tells + 1) as f64
     }
 
     pub(crate) fn load_us_per_rt(&self) -> f64 {
