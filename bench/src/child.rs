@@ -43,11 +43,11 @@ pub(crate) struct Spec {
 }
 
 impl Spec {
-    /// One process of a cluster of `sss` servers over the Redis at `url`, with the cluster's
-    /// key `prefix` (see [`cluster_prefix`]).
-    pub(crate) fn redis(url: &str, prefix: &str, cpus: Option<String>) -> Self {
+    /// One process of a cluster of `sss` servers over `scaler` (one Redis or a Redis Cluster),
+    /// with the cluster's key `prefix` (see [`cluster_prefix`]).
+    pub(crate) fn redis(scaler: &ScalerOpt, prefix: &str, cpus: Option<String>) -> Self {
         let mut spec = Self::new(Kind::Sss, cpus);
-        spec.scaler = ScalerOpt::Redis(url.to_owned());
+        spec.scaler = scaler.clone();
         spec.redis_prefix = Some(prefix.to_owned());
         spec
     }
@@ -107,8 +107,8 @@ impl ServerProc {
         if let Some(k) = spec.killable {
             cmd.args(["--killable", &k.to_string()]);
         }
-        if let ScalerOpt::Redis(url) = &spec.scaler {
-            cmd.args(["--scaler", "redis", "--redis-url", url]);
+        if let ScalerOpt::Redis(url) | ScalerOpt::RedisCluster(url) = &spec.scaler {
+            cmd.args(["--scaler", spec.scaler.label(), "--redis-url", url]);
             if let Some(prefix) = &spec.redis_prefix {
                 cmd.args(["--redis-prefix", prefix]);
             }

@@ -48,9 +48,13 @@ Options:
   --scale K               connections of the scale scenario (250000)
   --server-cpus LIST      pin the server children with taskset -c LIST
   --load-cpus LIST        pin this load generator with taskset -c LIST
-  --scaler memory|redis   scaler of the servers (memory); redis needs the `redis` feature
-  --redis-url URL         Redis for --scaler redis (default: the bench starts its own
-                          redis-server on a free loopback port and stops it at the end)
+  --scaler memory|redis|redis-cluster
+                          scaler of the servers (memory); redis needs the `redis` feature;
+                          redis-cluster runs the fanout scenario only
+  --redis-url URL         Redis for --scaler redis, or the nodes of a Redis Cluster for
+                          --scaler redis-cluster, comma-separated (default: the bench starts
+                          its own redis-server, or three cluster masters, on free loopback
+                          ports and stops them at the end)
   -h, --help              this text
 
 Environment:
@@ -65,6 +69,25 @@ pub(crate) enum ScalerOpt {
     /// Redis at this URL (two server processes); empty until the bench started its own
     /// `redis-server` (no `--redis-url`).
     Redis(String),
+    /// A Redis Cluster known by these node URLs, comma-separated (two server processes; the
+    /// `fanout` scenario only); empty until the bench started its own (three masters).
+    RedisCluster(String),
+}
+
+impl ScalerOpt {
+    /// Whether the servers run over Redis, one or a cluster.
+    pub(crate) fn is_redis(&self) -> bool {
+        !matches!(self, Self::Memory)
+    }
+
+    /// Its name in scenario names and reports.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis(_) => "redis",
+            Self::RedisCluster(_) => "redis-cluster",
+        }
+    }
 }
 
 /// One scenario of the benchmark.
@@ -194,7 +217,7 @@ impl Opts {
             o.smoke();
         }
         let mut redis_url = String::new();
-        let mut want_redis = false;
+        let mut want_redis = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |name: &str| {
@@ -231,8 +254,9 @@ impl Opts {
                 "--server-cpus" => o.server_cpus = Some(value(a)?),
                 "--load-cpus" => o.load_cpus = Some(value(a)?),
                 "--scaler" => match value(a)?.as_str() {
-                    "memory" => want_redis = false,
-                    "redis" => want_redis = true,
+                    "memory" => want_redis = None,
+                    "redis" => want_redis = Some(false),
+                    "redis-cluster" => want_redis = Some(true),
                     other => return Err(format!("unknown scaler {other:?}")),
                 },
                 "--redis-url" => redis_url = value(a)?,
@@ -243,8 +267,10 @@ impl Opts {
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
-        if want_redis {
-            o.scaler = ScalerOpt::Redis(redis_url);
+        match want_redis {
+            Some(false) => o.scaler = ScalerOpt::Redis(redis_url),
+            Some(true) => o.scaler = ScalerOpt::RedisCluster(redis_url),
+            None => {}
         }
         if o.scenarios.is_empty() {
             o.scenarios = Scenario::ALL.to_vec();

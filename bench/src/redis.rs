@@ -1,10 +1,12 @@
-//! A `redis-server` of the benchmark's own, for `--scaler redis` without `--redis-url`.
+//! A `redis-server` of the benchmark's own, for `--scaler redis` without `--redis-url`, and a
+//! Redis Cluster of its own for `--scaler redis-cluster`.
 //!
-//! Runs on a free loopback port without persistence, its working directory in a temporary
-//! directory; stopped (and the directory removed) by [`RedisServer::stop`] or on drop.
+//! Each server runs on a free loopback port without persistence, its working directory in a
+//! temporary directory; stopped (and the directory removed) by [`RedisServer::stop`] or on drop.
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +22,7 @@ const READY: Duration = Duration::from_secs(10);
 /// A running `redis-server` child.
 pub(crate) struct RedisServer {
     url: String,
+    port: u16,
     child: Option<Child>,
     dir: PathBuf,
 }
@@ -27,16 +30,35 @@ pub(crate) struct RedisServer {
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it answers PING.
     pub(crate) async fn spawn() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("sss-bench-redis-{}", std::process::id()));
+        Self::start(&[]).await
+    }
+
+    /// [`spawn`](Self::spawn) with these options added. A cluster node also listens on its
+    /// port + 10 000 (the cluster bus): it gets a port whose bus port is free too.
+    async fn start(options: &[&str]) -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sss-bench-redis-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir)?;
+        let bus = options.contains(&"--cluster-enabled");
         // A free port can be taken between probing and binding: try a few.
-        for _ in 0..5 {
+        for _ in 0..20 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
+            if bus
+                && (port > 55_000
+                    || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err())
+            {
+                continue;
+            }
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(options)
                 .arg("--dir")
                 .arg(&dir)
                 .stdin(Stdio::null())
@@ -52,6 +74,7 @@ impl RedisServer {
                 })?;
             let mut server = Self {
                 url: format!("redis://127.0.0.1:{port}/"),
+                port,
                 child: Some(child),
                 dir: dir.clone(),
             };
@@ -72,7 +95,10 @@ impl RedisServer {
         let deadline = Instant::now() + READY;
         let mut delay = Duration::from_millis(5);
         while Instant::now() < deadline {
-            if ping(port).await.is_ok_and(|r| r.starts_with("+PONG")) {
+            if command(port, "PING")
+                .await
+                .is_ok_and(|r| r.starts_with("+PONG"))
+            {
                 return Ok(true);
             }
             if let Some(child) = self.child.as_mut() {
@@ -110,16 +136,87 @@ impl Drop for RedisServer {
     }
 }
 
-/// Sends PING and reads the first reply chunk.
-async fn ping(port: u16) -> std::io::Result<String> {
+/// Sends one inline command and reads the first reply chunk.
+async fn command(port: u16, command: &str) -> std::io::Result<String> {
     let io = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(b"PING\r\n").await?;
-        let mut buf = [0u8; 16];
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await?;
+        let mut buf = [0u8; 2048];
         let n = stream.read(&mut buf).await?;
         Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
     };
     tokio::time::timeout(Duration::from_secs(2), io)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// A Redis Cluster of the benchmark's own: three masters without replicas (a benchmark
+/// measures the cluster's path, not its failover, which the tests cover), formed with
+/// `redis-cli --cluster create`.
+pub(crate) struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the three nodes, forms the cluster and waits until every node says it is ok.
+    pub(crate) async fn spawn() -> Result<Self> {
+        let mut nodes = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let options = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ];
+            nodes.push(RedisServer::start(&options).await?);
+        }
+        let cluster = Self { nodes };
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stdout);
+            return Err(format!("redis-cli --cluster create failed: {said}").into());
+        }
+        for node in &cluster.nodes {
+            let deadline = Instant::now() + READY;
+            // A node gives no other sign that the cluster formed: poll, with a deadline.
+            while !command(node.port, "CLUSTER INFO")
+                .await
+                .is_ok_and(|r| r.contains("cluster_state:ok"))
+            {
+                if Instant::now() >= deadline {
+                    return Err(format!("cluster node {} is not ok in {READY:?}", node.port).into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes' URLs, comma-separated (what `--redis-url` takes with `--scaler
+    /// redis-cluster`).
+    pub(crate) fn urls(&self) -> String {
+        let urls: Vec<&str> = self.nodes.iter().map(RedisServer::url).collect();
+        urls.join(",")
+    }
+
+    /// Stops every node.
+    pub(crate) async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+    }
 }

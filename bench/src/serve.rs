@@ -80,7 +80,7 @@ fn parse(args: &[String]) -> Result<ServeArgs> {
         scaler: ScalerOpt::Memory,
         redis_prefix: "sss".to_owned(),
     };
-    let mut redis = false;
+    let mut redis = None;
     let mut url = String::new();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -98,14 +98,23 @@ fn parse(args: &[String]) -> Result<ServeArgs> {
             }
             "--instances" => a.instances = value()?.parse::<usize>()?.max(1),
             "--killable" => a.killable = Some(value()?.parse()?),
-            "--scaler" => redis = value()? == "redis",
+            "--scaler" => {
+                redis = match value()?.as_str() {
+                    "memory" => None,
+                    "redis" => Some(false),
+                    "redis-cluster" => Some(true),
+                    s => return Err(format!("unknown scaler {s}").into()),
+                }
+            }
             "--redis-url" => url = value()?,
             "--redis-prefix" => a.redis_prefix = value()?,
             other => return Err(format!("serve: unknown option {other}").into()),
         }
     }
-    if redis {
-        a.scaler = ScalerOpt::Redis(url);
+    match redis {
+        Some(false) => a.scaler = ScalerOpt::Redis(url),
+        Some(true) => a.scaler = ScalerOpt::RedisCluster(url),
+        None => {}
     }
     Ok(a)
 }
@@ -226,7 +235,13 @@ async fn scalers(args: &ServeArgs) -> Result<Vec<BoxedScaler>> {
             all.extend(others);
             Ok(all)
         }
-        ScalerOpt::Redis(url) => redis_scalers(url, &args.redis_prefix, args.instances).await,
+        ScalerOpt::Redis(url) => {
+            redis_scalers(&[url], false, &args.redis_prefix, args.instances).await
+        }
+        ScalerOpt::RedisCluster(urls) => {
+            let nodes: Vec<&str> = urls.split(',').collect();
+            redis_scalers(&nodes, true, &args.redis_prefix, args.instances).await
+        }
     }
 }
 
@@ -238,19 +253,34 @@ enum BoxedScaler {
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis_scalers(_url: &str, _prefix: &str, _n: usize) -> Result<Vec<BoxedScaler>> {
+async fn redis_scalers(
+    _nodes: &[&str],
+    _cluster: bool,
+    _prefix: &str,
+    _n: usize,
+) -> Result<Vec<BoxedScaler>> {
     Err("--scaler redis needs sss-bench built with `--features redis`".into())
 }
 
-/// `n` instances on the Redis at `url` (the load side runs one per process, two processes).
+/// `n` instances on the Redis at `nodes[0]`, or on the Redis Cluster of `nodes` (the load side
+/// runs one per process, two processes).
 #[cfg(feature = "redis")]
-async fn redis_scalers(url: &str, prefix: &str, n: usize) -> Result<Vec<BoxedScaler>> {
+async fn redis_scalers(
+    nodes: &[&str],
+    cluster: bool,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<BoxedScaler>> {
     use sss_server::scaler::{RedisOptions, RedisScaler};
     let opts = RedisOptions {
         prefix: prefix.to_owned(),
         ..RedisOptions::default()
     };
-    let first = RedisScaler::connect(url, opts).await?;
+    let first = match nodes {
+        _ if cluster => RedisScaler::connect_cluster(nodes, opts).await?,
+        [url, ..] => RedisScaler::connect(url, opts).await?,
+        [] => return Err("no Redis URL".into()),
+    };
     let mut all = Vec::with_capacity(n);
     for _ in 1..n {
         all.push(BoxedScaler::Redis(first.instance()?));

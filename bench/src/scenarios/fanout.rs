@@ -55,16 +55,16 @@ impl FanoutResult {
 
 /// Starts the server(s) and runs the fan-out.
 ///
-/// Memory scaler: one process. Redis: two processes on one Redis, the subscribers split
-/// between them (alternating), the publisher on the first; CPU is summed over both.
+/// Memory scaler: one process. Redis (one, or a cluster): two processes, the subscribers
+/// split between them (alternating), the publisher on the first; CPU is summed over both.
 ///
 /// `raw`: the fan-out floor instead (one process, see `serve::fanout_instance`).
 pub(crate) async fn run(o: &Opts, cpus: Option<String>, raw: bool) -> Result<FanoutResult> {
     let servers = match &o.scaler {
         _ if raw => vec![ServerProc::spawn(&Spec::new(Kind::RawFanout, cpus)).await?],
         ScalerOpt::Memory => vec![ServerProc::spawn(&Spec::new(Kind::Sss, cpus)).await?],
-        ScalerOpt::Redis(url) => {
-            let spec = Spec::redis(url, &cluster_prefix(), cpus);
+        scaler @ (ScalerOpt::Redis(_) | ScalerOpt::RedisCluster(_)) => {
+            let spec = Spec::redis(scaler, &cluster_prefix(), cpus);
             let a = ServerProc::spawn(&spec).await?;
             match ServerProc::spawn(&spec).await {
                 Ok(b) => vec![a, b],

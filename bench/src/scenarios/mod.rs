@@ -21,6 +21,10 @@ use crate::serve::Kind;
 use crate::wire::{self, In, Ws};
 use crate::Result;
 
+/// Why a scenario other than `fanout` refuses `--scaler redis-cluster`.
+pub(crate) const ONE_REDIS: &str = "this scenario runs on the memory scaler or one Redis; \
+    --scaler redis-cluster runs fanout only";
+
 /// A connection that publishes through the server's `publish` ask handler.
 pub(crate) struct Publisher {
     ws: Ws,
@@ -63,10 +67,11 @@ fn cpus_json(c: &Option<String>) -> Value {
 
 /// Runs the chosen scenarios in order; prints their JSON lines, then the table.
 ///
-/// `--scaler redis` without `--redis-url` starts a `redis-server` of its own for the run. A
-/// `--smoke` run with the memory scaler, built with the `redis` feature (the default), also
-/// runs `fanout` and `reconnect-storm` over Redis (two processes), when `redis-server` is
-/// installed.
+/// `--scaler redis` without `--redis-url` starts a `redis-server` of its own for the run, and
+/// `--scaler redis-cluster` a Redis Cluster of three masters. A `--smoke` run with the memory
+/// scaler, built with the `redis` feature (the default), also runs `fanout`, `reconnect-storm`
+/// and `presence` over Redis (two processes), and `fanout` over a Redis Cluster, when
+/// `redis-server` is installed.
 pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
     let mut report = Report::default();
     eprintln!(
@@ -83,6 +88,19 @@ pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
                 o.scaler = ScalerOpt::Redis(redis.url().to_owned());
                 run_scenarios(&o, &mut report).await;
                 redis.stop().await;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if o.scaler == ScalerOpt::RedisCluster(String::new()) {
+        match crate::redis::RedisCluster::spawn().await {
+            Ok(cluster) => {
+                eprintln!("sss-bench: started a Redis Cluster at {}", cluster.urls());
+                o.scaler = ScalerOpt::RedisCluster(cluster.urls());
+                run_scenarios(&o, &mut report).await;
+                cluster.stop().await;
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -115,6 +133,29 @@ pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
             }
         }
     }
+    if o.smoke
+        && cfg!(feature = "redis")
+        && o.scaler == ScalerOpt::Memory
+        && o.scenarios.contains(&Scenario::Fanout)
+    {
+        match crate::redis::RedisCluster::spawn().await {
+            Ok(cluster) => {
+                eprintln!(
+                    "sss-bench: smoke over a Redis Cluster at {}",
+                    cluster.urls()
+                );
+                let mut o = o.clone();
+                o.scaler = ScalerOpt::RedisCluster(cluster.urls());
+                o.scenarios = vec![Scenario::Fanout];
+                run_scenarios(&o, &mut report).await;
+                cluster.stop().await;
+            }
+            Err(e) => {
+                eprintln!("smoke over a Redis Cluster skipped: {e}");
+                report.info("smoke[redis-cluster]", "skipped", e.to_string());
+            }
+        }
+    }
     report.print_table();
     if report.failures().is_empty() {
         ExitCode::SUCCESS
@@ -131,24 +172,29 @@ pub(crate) async fn run_all(mut o: Opts) -> ExitCode {
 async fn run_scenarios(o: &Opts, report: &mut Report) {
     // The raw echo server's round trips/s and server CPU µs per round trip, for `rpc`'s ratios.
     let mut baseline: Option<Floor> = None;
-    let redis = matches!(o.scaler, ScalerOpt::Redis(_));
     for scenario in o.scenarios.clone() {
-        let name = match scenario {
+        let base = match scenario {
             Scenario::Baseline => "baseline",
             Scenario::Rpc => "rpc",
             Scenario::Tells => "tells",
-            Scenario::Fanout if redis => "fanout[redis]",
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
-            Scenario::Storm if redis => "reconnect-storm[redis]",
             Scenario::Storm => "reconnect-storm",
             Scenario::Channels => "channels",
             Scenario::Cores => "cores",
-            Scenario::Presence if redis => "presence[redis]",
             Scenario::Presence => "presence",
             Scenario::Workers => "workers",
             Scenario::Scale => "scale",
         };
+        let over_redis = matches!(
+            scenario,
+            Scenario::Fanout | Scenario::Storm | Scenario::Presence
+        );
+        let name = match &o.scaler {
+            s if over_redis && s.is_redis() => format!("{base}[{}]", s.label()),
+            _ => base.to_owned(),
+        };
+        let name = name.as_str();
         eprintln!("== {name}");
         let r = match scenario {
             Scenario::Baseline => {
@@ -355,7 +401,7 @@ async fn fanout_scenario(
     // The floor, in the same run: one process, so only beside the memory scaler's.
     let raw = match &o.scaler {
         ScalerOpt::Memory => Some(fanout::run(o, cpus.clone(), true).await?),
-        ScalerOpt::Redis(_) => None,
+        ScalerOpt::Redis(_) | ScalerOpt::RedisCluster(_) => None,
     };
     let r = fanout::run(o, cpus.clone(), false).await?;
     if let Some(raw) = &raw {
@@ -410,10 +456,7 @@ async fn fanout_scenario(
             format!("{user:.2}x"),
         );
     }
-    let scaler = match &o.scaler {
-        ScalerOpt::Memory => "memory",
-        ScalerOpt::Redis(_) => "redis",
-    };
+    let scaler = o.scaler.label();
     report.line(&json!({
         "scenario": name,
         "scaler": scaler,
@@ -525,7 +568,9 @@ async fn storm_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<()>
         "scenario": name,
         "layout": match o.scaler {
             ScalerOpt::Memory => "one process, two instances on one MemoryScaler hub",
-            ScalerOpt::Redis(_) => "two processes over Redis, A SIGKILLed",
+            ScalerOpt::Redis(_) | ScalerOpt::RedisCluster(_) => {
+                "two processes over Redis, A SIGKILLed"
+            }
         },
         "server_cpus": cpus_json(&o.server_cpus),
         "load_cpus": cpus_json(&o.load_cpus),
@@ -715,11 +760,12 @@ async fn workers_scenario(o: &Opts, report: &mut Report, name: &str) -> Result<(
     let own = match &o.scaler {
         ScalerOpt::Redis(_) => None,
         ScalerOpt::Memory => Some(crate::redis::RedisServer::spawn().await?),
+        ScalerOpt::RedisCluster(_) => return Err(ONE_REDIS.into()),
     };
     let url = match (&own, &o.scaler) {
-        (Some(r), _) => r.url().to_owned(),
-        (None, ScalerOpt::Redis(u)) => u.clone(),
-        (None, ScalerOpt::Memory) => return Err("no Redis".into()),
+        (Some(r), _) => ScalerOpt::Redis(r.url().to_owned()),
+        (None, scaler @ ScalerOpt::Redis(_)) => scaler.clone(),
+        (None, ScalerOpt::Memory | ScalerOpt::RedisCluster(_)) => return Err("no Redis".into()),
     };
     // Redis's CPU is known only for a redis-server this run started.
     let redis: Vec<u32> = own.as_ref().and_then(|r| r.pid()).into_iter().collect();

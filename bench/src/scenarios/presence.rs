@@ -54,13 +54,14 @@ pub(crate) struct PresenceResult {
 
 pub(crate) async fn run(o: &Opts) -> Result<PresenceResult> {
     let spec = match &o.scaler {
-        ScalerOpt::Redis(url) => Spec::redis(url, &cluster_prefix(), o.server_cpus.clone()),
+        ScalerOpt::Redis(_) => Spec::redis(&o.scaler, &cluster_prefix(), o.server_cpus.clone()),
         ScalerOpt::Memory => Spec::new(Kind::Sss, o.server_cpus.clone()),
+        ScalerOpt::RedisCluster(_) => return Err(crate::scenarios::ONE_REDIS.into()),
     };
     let server = ServerProc::spawn(&spec).await?;
     let redis = match &o.scaler {
         ScalerOpt::Redis(url) => Some(redis_addr(url)?),
-        ScalerOpt::Memory => None,
+        ScalerOpt::Memory | ScalerOpt::RedisCluster(_) => None,
     };
     let r = measure(o, server.addrs[0], redis.as_deref()).await;
     server.stop().await;

@@ -60,8 +60,9 @@ impl Cluster {
                 spec.killable = Some(0);
                 Ok(Cluster::OneProcess(ServerProc::spawn(&spec).await?))
             }
-            ScalerOpt::Redis(url) => {
-                let spec = Spec::redis(url, &cluster_prefix(), o.server_cpus.clone());
+            ScalerOpt::RedisCluster(_) => Err(crate::scenarios::ONE_REDIS.into()),
+            ScalerOpt::Redis(_) => {
+                let spec = Spec::redis(&o.scaler, &cluster_prefix(), o.server_cpus.clone());
                 let a = ServerProc::spawn(&spec).await?;
                 let b = match ServerProc::spawn(&spec).await {
                     Ok(b) => b,
