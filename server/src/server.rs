@@ -261,14 +261,17 @@ pub(crate) type HttpFallback =
 /// the server's CPU under `sss-bench tells`, perf, this pass included).
 fn from_raw<T: DeserializeOwned + 'static>(msg: Box<RawValue>) -> serde_json::Result<T> {
     let mut slot = Some(msg);
-    // Taken only when `T` is `Box<RawValue>`: `slot` is then `Some(T)`.
-    let same = (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<T>>()
-        .and_then(Option::take);
-    match (same, slot) {
-        (Some(t), _) => Ok(t),
-        (None, msg) => serde_json::from_str(msg.as_deref().map_or("null", RawValue::get)),
+    match take_same::<_, T>(&mut slot) {
+        Some(t) => Ok(t),
+        None => serde_json::from_str(slot.as_deref().map_or("null", RawValue::get)),
     }
+}
+
+/// What `slot` holds, as a `U`, when `T` is `U`; otherwise `None`, and `slot` keeps it.
+fn take_same<T: 'static, U: 'static>(slot: &mut Option<T>) -> Option<U> {
+    (slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
 }
 
 /// A handler's answer as raw JSON. One that is raw JSON already (`Box<RawValue>`: a stored or
@@ -278,11 +281,7 @@ fn from_raw<T: DeserializeOwned + 'static>(msg: Box<RawValue>) -> serde_json::Re
 /// same text either way.
 fn to_raw<T: Serialize + 'static>(answer: T) -> serde_json::Result<Box<RawValue>> {
     let mut slot = Some(answer);
-    // Taken only when `T` is `Box<RawValue>`.
-    let same = (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<Box<RawValue>>>()
-        .and_then(Option::take);
-    match same {
+    match take_same::<_, Box<RawValue>>(&mut slot) {
         Some(raw) => Ok(raw),
         // Still in `slot`: `Some(answer)` serializes as the answer.
         None => serde_json::value::to_raw_value(&slot),
@@ -844,6 +843,20 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raw_message_is_taken_as_it_came() {
+        let raw = RawValue::from_string(r#"{ "a" : 1 }"#.to_owned()).expect("json");
+        let text_at = raw.get().as_ptr();
+        let taken: Box<RawValue> = from_raw(raw).expect("json");
+        assert_eq!(
+            taken.get().as_ptr(),
+            text_at,
+            "raw JSON is taken, not parsed again"
+        );
+        let seven = RawValue::from_string("7".to_owned()).expect("json");
+        assert_eq!(from_raw::<u32>(seven).expect("json"), 7);
+    }
 
     #[test]
     fn an_answer_is_the_same_json_raw_or_serialized() {
