@@ -53,6 +53,16 @@ impl<T> Fifo<T> {
     pub(crate) fn is_empty(&self) -> bool {
         self.first.is_none() && self.rest.is_empty()
     }
+
+    /// The oldest item, left queued.
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.first.as_ref().or_else(|| self.rest.front())
+    }
+
+    /// The items, oldest first, left queued.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.first.iter().chain(self.rest.iter())
+    }
 }
 
 #[cfg(test)]
@@ -73,6 +83,8 @@ mod tests {
                     assert_eq!(q.pop(), model.pop_front(), "pattern {pattern:012b}");
                 }
                 assert_eq!(q.is_empty(), model.is_empty());
+                assert_eq!(q.front(), model.front());
+                assert!(q.iter().eq(model.iter()), "pattern {pattern:012b}");
             }
             while let Some(x) = model.pop_front() {
                 assert_eq!(q.pop(), Some(x));

@@ -38,6 +38,7 @@ pub mod scaler;
 mod server;
 mod socket;
 mod subscription;
+mod wire;
 #[cfg(feature = "redis")]
 pub mod worker;
 

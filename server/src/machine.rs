@@ -518,6 +518,12 @@ impl Machine {
         self.frames.pop()
     }
 
+    /// The frames waiting for [`poll_frame`](Self::poll_frame), for the driver to write
+    /// them where they are and take each once written.
+    pub(crate) fn frames_mut(&mut self) -> &mut Fifo<Utf8Bytes> {
+        &mut self.frames
+    }
+
     /// Whether a frame is waiting for [`poll_frame`](Self::poll_frame).
     pub fn has_frames(&self) -> bool {
         !self.frames.is_empty()

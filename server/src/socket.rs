@@ -30,6 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::{debug, debug_span, warn, Instrument, Span};
 
+use crate::fifo::Fifo;
 use crate::handshake::HandshakeRequest;
 use crate::machine::{
     AskOutcome, Command, Config, Machine, Note, PresenceNote, Publication, SessionOutcome, Synced,
@@ -39,6 +40,7 @@ use crate::metrics::{AskSeries, Metrics, Refused};
 use crate::outbox::{Outbox, PushError};
 use crate::scaler::ScalerError;
 use crate::server::{Inbound, Inner};
+use crate::wire::Writer;
 use crate::{Rejection, Session};
 
 /// Frames handled per wakeup beyond the first, when more are already read: bounds how long
@@ -497,6 +499,8 @@ where
         request: Some(Box::new(request)),
         machine,
         ws,
+        writer: Writer::default(),
+        ws_owes: false,
         read_at: std::time::Instant::now(),
         tells: None,
     };
@@ -533,7 +537,8 @@ where
                     // Boxed, in a statement of its own: its 2 KiB read buffer would otherwise
                     // be part of every socket's task for all of its life.
                     let linger = inner.options.close_linger;
-                    let closing = Box::pin(linger_close(self.ws, code, reason, linger));
+                    let tail = (self.writer, std::mem::take(self.machine.frames_mut()));
+                    let closing = Box::pin(linger_close(self.ws, tail, code, reason, linger));
                     closing.await;
                 }
                 End::Gone => {
@@ -545,13 +550,19 @@ where
     }
 }
 
-/// Sends the close frame, then half-closes and reads and discards what the peer still sends
+/// Writes the rest of a frame that a kill left half-written (a frame cut short would garble
+/// the close frame sent after it), sends the close frame, then half-closes and reads and discards what the peer still sends
 /// until it closes too, or `linger` has passed. Closing a TCP socket that has unread input makes
 /// the kernel answer with a reset, and a reset destroys what the peer had not read yet: a client
 /// that wrote many asks and was closed for slow consumption got a reset instead of its 4004
 /// (and the replies queued before it).
-async fn linger_close<S>(mut ws: WebSocketStream<S>, code: u16, reason: String, linger: Duration)
-where
+async fn linger_close<S>(
+    mut ws: WebSocketStream<S>,
+    (mut writer, mut tail): (Writer, Fifo<Utf8Bytes>),
+    code: u16,
+    reason: String,
+    linger: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = Instant::now() + linger;
@@ -559,10 +570,11 @@ where
         code: CloseCode::from(code),
         reason: reason.into(),
     };
-    if !matches!(
-        timeout_at(deadline, ws.close(Some(frame))).await,
-        Ok(Ok(()))
-    ) {
+    let close = async {
+        poll_fn(|cx| writer.poll_write(ws.get_mut(), &mut tail, &mut 0, cx)).await?;
+        ws.close(Some(frame)).await
+    };
+    if !matches!(timeout_at(deadline, close).await, Ok(Ok(()))) {
         return;
     }
     // Raw bytes, not frames: after a 1009 the rest of the oversized message is still in
@@ -585,6 +597,10 @@ struct Driver<S> {
     request: Option<Box<HandshakeRequest>>,
     machine: Machine,
     ws: WebSocketStream<S>,
+    /// Writes the machine's frames past tungstenite.
+    writer: Writer,
+    /// tungstenite may hold a reply of its own (to a ping or a close) not yet written.
+    ws_owes: bool,
     /// When the last message was read: the start of the asks it carries (one clock read less
     /// per ask; each costs ~40 ns in this VM).
     read_at: std::time::Instant,
@@ -600,28 +616,31 @@ fn tell_panicked(socket: &str) {
     warn!(socket, "tell handler panicked");
 }
 
-/// Hands the machine's frames to the WebSocket and flushes it, as far as the connection takes
-/// them now; adds their length to `bytes`. Resumable: its state is the machine's queue and
-/// tungstenite's buffer, so the socket's task holds no write future.
+/// Writes `frames` (the machine's) and flushes them, as far as the connection takes them now;
+/// adds their length to `bytes`. Resumable: its state is the machine's queue and the
+/// [`Writer`]'s offset, so the socket's task holds no write future.
+///
+/// The frames go straight to the connection ([`crate::wire`]); first, when `owed`, tungstenite
+/// writes what it queued itself (a pong, a close reply), which may be half-written: a frame
+/// written before it would land inside it.
 fn poll_write<S>(
     ws: &mut WebSocketStream<S>,
-    machine: &mut Machine,
+    writer: &mut Writer,
+    owed: &mut bool,
+    frames: &mut Fifo<Utf8Bytes>,
     bytes: &mut u64,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), WsError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while machine.has_frames() {
-        if let Err(e) = ready!(ws.poll_ready_unpin(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        if let Some(frame) = machine.poll_frame() {
-            *bytes += frame.len() as u64;
-            ws.start_send_unpin(Message::Text(frame))?;
-        }
+    if *owed {
+        ready!(ws.poll_flush_unpin(cx))?;
+        *owed = false;
     }
-    ws.poll_flush_unpin(cx)
+    writer
+        .poll_write(ws.get_mut(), frames, bytes, cx)
+        .map_err(WsError::Io)
 }
 
 impl<S> Driver<S>
@@ -644,7 +663,11 @@ where
             };
             if self.machine.is_closed() {
                 return match close {
-                    Some((code, reason)) if flushed.is_ok() => End::Close(code, reason),
+                    // Killed while writing: what is left of a half-written frame goes out
+                    // before the close frame.
+                    Some((code, reason)) if !matches!(flushed, Err(None)) => {
+                        End::Close(code, reason)
+                    }
                     _ => End::Gone,
                 };
             }
@@ -1064,12 +1087,12 @@ where
     }
 
     /// Writes the machine's frames. `Err(Some(close))` when the socket was killed meanwhile,
-    /// `Err(None)` when the connection failed; either way, the frames it did not write are
-    /// dropped.
+    /// `Err(None)` when the connection failed; either way, the frames it did not start are
+    /// dropped (a frame half-written stays, for the close to finish it).
     async fn flush(&mut self) -> Result<(), Option<(u16, String)>> {
         let written = self.write().await;
         if written.is_err() {
-            while self.machine.poll_frame().is_some() {}
+            self.writer.drop_unstarted(self.machine.frames_mut());
         }
         written
     }
@@ -1081,8 +1104,23 @@ where
     /// timer and `select!` made every socket's task ~300 bytes larger for its whole life.
     async fn write(&mut self) -> Result<(), Option<(u16, String)>> {
         let mut bytes = 0;
-        let (ws, machine) = (&mut self.ws, &mut self.machine);
-        let first = poll_fn(|cx| Poll::Ready(poll_write(ws, machine, &mut bytes, cx))).await;
+        let (ws, writer, owed, machine) = (
+            &mut self.ws,
+            &mut self.writer,
+            &mut self.ws_owes,
+            &mut self.machine,
+        );
+        let first = poll_fn(|cx| {
+            Poll::Ready(poll_write(
+                ws,
+                writer,
+                owed,
+                machine.frames_mut(),
+                &mut bytes,
+                cx,
+            ))
+        })
+        .await;
         let written = match first {
             Poll::Ready(r) => Ok(r),
             Poll::Pending => {
@@ -1091,7 +1129,9 @@ where
                 // the socket is killed as a slow consumer, which must not wait for the write
                 // timeout.
                 let blocked = Box::pin(async {
-                    let rest = poll_fn(|cx| poll_write(ws, machine, &mut bytes, cx));
+                    let rest = poll_fn(|cx| {
+                        poll_write(ws, writer, owed, machine.frames_mut(), &mut bytes, cx)
+                    });
                     tokio::select! {
                         r = timeout(limit, rest) => Some(r),
                         () = shared.killed() => None,
@@ -1135,7 +1175,11 @@ where
                 m.handle_binary(now);
             }
             // Pings are answered by tungstenite; a close is answered and then ends the stream.
-            Some(Ok(_)) => m.handle_activity(now),
+            // Either reply is queued in tungstenite, to be written before the next frame.
+            Some(Ok(_)) => {
+                self.ws_owes = true;
+                m.handle_activity(now);
+            }
             Some(Err(WsError::Capacity(e))) => m.handle_oversized(&e.to_string()),
             Some(Err(e)) => {
                 debug!(error = %e, "read failed");
@@ -1154,5 +1198,72 @@ where
             Out::Presence(note) => m.handle_presence(&note),
             Out::Verdict(v) => m.handle_verdict(*v),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// tungstenite answers a ping by itself, and writes the pong at its next read, as far as
+    /// the connection takes it. A frame written past tungstenite while that pong is
+    /// half-written would land inside it.
+    #[tokio::test]
+    async fn a_pong_half_written_by_tungstenite_is_finished_before_the_next_frame() {
+        let (server_io, client_io) = tokio::io::duplex(64);
+        let mut server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        // 42 of the pipe's 64 bytes taken.
+        let text = "x".repeat(40);
+        server
+            .send(Message::text(text.clone()))
+            .await
+            .expect("the text fits in the pipe");
+        let ping = vec![7u8; 50];
+        client
+            .send(Message::Ping(ping.clone().into()))
+            .await
+            .expect("the ping fits in the pipe");
+        assert!(matches!(server.next().await, Some(Ok(Message::Ping(_)))));
+        // The next read writes the pong: 22 of its 52 bytes fit, the rest waits.
+        let waker = futures::task::noop_waker();
+        assert!(server
+            .poll_next_unpin(&mut Context::from_waker(&waker))
+            .is_pending());
+
+        let mut frames = Fifo::default();
+        for text in ["one", "two", "three"] {
+            frames.push(Utf8Bytes::from_static(text));
+        }
+        let (mut writer, mut owed, mut bytes) = (Writer::default(), true, 0);
+        let write = poll_fn(|cx| {
+            poll_write(
+                &mut server,
+                &mut writer,
+                &mut owed,
+                &mut frames,
+                &mut bytes,
+                cx,
+            )
+        });
+        let read = async {
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                match client.next().await {
+                    Some(Ok(Message::Pong(p))) => got.push(format!("pong {}", p == ping)),
+                    Some(Ok(Message::Text(t))) => got.push(t.to_string()),
+                    other => panic!("the stream broke: {other:?}"),
+                }
+            }
+            got
+        };
+        let both = async { tokio::join!(write, read) };
+        let (written, got) = timeout(Duration::from_secs(10), both)
+            .await
+            .expect("the pong and the frames arrive");
+        assert!(written.is_ok());
+        assert_eq!(got, [text.as_str(), "pong true", "one", "two", "three"]);
+        assert_eq!(bytes, 11);
     }
 }
