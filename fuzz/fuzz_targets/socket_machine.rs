@@ -286,7 +286,7 @@ impl Harness {
                     seq: p.seq,
                     frame: frame.into(),
                 };
-                self.m.handle_publication(&Arc::new(publication));
+                self.m.handle_publication(Arc::new(publication));
             }
             Op::Boot { ch } => self.m.handle_boot_channel(ch.name()),
             Op::Tick { ms } => {

@@ -100,6 +100,48 @@ pub struct Publication {
     pub frame: Utf8Bytes,
 }
 
+/// A frame the machine sends: its own, or a publication that every local subscriber of its
+/// channel shares. A publication is queued as it came, not as a copy of its frame's handle:
+/// that handle's reference count was one more that every subscriber's task, on every core,
+/// incremented and decremented per delivery.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A frame encoded for this socket (an answer, an error) or handed to it whole.
+    Own(Utf8Bytes),
+    /// A publication's `pub` frame.
+    Pub(Arc<Publication>),
+}
+
+impl Frame {
+    /// The frame's text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Frame::Own(text) => text,
+            Frame::Pub(p) => &p.frame,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        self.as_str().as_bytes()
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One presence event as every local subscriber of its channel receives it.
 #[derive(Debug)]
 pub struct PresenceNote {
@@ -467,7 +509,7 @@ pub struct Machine {
     /// Frames to send: apart from the commands, so that a delivery goes from the machine to
     /// the socket without being wrapped, queued and unwrapped as a command twice (2 791 ->
     /// 2 749 instructions per fan-out delivery, `scripts/bench-instructions.sh`).
-    frames: Fifo<Utf8Bytes>,
+    frames: Fifo<Frame>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -514,13 +556,13 @@ impl Machine {
     /// The next frame to send, in order. The driver carries out the commands polled with it
     /// first: no command waits for a frame to be written, and a [`Command::Close`] closes
     /// after the frames sent before it.
-    pub fn poll_frame(&mut self) -> Option<Utf8Bytes> {
+    pub fn poll_frame(&mut self) -> Option<Frame> {
         self.frames.pop()
     }
 
     /// The frames waiting for [`poll_frame`](Self::poll_frame), for the driver to write
     /// them where they are and take each once written.
-    pub(crate) fn frames_mut(&mut self) -> &mut Fifo<Utf8Bytes> {
+    pub(crate) fn frames_mut(&mut self) -> &mut Fifo<Frame> {
         &mut self.frames
     }
 
@@ -569,7 +611,7 @@ impl Machine {
     }
 
     fn send(&mut self, f: &ServerFrame) {
-        self.frames.push(Utf8Bytes::from(f.encode()));
+        self.frames.push(Frame::Own(Utf8Bytes::from(f.encode())));
     }
 
     fn subrej(&mut self, id: u64, ch: &str, code: &str, reason: impl Into<String>) {
@@ -953,11 +995,11 @@ impl Machine {
     }
 
     /// A publication for a channel the socket joined (or did, before a queued leave).
-    pub fn handle_publication(&mut self, p: &Arc<Publication>) {
+    pub fn handle_publication(&mut self, p: Arc<Publication>) {
         let overflow = match self.subs.get_mut(&*p.channel) {
             Some(Sub::Live { last, .. }) => {
                 if last.admits(&p.epoch, p.seq) {
-                    self.frames.push(p.frame.clone());
+                    self.frames.push(Frame::Pub(p));
                 }
                 false
             }
@@ -965,7 +1007,7 @@ impl Machine {
                 if held.len() >= self.config.sync_buffer {
                     true
                 } else {
-                    held.push(p.clone());
+                    held.push(p);
                     false
                 }
             }
@@ -985,7 +1027,7 @@ impl Machine {
             Some(Sub::Live { presence, .. }) if presence.granted && presence.events
         );
         if wanted && note.socket != self.identity.socket {
-            self.frames.push(note.frame.clone());
+            self.frames.push(Frame::Own(note.frame.clone()));
         }
     }
 
@@ -994,7 +1036,7 @@ impl Machine {
     /// for anything but `welcome`), and after the close there is no one to send it to.
     pub fn handle_told(&mut self, frame: Utf8Bytes) {
         if self.phase == Phase::Open {
-            self.frames.push(frame);
+            self.frames.push(Frame::Own(frame));
         }
     }
 
@@ -1248,11 +1290,11 @@ impl Machine {
         };
         for r in &replay {
             let f = encode_pub(&ch, &r.topic, &r.position, &r.msg);
-            self.frames.push(Utf8Bytes::from(f));
+            self.frames.push(Frame::Own(Utf8Bytes::from(f)));
         }
         for h in held {
             if last.admits(&h.epoch, h.seq) {
-                self.frames.push(h.frame.clone());
+                self.frames.push(Frame::Pub(h));
             }
         }
         self.subs.insert(ch, Sub::Live { last, presence });

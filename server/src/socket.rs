@@ -33,8 +33,8 @@ use tracing::{debug, debug_span, warn, Instrument, Span};
 use crate::fifo::Fifo;
 use crate::handshake::HandshakeRequest;
 use crate::machine::{
-    AskOutcome, Command, Config, Machine, Note, PresenceNote, Publication, SessionOutcome, Synced,
-    Topics, Verdict,
+    AskOutcome, Command, Config, Frame, Machine, Note, PresenceNote, Publication, SessionOutcome,
+    Synced, Topics, Verdict,
 };
 use crate::metrics::{AskSeries, Metrics, Refused};
 use crate::outbox::{Outbox, PushError};
@@ -558,7 +558,7 @@ where
 /// (and the replies queued before it).
 async fn linger_close<S>(
     mut ws: WebSocketStream<S>,
-    (mut writer, mut tail): (Writer, Fifo<Utf8Bytes>),
+    (mut writer, mut tail): (Writer, Fifo<Frame>),
     code: u16,
     reason: String,
     linger: Duration,
@@ -627,7 +627,7 @@ fn poll_write<S>(
     ws: &mut WebSocketStream<S>,
     writer: &mut Writer,
     owed: &mut bool,
-    frames: &mut Fifo<Utf8Bytes>,
+    frames: &mut Fifo<Frame>,
     bytes: &mut u64,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), WsError>>
@@ -1193,7 +1193,7 @@ where
         let m = &mut self.machine;
         match out {
             Out::Frame(frame) => m.handle_told(frame),
-            Out::Pub(p) => m.handle_publication(&p),
+            Out::Pub(p) => m.handle_publication(p),
             Out::BootChannel(channel) => m.handle_boot_channel(&channel),
             Out::Presence(note) => m.handle_presence(&note),
             Out::Verdict(v) => m.handle_verdict(*v),
@@ -1234,7 +1234,7 @@ mod tests {
 
         let mut frames = Fifo::default();
         for text in ["one", "two", "three"] {
-            frames.push(Utf8Bytes::from_static(text));
+            frames.push(Frame::Own(Utf8Bytes::from_static(text)));
         }
         let (mut writer, mut owed, mut bytes) = (Writer::default(), true, 0);
         let write = poll_fn(|cx| {

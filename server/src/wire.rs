@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::AsyncWrite;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::fifo::Fifo;
 
@@ -55,7 +54,7 @@ fn header(len: usize) -> ([u8; 10], usize) {
 }
 
 /// How many bytes `payload` takes on the wire, header included.
-fn wire_len(payload: &Utf8Bytes) -> usize {
+fn wire_len(payload: &[u8]) -> usize {
     header(payload.len()).1 + payload.len()
 }
 
@@ -72,26 +71,27 @@ impl Writer {
     /// the queue once written whole, and its payload's length is added to `bytes`. Ready when
     /// the queue is empty and flushed, or on the first error (the unwritten frames stay
     /// queued, for the caller to drop).
-    pub(crate) fn poll_write<S>(
+    pub(crate) fn poll_write<S, F>(
         &mut self,
         io: &mut S,
-        frames: &mut Fifo<Utf8Bytes>,
+        frames: &mut Fifo<F>,
         bytes: &mut u64,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>>
     where
         S: AsyncWrite + Unpin,
+        F: AsRef<[u8]>,
     {
         while !frames.is_empty() {
             let mut heads = [([0; 10], 0); BATCH];
             for (head, frame) in heads.iter_mut().zip(frames.iter()) {
-                *head = header(frame.len());
+                *head = header(frame.as_ref().len());
             }
             let mut slices = [IoSlice::new(&[]); 2 * BATCH];
             let mut used = 0;
             let mut skip = self.offset;
             for ((head, len), frame) in heads.iter().zip(frames.iter()) {
-                for part in [&head[..*len], frame.as_bytes()] {
+                for part in [&head[..*len], frame.as_ref()] {
                     if skip >= part.len() {
                         skip -= part.len();
                     } else {
@@ -119,12 +119,13 @@ impl Writer {
             }
             let mut done = self.offset + n;
             while let Some(frame) = frames.front() {
-                let whole = wire_len(frame);
+                let payload = frame.as_ref();
+                let whole = wire_len(payload);
                 if done < whole {
                     break;
                 }
                 done -= whole;
-                *bytes += frame.len() as u64;
+                *bytes += payload.len() as u64;
                 frames.pop();
             }
             self.offset = done;
@@ -134,7 +135,7 @@ impl Writer {
 
     /// Drops the queued frames not yet started. A frame half-written stays queued: the
     /// connection is usable only once its rest is written (before a close frame, say).
-    pub(crate) fn drop_unstarted(&self, frames: &mut Fifo<Utf8Bytes>) {
+    pub(crate) fn drop_unstarted<F>(&self, frames: &mut Fifo<F>) {
         let started = if self.offset > 0 { frames.pop() } else { None };
         while frames.pop().is_some() {}
         if let Some(frame) = started {
@@ -148,6 +149,7 @@ mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     /// A deterministic stream of pseudo-random numbers (xorshift64*).
     struct Rng(u64);
@@ -186,7 +188,7 @@ mod tests {
             let mut ours = h[..used].to_vec();
             ours.extend_from_slice(p.as_bytes());
             assert_eq!(ours, tungstenite_frame(&p), "length {len}");
-            assert_eq!(wire_len(&p), ours.len());
+            assert_eq!(wire_len(p.as_bytes()), ours.len());
         }
     }
 

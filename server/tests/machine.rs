@@ -481,7 +481,7 @@ impl World {
             return false;
         };
         match item {
-            Inbox::Pub(p) => self.m.handle_publication(&p),
+            Inbox::Pub(p) => self.m.handle_publication(p),
             Inbox::Presence(n) => self.m.handle_presence(&n),
             Inbox::Boot(c) => self.m.handle_boot_channel(&c),
             Inbox::Verdict(v) => {
