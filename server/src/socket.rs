@@ -550,9 +550,9 @@ where
     }
 }
 
-/// Writes the rest of a frame that a kill left half-written (a frame cut short would garble
-/// the close frame sent after it), sends the close frame, then half-closes and reads and discards what the peer still sends
-/// until it closes too, or `linger` has passed. Closing a TCP socket that has unread input makes
+/// Writes what is left of a frame that a kill cut short (the close frame would land inside
+/// it), sends the close frame, then half-closes and reads and discards what the peer still
+/// sends until it closes too, or `linger` has passed. Closing a TCP socket that has unread input makes
 /// the kernel answer with a reset, and a reset destroys what the peer had not read yet: a client
 /// that wrote many asks and was closed for slow consumption got a reset instead of its 4004
 /// (and the replies queued before it).
@@ -655,19 +655,17 @@ where
         loop {
             let close = self.carry_out();
             // Frames commanded before a close (an `error` frame) still go out. One `flush` call
-            // site: each one reserves room for the flush future in this long-lived future.
-            let flushed = if self.machine.has_frames() {
+            // site: each one reserves room for the flush future in this long-lived future. A
+            // frame a kill left half-written is the close's to finish (`linger_close`, within
+            // its linger): writing it here would wait for the write timeout.
+            let flushed = if self.machine.has_frames() && !self.writer.started() {
                 self.flush().await
             } else {
                 Ok(())
             };
             if self.machine.is_closed() {
                 return match close {
-                    // Killed while writing: what is left of a half-written frame goes out
-                    // before the close frame.
-                    Some((code, reason)) if !matches!(flushed, Err(None)) => {
-                        End::Close(code, reason)
-                    }
+                    Some((code, reason)) if flushed.is_ok() => End::Close(code, reason),
                     _ => End::Gone,
                 };
             }
@@ -1087,12 +1085,14 @@ where
     }
 
     /// Writes the machine's frames. `Err(Some(close))` when the socket was killed meanwhile,
-    /// `Err(None)` when the connection failed; either way, the frames it did not start are
-    /// dropped (a frame half-written stays, for the close to finish it).
+    /// `Err(None)` when the connection failed. Either way, the frames it did not start are
+    /// dropped; after a kill, a frame half-written stays, for the close frame to follow it.
     async fn flush(&mut self) -> Result<(), Option<(u16, String)>> {
         let written = self.write().await;
-        if written.is_err() {
-            self.writer.drop_unstarted(self.machine.frames_mut());
+        match written {
+            Ok(()) => {}
+            Err(Some(_)) => self.writer.drop_unstarted(self.machine.frames_mut()),
+            Err(None) => self.writer.drop_all(self.machine.frames_mut()),
         }
         written
     }

@@ -133,14 +133,25 @@ impl Writer {
         Pin::new(io).poll_flush(cx)
     }
 
+    /// Whether the first queued frame is partly written.
+    pub(crate) fn started(&self) -> bool {
+        self.offset > 0
+    }
+
     /// Drops the queued frames not yet started. A frame half-written stays queued: the
     /// connection is usable only once its rest is written (before a close frame, say).
     pub(crate) fn drop_unstarted<F>(&self, frames: &mut Fifo<F>) {
-        let started = if self.offset > 0 { frames.pop() } else { None };
+        let started = if self.started() { frames.pop() } else { None };
         while frames.pop().is_some() {}
         if let Some(frame) = started {
             frames.push(frame);
         }
+    }
+
+    /// Drops every queued frame, a half-written one too (the connection failed).
+    pub(crate) fn drop_all<F>(&mut self, frames: &mut Fifo<F>) {
+        while frames.pop().is_some() {}
+        self.offset = 0;
     }
 }
 

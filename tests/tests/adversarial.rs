@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use sss_server::{close, MemoryScaler, Rejection, Server, ServerBuilder, ServerOptions, Session};
@@ -448,6 +449,25 @@ async fn a_close_frame_queued_behind_unread_data_is_not_lost_to_a_reset() {
             "round {round}: the publications before the close"
         );
     }
+}
+
+#[tokio::test]
+async fn a_socket_killed_mid_frame_is_gone_without_waiting_for_the_write_timeout() {
+    // A write timeout beyond the test's patience: the kill must not wait for it.
+    let options = ServerOptions::default().write_timeout(Duration::from_secs(600));
+    let (server, _l, url) = start(app(options)).await;
+    // 6 MiB, more than the socket buffers hold: the server's write blocks inside a frame.
+    let _peer = backed_up_subscriber(&server, &url, "ann", "room:stuck", 64 * 1024, 96).await;
+    assert_eq!(server.local_sockets(), 1);
+    server.boot_user("ann").await.expect("boot");
+    // The peer never reads again: the rest of the frame and the close frame cannot go out.
+    // The socket leaves at once; its close gives up after the linger.
+    within("the booted socket to leave", async {
+        while server.local_sockets() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
