@@ -6,7 +6,8 @@
 //! set through tokio-tungstenite's compatibility layer at every call. A frame from a server is
 //! a header of 2, 4 or 10 bytes before the payload, unmasked (RFC 6455 §5.2), so [`Writer`]
 //! writes the header from the stack and the payload from the frame's own buffer, several
-//! frames to one vectored write, copying nothing.
+//! frames to one write: copied into one buffer for a plain `send` when small (see
+//! [`COPY_MAX`]), written in place with a vectored write when not.
 //!
 //! tungstenite keeps the rest of the stream: it reads, and it writes what it queues on its own
 //! (the pong to a ping, the reply to a close) and the closing handshake. Its bytes and these
